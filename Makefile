@@ -1,0 +1,46 @@
+# Two commands on a fresh machine with Python 3.11: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export MLFLOW_DISABLE_TELEMETRY := true
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export DO_NOT_TRACK := 1
+export DSPY_CACHEDIR := $(CURDIR)/.spanmux/dspy-cache
+
+.PHONY: demo test lint typecheck bench bench-smoke schema clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/quickstart.py
+	@for f in examples/llamaindex_rag.py examples/dspy_react.py; do \
+		if [ -f $$f ]; then $(PY) $$f || exit 1; fi; done
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check spanmux integrations backends config_schemas tests examples benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy spanmux
+
+test: lint typecheck $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+bench-smoke: $(STAMP)
+	$(PY) benchmarks/run.py --smoke
+
+schema: $(STAMP)
+	$(PY) -m spanmux.cli schema --write
+
+clean:
+	rm -rf $(VENV) .spanmux build dist *.egg-info

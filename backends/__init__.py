@@ -1,0 +1,1 @@
+"""Backends: one flat module each. They import the core, never a framework."""

@@ -1,0 +1,128 @@
+"""The ``observability:`` block, as accepted at the top level of a YAML file or under ``spec:``
+of a SuperOptiX agent playbook. SuperOptiX's own keys are accepted verbatim.
+
+Regenerate the committed schema with ``spanmux schema --write``; a test fails when it is stale.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+BUILTIN_BACKENDS: tuple[str, ...] = ("local", "superoptix", "console", "mlflow", "langfuse")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalConfig(_Section):
+    """The built-in SQLite store (``local``, alias ``superoptix``)."""
+
+    path: str = Field(".spanmux/spanmux.db", description="SQLite file; created with its folder.")
+
+
+class ConsoleConfig(_Section):
+    """Print finished traces to stderr through ``logging`` (handy in development)."""
+
+    level: str = Field("INFO", description="logging level of the printed lines")
+
+
+class MlflowConfig(_Section):
+    """MLflow 3 tracing plus experiment tracking."""
+
+    experiment_name: str = Field("spanmux", description="Experiment that receives traces and runs.")
+    tracking_uri: str | None = Field(
+        None, description="http(s):// tracking server or sqlite:/// store; default $MLFLOW_TRACKING_URI."
+    )
+    log_artifacts: bool = Field(True, description="Log each trace as a JSON artifact of the session run.")
+    log_metrics: bool = Field(True, description="Log per-trace latency, tokens, cost and scores.")
+    log_params: bool = Field(True, description="Log model names, parameters and agent parameters.")
+    run_name: str | None = Field(None, description="Name of the session run (default: spanmux-<time>).")
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags set on the session run and traces.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Agent parameters logged on the run.")
+    timeout: float = Field(10.0, gt=0, description="Seconds per request to the tracking server.")
+
+
+class LangfuseConfig(_Section):
+    """Langfuse over its OpenTelemetry ingestion endpoint, plus the scores API."""
+
+    public_key: str | None = Field(None, description="Default $LANGFUSE_PUBLIC_KEY.")
+    secret_key: SecretStr | None = Field(None, description="Default $LANGFUSE_SECRET_KEY; never logged.")
+    host: str | None = Field(
+        None, description="Default $LANGFUSE_HOST, else $LANGFUSE_BASE_URL, else https://cloud.langfuse.com."
+    )
+    project: str | None = Field(None, description="Informational: Langfuse keys are project-scoped.")
+    environment: str | None = Field(None, description="langfuse.environment (default $LANGFUSE_TRACING_ENVIRONMENT).")
+    release: str | None = Field(None, description="langfuse.release (default $LANGFUSE_RELEASE).")
+    timeout: float = Field(10.0, gt=0, description="Seconds per HTTP request.")
+
+
+class PriceConfig(_Section):
+    """Price of a private or self-hosted model, in USD per million tokens."""
+
+    input: float = Field(..., ge=0, description="USD per 1M input tokens")
+    output: float = Field(..., ge=0, description="USD per 1M output tokens")
+    cache_read: float | None = Field(None, ge=0, description="USD per 1M cached input tokens")
+
+
+class ObservabilityConfig(BaseModel):
+    """The whole ``observability:`` block."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="false: every handler is a no-op.")
+    backends: list[str] = Field(
+        default_factory=lambda: ["local"],
+        description="local | superoptix (= local) | console | mlflow | langfuse | an installed plugin",
+    )
+    capture_content: bool = Field(True, description="false: inputs, outputs and messages are not recorded.")
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of traces kept (whole traces).")
+    max_content_bytes: int = Field(
+        65536, ge=256, description="Inputs/outputs larger than this are truncated and marked."
+    )
+    estimate_tokens: bool = Field(True, description="Estimate tokens with a local tokenizer when a provider reports none.")
+    pricing: dict[str, PriceConfig] = Field(
+        default_factory=dict, description="Per-model price overrides (model name -> USD per 1M tokens)."
+    )
+    queue_size: int = Field(100_000, ge=100, description="Records held in memory before spilling to disk.")
+    batch_size: int = Field(512, ge=1, description="Records per export call.")
+    flush_interval: float = Field(0.5, gt=0, description="Seconds between exports when the queue is quiet.")
+    spool_dir: str = Field(".spanmux/spool", description="Where undelivered records wait for their backend.")
+    spool_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="Bound of each backend's spool on disk.")
+    local: LocalConfig = Field(default_factory=LocalConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    mlflow: MlflowConfig | None = None
+    langfuse: LangfuseConfig | None = None
+
+    @field_validator("backends")
+    @classmethod
+    def _dedupe(cls, value: list[str]) -> list[str]:
+        seen: list[str] = []
+        for name in value:
+            canonical = "local" if name == "superoptix" else name
+            if canonical not in seen:
+                seen.append(canonical)
+        return seen
+
+
+class ObservabilityFile(BaseModel):
+    """Schema of a YAML file holding the block (top level or under ``spec:``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    observability: ObservabilityConfig | None = None
+
+
+def json_schema() -> str:
+    """The JSON Schema text committed beside this module, for editors validating YAML."""
+    schema = ObservabilityFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "spanmux observability block"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+SCHEMA_FILE = Path(__file__).with_name("observability.schema.json")

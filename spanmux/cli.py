@@ -1,0 +1,208 @@
+"""The ``spanmux`` command: read the built-in store, check configuration files.
+
+Every listing prints a rich table, or JSON with ``--json`` (for scripts and tests).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from spanmux.errors import ConfigurationError
+
+app = typer.Typer(help="spanmux: traces of your LLM agents, in the observability tool you already use.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+StoreOption = Annotated[
+    str | None, typer.Option("--store", "-s", help="Store file (default: from ./spanmux.yaml or .spanmux/spanmux.db)")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _store_path(store: str | None) -> str:
+    if store:
+        return store
+    try:
+        from spanmux.config import load_config  # noqa: PLC0415
+
+        return load_config(None).settings.local.path
+    except ConfigurationError:
+        return ".spanmux/spanmux.db"
+
+
+def _open_store(store: str | None) -> Any:
+    from spanmux.backends.local import LocalStore  # noqa: PLC0415
+
+    path = _store_path(store)
+    try:
+        return LocalStore(path)
+    except FileNotFoundError:
+        err_console.print(f"[red]no spanmux store at {path}[/red] (run a traced program first, or pass --store)")
+        raise typer.Exit(1) from None
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(msgspec.to_builtins(value), indent=2, ensure_ascii=False) + "\n")
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms / 1000:.2f}s" if ms >= 1000 else f"{ms:.1f}ms"
+
+
+def _fmt_cost(cost: float | None) -> str:
+    return "-" if cost is None else f"${cost:.6f}"
+
+
+def _parse_since(since: str | None) -> int | None:
+    """'15m', '2h', '7d' or an ISO date -> epoch nanoseconds."""
+    if not since:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if since[-1] in units and since[:-1].replace(".", "", 1).isdigit():
+        return int((time.time() - float(since[:-1]) * units[since[-1]]) * 1e9)
+    from datetime import datetime  # noqa: PLC0415
+
+    try:
+        return int(datetime.fromisoformat(since).timestamp() * 1e9)
+    except ValueError:
+        raise typer.BadParameter(f"--since {since!r}: use 15m, 2h, 7d or an ISO date") from None
+
+
+def _metadata_filters(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--metadata {item!r}: use KEY=VALUE")
+        out[key] = value
+    return out
+
+
+@app.command()
+def traces(
+    store: StoreOption = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many traces.")] = 20,
+    since: Annotated[str | None, typer.Option(help="Only traces newer than 15m, 2h, 7d or an ISO date.")] = None,
+    status: Annotated[str | None, typer.Option(help="ok or error")] = None,
+    user: Annotated[str | None, typer.Option(help="user id")] = None,
+    session: Annotated[str | None, typer.Option(help="session id")] = None,
+    tag: Annotated[str | None, typer.Option(help="a trace tag")] = None,
+    metadata: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the newest traces with duration, tokens and cost."""
+    with _open_store(store) as db:
+        rows = db.list_traces(limit=limit, since_ns=_parse_since(since), status=status, user_id=user,
+                              session_id=session, tag=tag, metadata=_metadata_filters(metadata))
+    if as_json:
+        _print_json([{**msgspec.to_builtins(r), "duration_ms": r.duration_ms} for r in rows])
+        return
+    table = Table(title=f"{len(rows)} newest traces", title_justify="left")
+    for column in ("trace", "started", "name", "status", "spans", "duration", "tokens", "cost", "models", "user"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.start_ns / 1e9))
+        status_text = "[green]ok[/green]" if r.status == "ok" else f"[red]{r.status}[/red]"
+        table.add_row(r.trace_id[:12], started, r.name or "-", status_text, str(r.span_count),
+                      _fmt_ms(r.duration_ms), str(r.total_tokens), _fmt_cost(r.cost_total),
+                      ", ".join(r.models) or "-", r.user_id or "-")
+    console.print(table)
+
+
+def _span_label(span: Any) -> str:
+    parts = [f"[bold]{span.name}[/bold]", f"[cyan]{span.kind}[/cyan]", _fmt_ms(span.duration_ms)]
+    if span.model is not None and span.model.name:
+        parts.append(f"[magenta]{span.model.name}[/magenta]")
+    if span.usage is not None:
+        estimate = "~" if span.usage.estimated else ""
+        parts.append(f"{estimate}{span.usage.input_tokens}→{span.usage.output_tokens} tok")
+    if span.cost is not None:
+        parts.append(_fmt_cost(span.cost.total))
+    if span.status == "error":
+        message = span.error.message if span.error else ""
+        parts.append(f"[red]error: {span.error.type if span.error else ''} {message[:120]}[/red]")
+    return "  ".join(parts)
+
+
+@app.command()
+def show(
+    trace_id: Annotated[str, typer.Argument(help="A trace id (a unique prefix is enough).")],
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one trace as a tree: kind, duration, model, tokens, cost, errors."""
+    with _open_store(store) as db:
+        full_id = db.find_trace_id(trace_id) or trace_id.removeprefix("tr-")
+        spans = db.get_trace(full_id)
+        summary = db.get_trace_summary(full_id)
+        scores = db.get_scores(full_id)
+    if not spans:
+        err_console.print(f"[red]no trace {trace_id!r} in the store[/red]")
+        raise typer.Exit(1)
+    if as_json:
+        _print_json({"trace": summary, "spans": spans, "scores": scores})
+        return
+    title = f"trace {full_id}"
+    if summary is not None:
+        title += (f"  {_fmt_ms(summary.duration_ms)}  {summary.total_tokens} tokens  "
+                  f"{_fmt_cost(summary.cost_total)}")
+    tree = Tree(title)
+    nodes: dict[str, Any] = {}
+    for span in spans:
+        parent = nodes.get(span.parent_id, tree) if span.parent_id else tree
+        nodes[span.span_id] = parent.add(_span_label(span))
+    console.print(tree)
+    for sc in scores:
+        console.print(f"  score [bold]{sc.name}[/bold] = {sc.value!r} ({sc.source}) {sc.comment or ''}")
+
+
+@app.command()
+def validate(file: Annotated[Path, typer.Argument(help="A YAML file with an observability block.")]) -> None:
+    """Check a configuration file without starting anything."""
+    from spanmux.config import load_config  # noqa: PLC0415
+    from spanmux.registry import known_backends  # noqa: PLC0415
+
+    try:
+        loaded = load_config(file, known_backends())
+    except ConfigurationError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    settings = loaded.settings
+    console.print(f"[green]ok[/green] {file}: backends={', '.join(settings.backends)} enabled={settings.enabled}")
+
+
+@app.command()
+def schema(
+    write: Annotated[bool, typer.Option("--write", help="Rewrite the committed schema file.")] = False,
+) -> None:
+    """Print the JSON Schema of the observability block (for editors)."""
+    from spanmux.config_schemas import json_schema  # noqa: PLC0415
+    from spanmux.config_schemas.observability import SCHEMA_FILE  # noqa: PLC0415
+
+    text = json_schema()
+    if write:
+        SCHEMA_FILE.write_text(text, encoding="utf-8")
+        err_console.print(f"wrote {SCHEMA_FILE}")
+        return
+    sys.stdout.write(text)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

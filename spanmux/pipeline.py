@@ -1,0 +1,415 @@
+"""From the framework's thread to every backend, without ever blocking the caller.
+
+    emit() ──► bounded deque ──► worker thread: process (sample, serialize, cost) ──► one Lane per backend
+                  │ full                                                               │ export fails
+                  ▼                                                                    ▼
+            overflow spool                                                     the backend's spool,
+            (replayed by the worker)                                           replayed with backoff
+
+The caller's cost is one ``deque.append``. Processing happens once, on the worker. Each backend
+gets its own delivery thread (a Lane) so a slow MLflow server never delays the local store; a
+Lane that cannot deliver writes the batch to its spool on disk and retries with backoff, also
+in the next process. ``flush()`` sends a marker through the same queues, so it waits for exactly
+what was emitted before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spanmux.backend import Backend, ExportError
+from spanmux.model import Score, Span
+from spanmux.spool import Spool
+
+log = logging.getLogger("spanmux.pipeline")
+
+Processor = Callable[[Span], Span | None]
+
+
+class _Marker:
+    """A flush request travelling through the queues behind the records emitted before it."""
+
+    __slots__ = ("done", "remaining")
+
+    def __init__(self, parties: int) -> None:
+        self.done = threading.Event()
+        self.remaining = parties
+        if parties == 0:
+            self.done.set()
+
+    def arrive(self, lock: threading.Lock) -> None:
+        with lock:
+            self.remaining -= 1
+            if self.remaining <= 0:
+                self.done.set()
+
+
+@dataclass
+class LaneStats:
+    exported_spans: int = 0
+    exported_scores: int = 0
+    export_errors: int = 0
+    spooled_spans: int = 0
+    spooled_scores: int = 0
+    replayed_batches: int = 0
+    last_error: str | None = None
+
+    def as_dict(self, spool: Spool | None) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["dropped_spans"] = spool.dropped_spans if spool else 0
+        out["dropped_scores"] = spool.dropped_scores if spool else 0
+        out["spool_pending_batches"] = spool.pending() if spool else 0
+        return out
+
+
+@dataclass
+class _Batch:
+    spans: list[Span] = field(default_factory=list)
+    scores: list[Score] = field(default_factory=list)
+
+
+class Lane:
+    """Delivers batches to one backend on its own thread; spools what it cannot deliver."""
+
+    MAX_BACKOFF = 30.0
+
+    def __init__(self, name: str, backend: Backend, spool: Spool | None, max_pending: int) -> None:
+        self.name = name
+        self.backend = backend
+        self.spool = spool
+        self.stats = LaneStats()
+        self._pending: deque[_Batch | _Marker] = deque()
+        self._pending_records = 0
+        self._max_pending = max_pending
+        self._wake = threading.Event()
+        self._stop = False
+        self._healthy = True
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._reported: set[str] = set()
+        self._thread = threading.Thread(target=self._run, name=f"spanmux-lane-{name}", daemon=True)
+        self._thread.start()
+
+    # called from the worker thread
+    def submit(self, batch: _Batch) -> None:
+        size = len(batch.spans) + len(batch.scores)
+        if self._pending_records + size > self._max_pending and self.spool is not None:
+            self._to_spool(batch)  # the backend is far behind: keep memory bounded
+            return
+        self._pending_records += size
+        self._pending.append(batch)
+        self._wake.set()
+
+    def mark(self, marker: _Marker) -> None:
+        self._pending.append(marker)
+        self._wake.set()
+
+    def stop(self, timeout: float) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _to_spool(self, batch: _Batch) -> None:
+        if self.spool is not None and self.spool.append(batch.spans, batch.scores):
+            self.stats.spooled_spans += len(batch.spans)
+            self.stats.spooled_scores += len(batch.scores)
+
+    def _report(self, exc: BaseException) -> None:
+        message = str(exc) or type(exc).__name__
+        self.stats.last_error = message
+        key = type(exc).__name__ + message[:80]
+        if key not in self._reported:
+            self._reported.add(key)
+            retryable = getattr(exc, "retryable", True)
+            log.warning(
+                "backend %r failed (%s): %s; records are kept in the spool and retried",
+                self.name, "will retry" if retryable else "not retryable", message,
+            )
+
+    def _export(self, spans: Sequence[Span], scores: Sequence[Score]) -> bool:
+        try:
+            self.backend.export(spans, scores)
+        except Exception as exc:  # any failure of a backend is contained here
+            self.stats.export_errors += 1
+            self._report(exc)
+            self._healthy = False
+            delay = getattr(exc, "retry_after", None)
+            self._backoff = min(self.MAX_BACKOFF, max(0.25, self._backoff * 2))
+            if isinstance(exc, ExportError) and not exc.retryable:
+                self._backoff = self.MAX_BACKOFF
+            self._retry_at = time.monotonic() + (delay if delay else self._backoff)
+            return False
+        self._healthy = True
+        self._backoff = 0.0
+        self.stats.exported_spans += len(spans)
+        self.stats.exported_scores += len(scores)
+        return True
+
+    def _replay_spool(self, force: bool) -> None:
+        """Send spooled batches oldest first while the backend takes them."""
+        if self.spool is None or (not force and time.monotonic() < self._retry_at):
+            return
+        while True:
+            claimed = self.spool.claim_oldest()
+            if claimed is None:
+                return
+            path, batch = claimed
+            if self._export(batch.spans, batch.scores):
+                self.spool.done(path)
+                self.stats.replayed_batches += 1
+            else:
+                self.spool.release(path)
+                return
+
+    def _deliver(self, item: _Batch) -> None:
+        self._pending_records -= len(item.spans) + len(item.scores)
+        if self._healthy and (self.spool is None or not self._spool_has_work()):
+            if self._export(item.spans, item.scores):
+                return
+        if self.spool is None:
+            return  # no spool configured (tests, console): the error is counted
+        self._to_spool(item)
+
+    def _spool_has_work(self) -> bool:
+        return self.spool is not None and self.spool.pending() > 0
+
+    def _run(self) -> None:
+        if self.spool is not None:
+            try:
+                self.spool.recover_orphans()
+            except OSError as exc:
+                log.warning("spool %s: %s", self.spool.folder, exc)
+        while True:
+            timeout = max(0.05, self._retry_at - time.monotonic()) if self._spool_has_work() else None
+            self._wake.wait(timeout)
+            self._wake.clear()
+            try:
+                while self._pending:
+                    item = self._pending.popleft()
+                    if isinstance(item, _Marker):
+                        self._replay_spool(force=True)
+                        try:
+                            self.backend.force_flush(5.0)
+                        except Exception as exc:
+                            self._report(exc)
+                        item.arrive(_MARKER_LOCK)
+                    else:
+                        self._deliver(item)
+                if not self._stop:
+                    self._replay_spool(force=False)
+            except Exception:  # never let the lane die
+                log.exception("spanmux lane %r crashed on a batch; continuing", self.name)
+            if self._stop and not self._pending:
+                return
+
+
+_MARKER_LOCK = threading.Lock()
+
+
+class Pipeline:
+    """The bounded queue, the worker thread and the lanes of one ``configure()``."""
+
+    def __init__(
+        self,
+        backends: Sequence[tuple[str, Backend]],
+        processor: Processor,
+        *,
+        queue_size: int = 100_000,
+        batch_size: int = 512,
+        flush_interval: float = 0.5,
+        spool_dir: str | None = None,
+        spool_max_bytes: int = 512 * 1024 * 1024,
+    ) -> None:
+        self._processor = processor
+        self._queue: deque[Any] = deque()
+        self._queue_size = queue_size
+        self._batch_size = batch_size
+        self._interval = flush_interval
+        self._wake = threading.Event()
+        self._stopped = False
+        self._taken = 0
+        self.processed_spans = 0
+        self.sampled_out = 0
+        self.processor_errors = 0
+        self.overflowed = 0
+        self.overflow_dropped = 0
+        self._replayed_overflow = 0
+        spool_root = Path(spool_dir) if spool_dir else None
+        self._overflow_spool = Spool(spool_root / "_overflow", spool_max_bytes) if spool_root else None
+        self._overflow_lock = threading.Lock()
+        self.lanes = tuple(
+            Lane(name, backend, Spool(spool_root / name, spool_max_bytes) if spool_root else None, queue_size)
+            for name, backend in backends
+        )
+        self._worker: threading.Thread | None = None
+        self._start_worker()
+
+    def _start_worker(self) -> None:
+        self._worker = threading.Thread(target=self._run, name="spanmux-worker", daemon=True)
+        self._worker.start()
+
+    # ---- the caller's side: keep it tiny
+    def emit(self, record: Span | Score) -> None:
+        queue = self._queue
+        if len(queue) >= self._queue_size:
+            self._overflow(record)
+            return
+        queue.append(record)
+        if len(queue) >= self._batch_size:
+            self._wake.set()
+
+    def _overflow(self, record: Span | Score) -> None:
+        """The worker is behind: process the record here and park it on disk. The caller pays
+        the processing, which is the back-pressure, but never waits for the worker or a backend."""
+        with self._overflow_lock:
+            self.overflowed += 1
+            if self._overflow_spool is None:
+                self.overflow_dropped += 1
+                return
+            if isinstance(record, Span):
+                processed = self._process(record)
+                spans, scores = ([processed] if processed is not None else []), []
+            else:
+                spans, scores = [], [record]
+            if not self._overflow_spool.append(spans, scores):
+                self.overflow_dropped += 1
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything emitted before this call reached every backend (or its spool)."""
+        if self._stopped or self._worker is None:
+            return True
+        marker = _Marker(1)
+        self._queue.append(marker)
+        self._wake.set()
+        return marker.done.wait(timeout)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        if self._stopped:
+            return
+        deadline = time.monotonic() + timeout
+        self.flush(timeout)
+        self._stopped = True
+        self._wake.set()
+        if self._worker is not None:
+            self._worker.join(max(0.0, deadline - time.monotonic()))
+        for lane in self.lanes:
+            lane.stop(max(0.1, deadline - time.monotonic()))
+            try:
+                lane.backend.shutdown(max(0.1, deadline - time.monotonic()))
+            except Exception as exc:
+                log.warning("backend %r failed to shut down cleanly: %s", lane.name, exc)
+
+    def after_fork_in_child(self) -> None:
+        """The child inherits a copy of the queue the parent will export: drop it, restart threads."""
+        self._queue = deque()
+        self._wake = threading.Event()
+        self._overflow_lock = threading.Lock()
+        self.lanes = tuple(Lane(lane.name, lane.backend, lane.spool, self._queue_size) for lane in self.lanes)
+        self._start_worker()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "records_emitted": self._taken + len(self._queue) + self.overflowed - self._replayed_overflow,
+            "spans_processed": self.processed_spans,
+            "sampled_out": self.sampled_out,
+            "processor_errors": self.processor_errors,
+            "queue_overflowed": self.overflowed,
+            "overflow_dropped": self.overflow_dropped,
+            "queued": len(self._queue),
+            "backends": {lane.name: lane.stats.as_dict(lane.spool) for lane in self.lanes},
+        }
+
+    # ---- the worker's side
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            try:
+                self._drain()
+            except Exception:
+                log.exception("spanmux worker failed on a batch; continuing")
+            if self._stopped:
+                self._drain()
+                return
+
+    def _drain(self) -> None:
+        self._replay_overflow()
+        queue = self._queue
+        batch = _Batch()
+        while queue:
+            item = queue.popleft()
+            if isinstance(item, _Marker):
+                self._send(batch)
+                batch = _Batch()
+                self._replay_overflow()
+                self._wait_lanes()
+                item.done.set()
+                continue
+            self._taken += 1
+            if isinstance(item, Span):
+                processed = self._process(item)
+                if processed is not None:
+                    batch.spans.append(processed)
+            else:
+                batch.scores.append(item)
+            if len(batch.spans) + len(batch.scores) >= self._batch_size:
+                self._send(batch)
+                batch = _Batch()
+        self._send(batch)
+
+    def _wait_lanes(self) -> None:
+        marker = _Marker(len(self.lanes))
+        for lane in self.lanes:
+            lane.mark(marker)
+        marker.done.wait(60.0)
+
+    def _process(self, span: Span) -> Span | None:
+        try:
+            out = self._processor(span)
+        except Exception:
+            self.processor_errors += 1
+            log.exception("spanmux could not process span %r; kept unprocessed", span.name)
+            return None
+        if out is None:
+            self.sampled_out += 1
+        else:
+            self.processed_spans += 1
+        return out
+
+    def _send(self, batch: _Batch) -> None:
+        if not batch.spans and not batch.scores:
+            return
+        for lane in self.lanes:
+            lane.submit(batch)
+
+    def _replay_overflow(self) -> None:
+        spool = self._overflow_spool
+        if spool is None or not spool.pending():
+            return
+        while len(self._queue) < self._queue_size // 2:
+            claimed = spool.claim_oldest()
+            if claimed is None:
+                return
+            path, batch = claimed
+            self._replayed_overflow += len(batch.spans) + len(batch.scores)
+            self._taken += len(batch.spans) + len(batch.scores)
+            self._send(_Batch(list(batch.spans), list(batch.scores)))
+            spool.done(path)
+
+
+def register_fork_handler(get: Callable[[], Pipeline | None]) -> None:
+    def child() -> None:
+        pipeline = get()
+        if pipeline is not None:
+            pipeline.after_fork_in_child()
+
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=child)

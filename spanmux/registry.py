@@ -1,0 +1,117 @@
+"""Backends by name, through the ``spanmux.backends`` entry-point group.
+
+Built-ins are registered the same way in ``pyproject.toml``, so a third-party backend is a
+first-class citizen; the table below is only the fallback for running from a source tree that
+was never installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import Any
+
+from spanmux.backend import Backend, BackendSetupError
+from spanmux.config import LoadedConfig, validate_section
+from spanmux.errors import ConfigProblem, ConfigurationError
+
+log = logging.getLogger("spanmux.registry")
+
+GROUP = "spanmux.backends"
+_FALLBACK = {
+    "local": "spanmux.backends.local:LocalBackend",
+    "superoptix": "spanmux.backends.local:LocalBackend",
+    "console": "spanmux.backends.console:ConsoleBackend",
+    "mlflow": "spanmux.backends.mlflow:MlflowBackend",
+    "langfuse": "spanmux.backends.langfuse:LangfuseBackend",
+}
+
+
+@lru_cache(maxsize=1)
+def known_backends() -> dict[str, str]:
+    """name -> "module:Class" of every backend this environment can build."""
+    found = dict(_FALLBACK)
+    try:
+        for ep in entry_points(group=GROUP):
+            found[ep.name] = ep.value
+    except Exception as exc:  # broken metadata of an unrelated package
+        log.debug("entry points of %s unreadable: %s", GROUP, exc)
+    return found
+
+
+def load_factory(name: str) -> Any:
+    module_name, _, attr = known_backends()[name].partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _missing_modules(factory: Any) -> list[str]:
+    missing = []
+    for module in getattr(factory, "required_modules", ()):
+        try:
+            if importlib.util.find_spec(module) is None:
+                missing.append(module)
+        except (ImportError, ValueError):
+            missing.append(module)
+    return missing
+
+
+def build_backends(loaded: LoadedConfig) -> list[tuple[str, Backend]]:
+    """Construct every listed backend or raise one ConfigurationError; never half of them."""
+    settings = loaded.settings
+    problems: list[ConfigProblem] = []
+    built: list[tuple[str, Backend]] = []
+    for index, name in enumerate(settings.backends):
+        key_path = ("backends", index)
+        factory = load_factory(name)
+        missing = _missing_modules(factory)
+        if missing:
+            extra = getattr(factory, "extra", None)
+            hint = f'pip install "spanmux[{extra}]"' if extra else f"pip install {' '.join(missing)}"
+            problems.append(ConfigProblem(
+                _fmt(loaded, key_path),
+                f"backend {name!r} needs {', '.join(missing)}, which is not installed: run {hint}",
+                loaded.line_of(key_path),
+            ))
+            continue
+        section_path: tuple[str | int, ...] = (name,)
+        if name in loaded.plugin_sections:
+            section, section_problems = validate_section(
+                factory.config_model, loaded.plugin_sections[name], section_path, loaded
+            )
+            problems.extend(section_problems)
+            if section_problems:
+                continue
+        else:
+            section = getattr(settings, name, None)
+        try:
+            built.append((name, factory(section, settings)))
+        except BackendSetupError as exc:
+            path = section_path + ((exc.key,) if exc.key else ())
+            line = loaded.line_of(path) if name in _explicit_sections(loaded) else loaded.line_of(key_path)
+            problems.append(ConfigProblem(_fmt(loaded, path), str(exc), line))
+        except Exception as exc:
+            problems.append(ConfigProblem(
+                _fmt(loaded, section_path), f"backend {name!r} could not start: {exc}", loaded.line_of(key_path)
+            ))
+    if problems:
+        for _, backend in built:
+            try:
+                backend.shutdown(1.0)
+            except Exception:
+                pass
+        raise ConfigurationError(loaded.source, problems)
+    return built
+
+
+def _explicit_sections(loaded: LoadedConfig) -> set[str]:
+    return {str(path[len(loaded.block_path)]) for path in loaded.lines
+            if len(path) > len(loaded.block_path) and path[: len(loaded.block_path)] == loaded.block_path}
+
+
+def _fmt(loaded: LoadedConfig, path: tuple[str | int, ...]) -> str:
+    from spanmux.config import format_path  # noqa: PLC0415
+
+    return format_path(loaded.block_path + path)

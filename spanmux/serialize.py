@@ -1,0 +1,140 @@
+"""Turn whatever a framework hands us into bounded, JSON-able values (on the worker thread).
+
+Never raises: cyclic structures, bytes, objects whose ``__repr__`` fails and 10 MB strings all
+become something a backend can store, and size limits are marked rather than silent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+MAX_DEPTH = 12
+MAX_ITEMS = 1000
+TRUNCATION_MARK = "...[truncated {} chars]"
+
+
+class _Budget:
+    __slots__ = ("left", "truncated")
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.truncated = False
+
+
+def _short_str(text: str, budget: _Budget) -> str:
+    if len(text) <= budget.left:
+        budget.left -= len(text)
+        return text
+    keep = max(budget.left, 64)
+    budget.left = 0
+    budget.truncated = True
+    return text[:keep] + TRUNCATION_MARK.format(len(text) - keep)
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__qualname__} object>"
+
+
+def _message(value: Any) -> dict[str, Any] | None:
+    """LangChain/LlamaIndex chat messages as {role, content, ...}: what every backend renders."""
+    content = getattr(value, "content", None)
+    role = getattr(value, "type", None) or getattr(value, "role", None)
+    if role is None or content is None and not hasattr(value, "tool_calls"):
+        return None
+    out: dict[str, Any] = {"role": str(getattr(role, "value", role)), "content": content}
+    for attr in ("tool_calls", "tool_call_id", "name"):
+        extra = getattr(value, attr, None)
+        if extra:
+            out[attr] = extra
+    return out
+
+
+def _convert(value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+    if isinstance(value, str):
+        return _short_str(value, budget)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, enum.Enum):
+        return _convert(value.value, budget, depth, seen)
+    if isinstance(value, (uuid.UUID, datetime.datetime, datetime.date)):
+        return str(value)
+    if budget.left <= 0:
+        budget.truncated = True
+        return "...[truncated]"
+    if depth >= MAX_DEPTH:
+        return _short_str(_safe_repr(value), budget)
+    marker = id(value)
+    if marker in seen:
+        return "<cycle>"
+    seen.add(marker)
+    try:
+        if isinstance(value, Mapping):
+            out: dict[str, Any] = {}
+            for index, (key, item) in enumerate(value.items()):
+                if index >= MAX_ITEMS or budget.left <= 0:
+                    budget.truncated = True
+                    out["..."] = f"{len(value) - index} more items"
+                    break
+                out[key if isinstance(key, str) else _safe_repr(key)] = _convert(item, budget, depth + 1, seen)
+            return out
+        if isinstance(value, (list, tuple, set, frozenset)):
+            items = []
+            for index, item in enumerate(value):
+                if index >= MAX_ITEMS or budget.left <= 0:
+                    budget.truncated = True
+                    items.append(f"...{len(value) - index} more items")
+                    break
+                items.append(_convert(item, budget, depth + 1, seen))
+            return items
+        message = _message(value)
+        if message is not None:
+            return _convert(message, budget, depth + 1, seen)
+        dumped = _structured(value)
+        if dumped is not None:
+            return _convert(dumped, budget, depth + 1, seen)
+        return _short_str(_safe_repr(value), budget)
+    finally:
+        seen.discard(marker)
+
+
+def _structured(value: Any) -> Any:
+    """pydantic models, dataclasses and msgspec structs as plain dicts; None when not one."""
+    try:
+        if hasattr(value, "model_dump") and callable(value.model_dump):
+            return value.model_dump(mode="python", exclude_none=True)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
+        fields = getattr(type(value), "__struct_fields__", None)
+        if fields is not None:
+            return {name: getattr(value, name, None) for name in fields}
+    except Exception:
+        return None
+    return None
+
+
+def to_jsonable(value: Any, limit: int) -> tuple[Any, bool]:
+    """(JSON-able copy of ``value`` within about ``limit`` characters, whether it was cut)."""
+    budget = _Budget(limit)
+    try:
+        converted = _convert(value, budget, 0, set())
+    except Exception:  # a hostile object: keep a marker rather than lose the span
+        return f"<unserializable {type(value).__qualname__}>", True
+    return converted, budget.truncated
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON of an already JSON-able value."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_safe_repr)

@@ -1,0 +1,151 @@
+"""A per-backend spool on disk: batches a backend could not take wait here, in order.
+
+One file per batch, written to a temporary name and renamed, so a crash or ``kill -9`` never
+leaves half a batch. A process claims a file by renaming it before sending it, so several
+processes sharing a folder never deliver the same batch twice. Files claimed by a process that
+died are released again at the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import msgspec
+
+from spanmux.model import Score, Span
+
+log = logging.getLogger("spanmux.spool")
+
+
+class SpooledBatch(msgspec.Struct):
+    spans: list[Span]
+    scores: list[Score]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(SpooledBatch)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Spool:
+    """Ordered, bounded, crash-safe queue of batches for one backend."""
+
+    SUFFIX = ".batch"
+
+    def __init__(self, folder: Path, max_bytes: int) -> None:
+        self.folder = folder
+        self.max_bytes = max_bytes
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._bytes: int | None = None
+        self.dropped_spans = 0
+        self.dropped_scores = 0
+        self._warned = False
+
+    def _ensure(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def size_bytes(self) -> int:
+        if self._bytes is None:
+            self._bytes = sum(p.stat().st_size for p in self._files(include_claimed=True))
+        return self._bytes
+
+    def _files(self, include_claimed: bool = False) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        out = []
+        for path in self.folder.iterdir():
+            if path.name.endswith(self.SUFFIX) or (include_claimed and ".claimed-" in path.name):
+                out.append(path)
+        return sorted(out, key=lambda p: p.name)
+
+    def pending(self) -> int:
+        """Number of batch files waiting (not counting ones another process is sending)."""
+        return len(self._files())
+
+    def append(self, spans: list[Span], scores: list[Score]) -> bool:
+        """Write one batch; False (and counted as dropped) when the bound is reached."""
+        data = _encoder.encode(SpooledBatch(spans, scores))
+        with self._lock:
+            if self.size_bytes() + len(data) > self.max_bytes:
+                self.dropped_spans += len(spans)
+                self.dropped_scores += len(scores)
+                if not self._warned:
+                    self._warned = True
+                    log.warning(
+                        "spool %s reached its bound of %d bytes: new records for this backend are dropped "
+                        "(counted in spanmux.stats()); raise spool_max_bytes or fix the backend",
+                        self.folder, self.max_bytes,
+                    )
+                return False
+            self._ensure()
+            self._seq += 1
+            name = f"{time.time_ns():020d}-{os.getpid():07d}-{self._seq:08d}"
+            tmp = self.folder / (name + ".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, self.folder / (name + self.SUFFIX))
+            self._bytes = (self._bytes or 0) + len(data)
+            return True
+
+    def claim_oldest(self) -> tuple[Path, SpooledBatch] | None:
+        """Take the oldest batch for sending; None when empty. Undecodable files are set aside."""
+        for path in self._files():
+            claimed = path.with_name(path.name[: -len(self.SUFFIX)] + f".claimed-{os.getpid()}")
+            try:
+                os.replace(path, claimed)
+            except FileNotFoundError:
+                continue  # another process took it
+            try:
+                return claimed, _decoder.decode(claimed.read_bytes())
+            except (msgspec.DecodeError, OSError) as exc:
+                log.error("spool file %s is unreadable (%s); moved aside", claimed.name, exc)
+                os.replace(claimed, claimed.with_suffix(".corrupt"))
+        return None
+
+    def done(self, claimed: Path) -> None:
+        with self._lock:
+            try:
+                size = claimed.stat().st_size
+                claimed.unlink()
+                if self._bytes is not None:
+                    self._bytes = max(0, self._bytes - size)
+            except FileNotFoundError:
+                pass
+
+    def release(self, claimed: Path) -> None:
+        """Put a claimed batch back (sending failed) under its original, ordered name."""
+        original = claimed.name.split(".claimed-")[0] + self.SUFFIX
+        try:
+            os.replace(claimed, claimed.with_name(original))
+        except FileNotFoundError:
+            pass
+
+    def recover_orphans(self) -> int:
+        """Release batches claimed by processes that no longer exist."""
+        count = 0
+        if not self.folder.is_dir():
+            return 0
+        for path in self.folder.iterdir():
+            if ".claimed-" in path.name:
+                pid = int(path.name.rsplit("-", 1)[-1])
+                if pid != os.getpid() and not _pid_alive(pid):
+                    self.release(path)
+                    count += 1
+            elif path.name.endswith(".tmp"):
+                pid = int(path.name.split("-")[1])
+                if not _pid_alive(pid):
+                    path.unlink(missing_ok=True)
+        return count

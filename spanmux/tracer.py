@@ -1,0 +1,288 @@
+"""The manual API: ``span``, ``observe``, ``trace_context``, ``current_trace_id``, ``score``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, overload
+
+from spanmux import runtime
+from spanmux.context import CURRENT_SPAN, TRACE_ATTRIBUTES, SpanContext, current_context
+from spanmux.model import (
+    SPAN_KINDS,
+    ErrorInfo,
+    ModelInfo,
+    ScoreDataType,
+    ScoreSource,
+    Span,
+    TraceAttributes,
+    Usage,
+    make_score,
+    new_span_id,
+    new_trace_id,
+)
+
+log = logging.getLogger("spanmux")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:]
+        message = str(exc)
+    except Exception:
+        tb, message = None, f"<{type(exc).__name__}>"
+    return ErrorInfo(type(exc).__name__, message, tb)
+
+
+class ManualSpan:
+    """A span you open yourself; a context manager (sync and async). Exceptions pass through and
+    are recorded on the span."""
+
+    __slots__ = (
+        "name", "kind", "input", "output", "attributes", "model", "usage", "trace_id", "span_id",
+        "parent_id", "start_ns", "trace", "_token", "_error", "_ended",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        kind: str = "span",
+        input: Any = None,
+        attributes: dict[str, Any] | None = None,
+        model: str | None = None,
+    ) -> None:
+        self.name = name
+        self.kind = kind if kind in SPAN_KINDS else "span"
+        self.input = input
+        self.output: Any = None
+        self.attributes = dict(attributes) if attributes else None
+        self.model = ModelInfo(name=model) if model else None
+        self.usage: Usage | None = None
+        self.trace_id = ""
+        self.span_id = ""
+        self.parent_id: str | None = None
+        self.start_ns = 0
+        self.trace: TraceAttributes | None = None
+        self._token: Any = None
+        self._error: ErrorInfo | None = None
+        self._ended = False
+
+    # -- recording
+    def set_input(self, value: Any) -> None:
+        self.input = value
+
+    def set_output(self, value: Any) -> None:
+        self.output = value
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if self.attributes is None:
+            self.attributes = {}
+        self.attributes[key] = value
+
+    def set_model(self, name: str, provider: str | None = None, **parameters: Any) -> None:
+        self.model = ModelInfo(name, provider, parameters or None)
+
+    def set_usage(self, input_tokens: int = 0, output_tokens: int = 0, **details: int) -> None:
+        total = details.pop("total_tokens", input_tokens + output_tokens)
+        self.usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=total, **details)
+
+    def record_error(self, exc: BaseException) -> None:
+        self._error = error_info(exc)
+
+    def score(self, name: str, value: float | bool | str, comment: str | None = None) -> None:
+        score(self.trace_id, name, value, comment=comment, span_id=self.span_id)
+
+    # -- lifecycle
+    def start(self) -> ManualSpan:
+        parent = current_context()
+        attrs = TRACE_ATTRIBUTES.get()
+        if parent is not None:
+            self.trace_id, self.parent_id = parent.trace_id, parent.span_id
+            self.trace = attrs if attrs is not None else parent.trace
+        else:
+            self.trace_id, self.trace = new_trace_id(), attrs
+        self.span_id = new_span_id()
+        self.start_ns = time.time_ns()
+        self._token = CURRENT_SPAN.set(SpanContext(self.trace_id, self.span_id, self.start_ns, self.trace))
+        return self
+
+    def end(self, exc: BaseException | None = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._token is not None:
+            try:
+                CURRENT_SPAN.reset(self._token)
+            except ValueError:  # ended in another context (async generator, callback)
+                pass
+        if exc is not None:
+            self.record_error(exc)
+        runtime.emit(Span(
+            trace_id=self.trace_id, span_id=self.span_id, parent_id=self.parent_id, name=self.name,
+            kind=self.kind, framework="manual", start_ns=self.start_ns, end_ns=time.time_ns(),
+            status="error" if self._error else "ok", error=self._error, input=self.input,
+            output=self.output, model=self.model, usage=self.usage, attributes=self.attributes,
+            trace=self.trace,
+        ))
+
+    def __enter__(self) -> ManualSpan:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.end(exc)
+
+    async def __aenter__(self) -> ManualSpan:
+        return self.start()
+
+    async def __aexit__(self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.end(exc)
+
+
+def span(
+    name: str, kind: str = "span", input: Any = None, attributes: dict[str, Any] | None = None,
+    model: str | None = None,
+) -> ManualSpan:
+    """Open a span around a block: ``with spanmux.span("retrieve", kind="retriever") as s:``."""
+    return ManualSpan(name, kind, input, attributes, model)
+
+
+def _bound_input(signature: inspect.Signature | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if signature is None:
+        return {"args": args, "kwargs": kwargs}
+    try:
+        bound = signature.bind_partial(*args, **kwargs)
+    except TypeError:
+        return {"args": args, "kwargs": kwargs}
+    return {k: v for k, v in bound.arguments.items() if k not in ("self", "cls")}
+
+
+@overload
+def observe(func: Callable[P, R]) -> Callable[P, R]: ...
+@overload
+def observe(
+    func: None = None, *, name: str | None = None, kind: str = "span", capture_input: bool = True,
+    capture_output: bool = True,
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def observe(
+    func: Callable[P, R] | None = None, *, name: str | None = None, kind: str = "span",
+    capture_input: bool = True, capture_output: bool = True,
+) -> Any:
+    """Trace every call of a function (sync, async, generator): ``@spanmux.observe(kind="tool")``."""
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        span_name = name or getattr(fn, "__qualname__", None) or repr(fn)
+        try:
+            signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):
+            signature = None
+
+        def open_span(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ManualSpan:
+            data = _bound_input(signature, args, kwargs) if capture_input else None
+            return ManualSpan(span_name, kind, data).start()
+
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                s = open_span(args, kwargs)
+                try:
+                    result = await fn(*args, **kwargs)  # type: ignore[misc]
+                except BaseException as exc:
+                    s.end(exc)
+                    raise
+                if capture_output:
+                    s.output = result
+                s.end()
+                return result
+            return async_wrapper  # type: ignore[return-value]
+
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gen_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                s = open_span(args, kwargs)
+                items: list[Any] = []
+                try:
+                    for item in fn(*args, **kwargs):  # type: ignore[attr-defined]
+                        if capture_output and len(items) < 1000:
+                            items.append(item)
+                        yield item
+                except BaseException as exc:
+                    s.end(exc)
+                    raise
+                s.output = items if capture_output else None
+                s.end()
+            return gen_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            s = open_span(args, kwargs)
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                s.end(exc)
+                raise
+            if capture_output:
+                s.output = result
+            s.end()
+            return result
+
+        return wrapper
+
+    return decorate(func) if func is not None else decorate
+
+
+@contextmanager
+def trace_context(
+    *, user_id: str | None = None, session_id: str | None = None, tags: Sequence[str] | None = None,
+    metadata: dict[str, Any] | None = None, name: str | None = None,
+) -> Iterator[TraceAttributes]:
+    """Trace-level attributes for every trace started (or continued) inside the block. Nested
+    contexts merge: inner values win, tags and metadata accumulate."""
+    outer = TRACE_ATTRIBUTES.get()
+    merged = TraceAttributes(
+        name=name if name is not None else (outer.name if outer else None),
+        user_id=user_id if user_id is not None else (outer.user_id if outer else None),
+        session_id=session_id if session_id is not None else (outer.session_id if outer else None),
+        tags=tuple(dict.fromkeys((*(outer.tags if outer else ()), *(tags or ())))),
+        metadata={**((outer.metadata or {}) if outer else {}), **(metadata or {})} or None,
+    )
+    token = TRACE_ATTRIBUTES.set(merged)
+    try:
+        yield merged
+    finally:
+        TRACE_ATTRIBUTES.reset(token)
+
+
+def current_trace_id() -> str | None:
+    """The trace id of the innermost open span (manual or framework), else None."""
+    ctx = current_context()
+    return ctx.trace_id if ctx is not None else None
+
+
+def current_span_id() -> str | None:
+    ctx = current_context()
+    return ctx.span_id if ctx is not None else None
+
+
+def score(
+    trace_id: str | None, name: str, value: float | bool | str, *, comment: str | None = None,
+    span_id: str | None = None, source: ScoreSource = "code", data_type: ScoreDataType | None = None,
+) -> str | None:
+    """Attach a score to a trace (and optionally a span); returns the score id. Never raises:
+    a bad call is logged and returns None."""
+    if trace_id is None:
+        trace_id = current_trace_id()
+    if not trace_id or not isinstance(name, str) or not isinstance(value, (int, float, bool, str)):
+        log.warning("spanmux.score ignored: needs a trace id, a name and a number, bool or str value")
+        return None
+    record = make_score(str(trace_id).removeprefix("tr-"), name, value, span_id=span_id, comment=comment,
+                        source=source, data_type=data_type)
+    runtime.emit(record)
+    return record.id

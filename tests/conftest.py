@@ -1,0 +1,80 @@
+"""Shared fixtures. Every test runs in its own temporary folder with spanmux reset afterwards,
+so nothing leaks into the repository or between tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+import spanmux  # noqa: E402
+from spanmux import runtime  # noqa: E402
+from spanmux.backends.local import LocalStore, TraceSummary  # noqa: E402
+from spanmux.model import Span  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SPANMUX_CONFIG", raising=False)
+    yield
+    runtime.uninstrument()
+    runtime.reset()
+
+
+class TracedStore:
+    """A spanmux configured to a fresh built-in store, with readers that flush first."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def flush(self) -> None:
+        assert spanmux.flush(timeout=30), "spanmux.flush timed out"
+
+    def store(self) -> LocalStore:
+        self.flush()
+        return LocalStore(self.path)
+
+    def traces(self, **filters: Any) -> list[TraceSummary]:
+        with self.store() as db:
+            return db.list_traces(limit=10_000, **filters)
+
+    def trace(self, trace_id: str) -> list[Span]:
+        with self.store() as db:
+            return db.get_trace(trace_id)
+
+    def only_trace(self) -> list[Span]:
+        """The spans of the single trace in the store (fails if there is not exactly one)."""
+        found = self.traces()
+        assert len(found) == 1, f"expected one trace, found {len(found)}: {[t.name for t in found]}"
+        return self.trace(found[0].trace_id)
+
+
+def tree(spans: list[Span]) -> list[tuple[int, str, str]]:
+    """(depth, kind, name) per span in tree order: a readable shape to assert on."""
+    depth: dict[str, int] = {}
+    out = []
+    for s in spans:
+        d = depth.get(s.parent_id, -1) + 1 if s.parent_id else 0
+        depth[s.span_id] = d
+        out.append((d, s.kind, s.name))
+    return out
+
+
+@pytest.fixture
+def traced(tmp_path: Path) -> TracedStore:
+    path = tmp_path / "store" / "spanmux.db"
+    spanmux.configure({
+        "backends": ["local"],
+        "local": {"path": str(path)},
+        "spool_dir": str(tmp_path / "spool"),
+        "flush_interval": 0.05,
+    })
+    return TracedStore(path)
