@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -334,9 +335,13 @@ class LocalBackend:
             reason = getattr(exc, "strerror", None) or str(exc)
             raise BackendSetupError(f"cannot open the store at {self.path!r}: {reason}", key="path") from None
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def export(self, spans: Sequence[Span], scores: Sequence[Score]) -> None:
         with self._lock:
+            if self._pid != os.getpid():  # a forked child must not share the parent's connection
+                self._conn = open_database(self.path)
+                self._pid = os.getpid()
             write_batch(self._conn, spans, scores)
 
     def force_flush(self, timeout: float) -> bool:
@@ -450,9 +455,19 @@ class LocalStore:
             ).fetchall()
         return [_row_to_score(r) for r in rows]
 
+    def iter_scores(self, **filters: Any) -> Iterator[Score]:
+        """The scores of every trace matching the ``list_traces`` filters, in one query (stats)."""
+        where, params = self._filters(**filters)
+        sql = f"SELECT * FROM scores WHERE trace_id IN (SELECT trace_id FROM traces {where}) ORDER BY timestamp_ns"
+        for row in self._conn.execute(sql, params):
+            yield _row_to_score(row)
+
     def iter_spans(self, since_ns: int | None = None, batch: int = 1000) -> Iterator[list[Span]]:
         """All spans in batches, trace by trace (``spanmux replay``)."""
-        sql = "SELECT * FROM spans WHERE trace_id IN (SELECT trace_id FROM traces WHERE start_ns >= ?) ORDER BY trace_id"
+        sql = (
+            "SELECT * FROM spans WHERE trace_id IN (SELECT trace_id FROM traces WHERE start_ns >= ?)"
+            " ORDER BY trace_id"
+        )
         cursor = self._conn.execute(sql, (since_ns or 0,))
         while rows := cursor.fetchmany(batch):
             yield [_row_to_span(r) for r in rows]

@@ -45,6 +45,10 @@ class MlflowConfig(_Section):
     tags: dict[str, str] = Field(default_factory=dict, description="Tags set on the session run and traces.")
     params: dict[str, Any] = Field(default_factory=dict, description="Agent parameters logged on the run.")
     timeout: float = Field(10.0, gt=0, description="Seconds per request to the tracking server.")
+    artifact_location: str | None = Field(
+        None,
+        description="Artifact root of a new experiment (default: beside a sqlite file; the server decides for http).",
+    )
 
 
 class LangfuseConfig(_Section):
@@ -84,7 +88,9 @@ class ObservabilityConfig(BaseModel):
     max_content_bytes: int = Field(
         65536, ge=256, description="Inputs/outputs larger than this are truncated and marked."
     )
-    estimate_tokens: bool = Field(True, description="Estimate tokens with a local tokenizer when a provider reports none.")
+    estimate_tokens: bool = Field(
+        True, description="Estimate tokens with a local tokenizer when a provider reports none."
+    )
     pricing: dict[str, PriceConfig] = Field(
         default_factory=dict, description="Per-model price overrides (model name -> USD per 1M tokens)."
     )

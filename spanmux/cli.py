@@ -36,7 +36,7 @@ def _store_path(store: str | None) -> str:
     try:
         from spanmux.config import load_config  # noqa: PLC0415
 
-        return load_config(None).settings.local.path
+        return str(load_config(None).settings.local.path)
     except ConfigurationError:
         return ".spanmux/spanmux.db"
 
@@ -198,6 +198,59 @@ def schema(
         err_console.print(f"wrote {SCHEMA_FILE}")
         return
     sys.stdout.write(text)
+
+
+def _fmt_score(stats: Any) -> str:
+    if stats.mean is not None:
+        return f"{stats.mean:.3f} (n={stats.traces})"
+    if stats.counts:
+        top = max(stats.counts.items(), key=lambda item: item[1])
+        share = top[1] / sum(stats.counts.values())
+        return f"{top[0]} {share:.0%} (n={stats.traces})"
+    return "-"
+
+
+@app.command()
+def stats(
+    by: Annotated[str, typer.Option(
+        "--by", help="model | variant | prompt | tag | user | session | name | metadata.KEY")] = "model",
+    store: StoreOption = None,
+    since: Annotated[str | None, typer.Option(help="Only traces newer than 15m, 2h, 7d or an ISO date.")] = None,
+    name: Annotated[str | None, typer.Option(help="Only traces with this name.")] = None,
+    status: Annotated[str | None, typer.Option(help="ok or error")] = None,
+    user: Annotated[str | None, typer.Option(help="user id")] = None,
+    session: Annotated[str | None, typer.Option(help="session id")] = None,
+    tag: Annotated[str | None, typer.Option(help="a trace tag")] = None,
+    model: Annotated[str | None, typer.Option(help="Only traces that called this model.")] = None,
+    metadata: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compare groups of traces (A/B): count, error rate, p50/p95 latency, tokens, cost, scores."""
+    from spanmux.comparison import check_grouping, compare  # noqa: PLC0415
+
+    try:
+        check_grouping(by)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--by") from None
+    filters = {"since_ns": _parse_since(since), "name": name, "status": status, "user_id": user,
+               "session_id": session, "tag": tag, "model": model, "metadata": _metadata_filters(metadata)}
+    with _open_store(store) as db:
+        groups = compare(db, by, **filters)
+    if as_json:
+        _print_json({"by": by, "groups": groups})
+        return
+    score_names = sorted({score for g in groups for score in g.scores})
+    table = Table(title=f"{sum(g.traces for g in groups)} traces by {by}", title_justify="left")
+    for column in ("group", "traces", "errors", "p50", "p95", "llm calls", "tokens (mean)", "cost total",
+                   "cost mean", *score_names):
+        table.add_column(column, overflow="fold")
+    for g in groups:
+        table.add_row(
+            g.group, str(g.traces), f"{g.errors} ({g.error_rate:.0%})", _fmt_ms(g.p50_ms), _fmt_ms(g.p95_ms),
+            f"{g.mean_llm_calls:.1f}", f"{g.mean_total_tokens:.1f}", _fmt_cost(g.total_cost), _fmt_cost(g.mean_cost),
+            *(_fmt_score(g.scores[n]) if n in g.scores else "-" for n in score_names),
+        )
+    console.print(table)
 
 
 def main() -> None:

@@ -200,7 +200,9 @@ def _describe(error: Any) -> str:
     return str(error.get("msg", "invalid value"))
 
 
-def validate_section(model: type[BaseModel], section: Any, path: Path_, loaded: LoadedConfig) -> tuple[Any, list[ConfigProblem]]:
+def validate_section(
+    model: type[BaseModel], section: Any, path: Path_, loaded: LoadedConfig
+) -> tuple[Any, list[ConfigProblem]]:
     """Validate a plugin backend's section with its own model, mapping errors to lines."""
     problems: list[ConfigProblem] = []
     try:
@@ -208,5 +210,6 @@ def validate_section(model: type[BaseModel], section: Any, path: Path_, loaded: 
     except ValidationError as exc:
         for error in exc.errors(include_input=False, include_url=False):
             full = path + tuple(error["loc"])
-            problems.append(ConfigProblem(format_path(loaded.block_path + full), _describe(error), loaded.line_of(full)))
+            where = format_path(loaded.block_path + full)
+            problems.append(ConfigProblem(where, _describe(error), loaded.line_of(full)))
         return None, problems

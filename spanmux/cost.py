@@ -1,13 +1,22 @@
-"""Token estimates and USD cost of LLM spans, computed on the worker thread.
+"""USD cost of LLM and embedding spans, computed on the worker thread.
 
-Order of precedence for cost: a cost the provider reported (already on the span, source
-``provider``), then a ``pricing:`` override from the YAML (source ``config``), then the
-genai-prices table (source ``price-table``). Unknown models get no cost and are counted.
+Order of precedence: a cost the provider reported (already on the span, source ``provider``),
+then a ``pricing:`` override from the YAML (source ``config``), then the genai-prices table
+(source ``price-table``), which knows cached-input, cache-write and reasoning prices where the
+provider has them. A model nobody prices gets no cost, raises nothing, and is counted in
+``spanmux.stats()["costs"]``.
+
+Model names arrive in many spellings: ``gpt-4o-mini``, ``models/gemini-1.5-flash``, litellm/DSPy
+style ``openai/gpt-4o-mini``, OpenRouter style ``openrouter/anthropic/claude-3.5-sonnet``. A
+leading ``provider/`` is tried as the provider id; the name alone is tried last. Models served
+by a local runtime (``ollama/...``, provider ``ollama``) are never priced from the table, since a
+cloud price for the same weights would be wrong; give them a ``pricing:`` entry instead.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import msgspec
@@ -17,56 +26,155 @@ from spanmux.model import Cost, Span, Usage
 
 log = logging.getLogger("spanmux.cost")
 
-_PRICED_KINDS = frozenset({"llm", "embedding"})
+PRICED_KINDS = frozenset({"llm", "embedding"})
+LOCAL_PROVIDERS = frozenset({
+    "ollama", "ollama_chat", "llamacpp", "llama_cpp", "llama-cpp", "lmstudio", "lm_studio", "vllm",
+    "localai", "mlx", "gpt4all", "llamafile", "huggingface_local", "transformers", "local",
+})
+"""Providers that run models on the user's own hardware: no table price applies."""
+_CACHE_LIMIT = 4096
+_UNKNOWN_NAMES_LIMIT = 200
+
+Resolution = tuple[str, str | None]
+
+
+def _candidates(model: str, provider: str | None) -> list[Resolution]:
+    """(model_ref, provider_id) pairs to try in order; empty for local runtimes."""
+    provider = provider.strip().lower() if provider else None
+    if provider in LOCAL_PROVIDERS:
+        return []
+    pairs: list[Resolution] = []
+    if provider:
+        pairs.append((model, provider))
+    name = model
+    while "/" in name:
+        prefix, rest = name.split("/", 1)
+        prefix = prefix.lower()
+        if prefix in LOCAL_PROVIDERS:
+            return []
+        if prefix != "models":  # Gemini's "models/<name>" is not a provider
+            pairs.append((rest, prefix))
+        if provider:
+            pairs.append((rest, provider))
+        pairs.append((rest, None))
+        name = rest
+    pairs.append((model, None))
+    return list(dict.fromkeys(pairs))
+
+
+def _price_usage(usage: Usage) -> Any:
+    from genai_prices import Usage as PriceUsage  # noqa: PLC0415
+
+    values: dict[str, int] = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+    if usage.cache_read_tokens:
+        values["cache_read_tokens"] = usage.cache_read_tokens
+    if usage.cache_write_tokens:
+        values["cache_write_tokens"] = usage.cache_write_tokens
+    if usage.reasoning_tokens:
+        values["output_reasoning_tokens"] = min(usage.reasoning_tokens, usage.output_tokens)
+    try:
+        return PriceUsage(**values)
+    except TypeError:  # genai-prices before 0.1 has no reasoning bucket: output price for all
+        values.pop("output_reasoning_tokens", None)
+        return PriceUsage(**values)
 
 
 class CostCalculator:
+    """Prices spans; remembers how each (model, provider) resolved so lookups stay cheap."""
+
     def __init__(self, settings: ObservabilityConfig) -> None:
-        self.overrides = dict(settings.pricing)
+        self.overrides = {name.lower(): price for name, price in settings.pricing.items()}
+        self._resolved: dict[tuple[str, str | None], Resolution | None] = {}
+        self._lock = threading.Lock()
+        self.priced: dict[str, int] = {"provider": 0, "config": 0, "price-table": 0}
         self.unknown_models: dict[str, int] = {}
-        self._cache: dict[tuple[str, str | None], Any] = {}
+        self.unpriced = 0
+        self.no_model = 0
 
     def apply(self, span: Span) -> Span:
-        if span.kind not in _PRICED_KINDS or span.usage is None or span.model is None or not span.model.name:
+        """The span with its cost filled in when it can be priced (else unchanged)."""
+        if span.kind not in PRICED_KINDS or span.usage is None:
             return span
         if span.cost is not None:
+            self._count_priced(span.cost.source)
+            return span
+        if span.model is None or not span.model.name:
+            with self._lock:
+                self.no_model += 1
             return span
         cost = self.price(span.model.name, span.model.provider, span.usage)
         if cost is None:
             return span
+        self._count_priced(cost.source)
         return msgspec.structs.replace(span, cost=cost)
 
     def price(self, model: str, provider: str | None, usage: Usage) -> Cost | None:
-        override = self.overrides.get(model)
+        """Cost of ``usage`` on ``model``: config override, else price table, else None (counted)."""
+        override = self._override(model)
         if override is not None:
-            cached = usage.cache_read_tokens if override.cache_read is not None else 0
-            input_cost = ((usage.input_tokens - cached) * override.input + cached * (override.cache_read or 0)) / 1e6
+            cached = min(usage.cache_read_tokens, usage.input_tokens) if override.cache_read is not None else 0
+            input_cost = ((usage.input_tokens - cached) * override.input + cached * (override.cache_read or 0.0)) / 1e6
             output_cost = usage.output_tokens * override.output / 1e6
             return Cost(input_cost, output_cost, input_cost + output_cost, "config")
-        return self._from_table(model, provider, usage)
+        cost = self._from_table(model, provider, usage)
+        if cost is None:
+            with self._lock:
+                self.unpriced += 1
+                if model in self.unknown_models or len(self.unknown_models) < _UNKNOWN_NAMES_LIMIT:
+                    self.unknown_models[model] = self.unknown_models.get(model, 0) + 1
+        return cost
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "priced": dict(self.priced),
+                "unpriced": self.unpriced,
+                "unknown_models": dict(self.unknown_models),
+                "without_model": self.no_model,
+            }
+
+    def _count_priced(self, source: str) -> None:
+        with self._lock:
+            self.priced[source] = self.priced.get(source, 0) + 1
+
+    def _override(self, model: str) -> Any:
+        if not self.overrides:
+            return None
+        name = model.lower()
+        found = self.overrides.get(name)
+        while found is None and "/" in name:
+            name = name.split("/", 1)[1]
+            found = self.overrides.get(name)
+        return found
 
     def _from_table(self, model: str, provider: str | None, usage: Usage) -> Cost | None:
         try:
-            from genai_prices import Usage as PriceUsage  # noqa: PLC0415
             from genai_prices import calc_price  # noqa: PLC0415
+
+            price_usage = _price_usage(usage)
         except ImportError:  # pragma: no cover - a core dependency
             return None
-        price_usage = PriceUsage(
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_read_tokens=usage.cache_read_tokens or None,
-            cache_write_tokens=usage.cache_write_tokens or None,
-        )
-        for provider_id in ((provider, None) if provider else (None,)):
+        key = (model, provider)
+        if key in self._resolved:
+            resolution = self._resolved[key]
+            candidates = [resolution] if resolution is not None else []
+        else:
+            candidates = _candidates(model, provider)
+        for model_ref, provider_id in candidates:
             try:
-                result = calc_price(price_usage, model, provider_id=provider_id)
+                result = calc_price(price_usage, model_ref, provider_id=provider_id)
             except LookupError:
                 continue
             except Exception as exc:  # a price library bug must not lose the span
                 log.debug("genai-prices failed for %s: %s", model, exc)
-                break
-            return Cost(
-                float(result.input_price), float(result.output_price), float(result.total_price), "price-table"
-            )
-        self.unknown_models[model] = self.unknown_models.get(model, 0) + 1
+                return None
+            self._remember(key, (model_ref, provider_id))
+            return Cost(float(result.input_price), float(result.output_price), float(result.total_price),
+                        "price-table")
+        self._remember(key, None)
         return None
+
+    def _remember(self, key: tuple[str, str | None], value: Resolution | None) -> None:
+        if len(self._resolved) >= _CACHE_LIMIT:
+            self._resolved.clear()
+        self._resolved[key] = value

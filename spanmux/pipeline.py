@@ -171,9 +171,9 @@ class Lane:
 
     def _deliver(self, item: _Batch) -> None:
         self._pending_records -= len(item.spans) + len(item.scores)
-        if self._healthy and (self.spool is None or not self._spool_has_work()):
-            if self._export(item.spans, item.scores):
-                return
+        fresh = self._healthy and (self.spool is None or not self._spool_has_work())
+        if fresh and self._export(item.spans, item.scores):
+            return
         if self.spool is None:
             return  # no spool configured (tests, console): the error is counted
         self._to_spool(item)
@@ -325,7 +325,19 @@ class Pipeline:
             "overflow_dropped": self.overflow_dropped,
             "queued": len(self._queue),
             "backends": {lane.name: lane.stats.as_dict(lane.spool) for lane in self.lanes},
+            **self._processor_stats(),
         }
+
+    def _processor_stats(self) -> dict[str, Any]:
+        """The processor's own counters (token estimates, costs) when it keeps any."""
+        counters = getattr(self._processor, "stats", None)
+        if not callable(counters):
+            return {}
+        try:
+            found = counters()
+        except Exception:
+            return {}
+        return found if isinstance(found, dict) else {}
 
     # ---- the worker's side
     def _run(self) -> None:

@@ -10,12 +10,14 @@ from typing import Any
 import msgspec
 
 from spanmux.config_schemas import ObservabilityConfig
-from spanmux.model import ModelInfo, Span
+from spanmux.model import ModelInfo, Span, Usage
 from spanmux.serialize import to_jsonable
 
 log = logging.getLogger("spanmux.processors")
 
 _CONTENT_ATTRIBUTES = ("retrieval.documents", "llm.messages", "event")
+_ESTIMATED_KINDS = frozenset({"llm"})
+_LLM_PARENTS_KEPT = 10_000
 
 
 def trace_is_sampled(trace_id: str, rate: float) -> bool:
@@ -39,6 +41,9 @@ class SpanProcessor:
         self.sample_rate = settings.sample_rate
         self.capture_content = settings.capture_content
         self.limit = settings.max_content_bytes
+        self.estimate_tokens = settings.estimate_tokens
+        self.estimated_spans = 0
+        self._llm_parents: dict[str, None] = {}  # recent parents of llm spans (insertion-ordered)
         self.costs = CostCalculator(settings)
 
     def __call__(self, span: Span) -> Span | None:
@@ -70,5 +75,42 @@ class SpanProcessor:
             changes["trace"] = msgspec.structs.replace(span.trace, metadata=meta)
         if truncated:
             changes["truncated"] = True
+        if self.estimate_tokens and span.kind in _ESTIMATED_KINDS:
+            billed = span.status == "ok" or span.output is not None  # a failed call without output
+            if span.usage is None and billed and not self._delegates(span):
+                changes["usage"] = self._estimate(span, changes)
+            if span.parent_id:
+                self._remember_llm_parent(span.parent_id)
         span = msgspec.structs.replace(span, **changes)
         return self.costs.apply(span)
+
+    def _delegates(self, span: Span) -> bool:
+        """An llm span with an llm child (LlamaIndex ``achat`` over ``chat``) only wraps it: its
+        tokens are the child's, so estimating it would count them twice. Children end, and are
+        emitted, before their parent."""
+        return span.span_id in self._llm_parents
+
+    def _remember_llm_parent(self, parent_id: str) -> None:
+        parents = self._llm_parents
+        parents[parent_id] = None
+        if len(parents) > _LLM_PARENTS_KEPT:
+            del parents[next(iter(parents))]
+
+    def _estimate(self, span: Span, changes: dict[str, Any]) -> Usage | None:
+        """Token estimate from the serialized input/output (serialized here when content is not
+        captured: counted, then dropped)."""
+        from spanmux.tokens import estimate_usage  # noqa: PLC0415 - tiktoken loads on first need
+
+        if self.capture_content:
+            input_value, output_value = changes.get("input"), changes.get("output")
+        else:
+            input_value = to_jsonable(span.input, self.limit)[0] if span.input is not None else None
+            output_value = to_jsonable(span.output, self.limit)[0] if span.output is not None else None
+        usage = estimate_usage(input_value, output_value)
+        if usage is not None:
+            self.estimated_spans += 1
+        return usage
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``spanmux.stats()``: estimated spans and how costs were found."""
+        return {"estimated_usage_spans": self.estimated_spans, "costs": self.costs.stats()}

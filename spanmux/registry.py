@@ -65,7 +65,13 @@ def build_backends(loaded: LoadedConfig) -> list[tuple[str, Backend]]:
     built: list[tuple[str, Backend]] = []
     for index, name in enumerate(settings.backends):
         key_path = ("backends", index)
-        factory = load_factory(name)
+        try:
+            factory = load_factory(name)
+        except Exception as exc:  # a broken plugin: report it like any other problem
+            problems.append(ConfigProblem(
+                _fmt(loaded, key_path), f"backend {name!r} could not be loaded: {exc}", loaded.line_of(key_path)
+            ))
+            continue
         missing = _missing_modules(factory)
         if missing:
             extra = getattr(factory, "extra", None)

@@ -99,7 +99,10 @@ def _convert(value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
                     break
                 items.append(_convert(item, budget, depth + 1, seen))
             return items
-        message = _message(value)
+        try:
+            message = _message(value)
+        except Exception:  # an object whose attribute reads raise is not a message
+            message = None
         if message is not None:
             return _convert(message, budget, depth + 1, seen)
         dumped = _structured(value)

@@ -91,8 +91,14 @@ class ManualSpan:
         self.model = ModelInfo(name, provider, parameters or None)
 
     def set_usage(self, input_tokens: int = 0, output_tokens: int = 0, **details: int) -> None:
-        total = details.pop("total_tokens", input_tokens + output_tokens)
-        self.usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=total, **details)
+        self.usage = Usage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            total_tokens=details.get("total_tokens", input_tokens + output_tokens),
+            cache_read_tokens=details.get("cache_read_tokens", 0),
+            cache_write_tokens=details.get("cache_write_tokens", 0),
+            reasoning_tokens=details.get("reasoning_tokens", 0),
+        )
 
     def record_error(self, exc: BaseException) -> None:
         self._error = error_info(exc)
@@ -142,7 +148,9 @@ class ManualSpan:
     async def __aenter__(self) -> ManualSpan:
         return self.start()
 
-    async def __aexit__(self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.end(exc)
 
 

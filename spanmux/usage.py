@@ -1,18 +1,28 @@
 """One function that turns any provider's or framework's token usage into ``Usage``.
 
-Accepted shapes (dicts, pydantic models, or objects with attributes), first match wins per
-field:
+Accepted shapes (dicts, pydantic models, SDK objects with attributes, or a whole response that
+holds one of them under ``usage`` / ``usage_metadata`` / ``token_usage`` / ``usageMetadata`` /
+``meta.billed_units``, a LangChain ``AIMessage``/``LLMResult.llm_output``, a LlamaIndex
+``ChatResponse`` (``raw``, then ``additional_kwargs``) or a DSPy LM history entry):
+
 - LangChain ``usage_metadata``: input_tokens, output_tokens, total_tokens,
   input_token_details.{cache_read, cache_creation}, output_token_details.reasoning
-- OpenAI: prompt_tokens, completion_tokens, total_tokens, prompt_tokens_details.cached_tokens,
-  completion_tokens_details.reasoning_tokens (and the Responses API's input/output names)
-- Anthropic: input_tokens (excludes cache), output_tokens, cache_read_input_tokens,
+- OpenAI chat (and litellm/DSPy, DeepSeek, Mistral, Groq...): prompt_tokens, completion_tokens,
+  total_tokens, prompt_tokens_details.cached_tokens, completion_tokens_details.reasoning_tokens
+- OpenAI Responses API: input_tokens, output_tokens, input_tokens_details.cached_tokens,
+  output_tokens_details.reasoning_tokens
+- Anthropic: input_tokens (cache excluded), output_tokens, cache_read_input_tokens,
   cache_creation_input_tokens
-- Gemini: promptTokenCount/prompt_token_count, candidatesTokenCount, totalTokenCount,
-  cachedContentTokenCount, thoughtsTokenCount
-- Bedrock: inputTokens, outputTokens, totalTokens, cacheReadInputTokens, cacheWriteInputTokens
-- Ollama: prompt_eval_count, eval_count
-The result follows OpenAI semantics: input includes cached tokens, output includes reasoning.
+- Gemini (REST camelCase and google-genai snake_case): promptTokenCount, candidatesTokenCount
+  (thoughts excluded), totalTokenCount, cachedContentTokenCount, thoughtsTokenCount,
+  toolUsePromptTokenCount
+- Bedrock Converse: inputTokens, outputTokens, totalTokens, cacheReadInputTokens,
+  cacheWriteInputTokens
+- Ollama: prompt_eval_count, eval_count; Cohere: meta.billed_units.{input,output}_tokens
+
+The result follows OpenAI semantics: ``input_tokens`` includes cached tokens (read and written),
+``output_tokens`` includes reasoning tokens. Shapes that report them apart (Anthropic, Bedrock,
+Gemini thoughts) are folded in, so the price library and every backend see one convention.
 """
 
 from __future__ import annotations
@@ -22,94 +32,142 @@ from typing import Any
 
 from spanmux.model import Usage
 
-_INPUT = ("input_tokens", "prompt_tokens", "promptTokenCount", "prompt_token_count", "inputTokens",
+_WRAPPERS = ("usage", "usage_metadata", "token_usage", "usageMetadata", "meta", "billed_units", "llm_output",
+             "response_metadata", "raw", "additional_kwargs")
+_INPUT = ("prompt_tokens", "input_tokens", "promptTokenCount", "prompt_token_count", "inputTokens",
           "prompt_eval_count", "input_token_count")
-_OUTPUT = ("output_tokens", "completion_tokens", "candidatesTokenCount", "candidates_token_count",
+_OUTPUT = ("completion_tokens", "output_tokens", "candidatesTokenCount", "candidates_token_count",
            "outputTokens", "eval_count", "output_token_count")
 _TOTAL = ("total_tokens", "totalTokenCount", "total_token_count", "totalTokens")
 _CACHE_READ = ("cache_read_input_tokens", "cachedContentTokenCount", "cached_content_token_count",
-               "cacheReadInputTokens", "cacheReadInputTokenCount", "cache_read_tokens")
+               "cacheReadInputTokens", "cacheReadInputTokenCount", "cache_read_tokens", "prompt_cache_hit_tokens")
 _CACHE_WRITE = ("cache_creation_input_tokens", "cacheWriteInputTokens", "cacheWriteInputTokenCount",
                 "cache_write_tokens")
 _REASONING = ("thoughtsTokenCount", "thoughts_token_count", "reasoning_tokens")
-_NESTED_INPUT_DETAILS = ("input_token_details", "prompt_tokens_details", "input_tokens_details")
-_NESTED_OUTPUT_DETAILS = ("output_token_details", "completion_tokens_details", "output_tokens_details")
+_TOOL_PROMPT = ("toolUsePromptTokenCount", "tool_use_prompt_token_count")
+_INPUT_DETAILS = ("input_token_details", "prompt_tokens_details", "input_tokens_details")
+_OUTPUT_DETAILS = ("output_token_details", "completion_tokens_details", "output_tokens_details")
+_DETAIL_CACHE_READ = ("cache_read", "cached_tokens")
+_DETAIL_CACHE_WRITE = ("cache_creation", "cache_write", "cache_write_tokens", "cache_creation_tokens")
+_DETAIL_REASONING = ("reasoning", "reasoning_tokens")
+# Shapes whose input count leaves the cache out (Anthropic, Bedrock): input key -> cache keys.
+_EXCLUSIVE_CACHE = {
+    "input_tokens": ("cache_read_input_tokens", "cache_creation_input_tokens"),
+    "inputTokens": ("cacheReadInputTokens", "cacheWriteInputTokens"),
+}
+_THOUGHTS_APART = frozenset({"thoughtsTokenCount", "thoughts_token_count"})
+_MAX_DEPTH = 3
+_MAX_VISITED = 12
 
 
-def _as_mapping(value: Any) -> Mapping[str, Any] | None:
-    if value is None:
+def _get(source: Any, key: str) -> Any:
+    """``source[key]`` for mappings, ``source.key`` for objects; None when absent or failing."""
+    if source is None:
         return None
-    if isinstance(value, Mapping):
-        return value
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        try:
-            dumped = dump()
-            return dumped if isinstance(dumped, Mapping) else None
-        except Exception:
-            return None
     try:
-        attrs = vars(value)
-    except TypeError:
+        if isinstance(source, Mapping):
+            return source.get(key)
+        if isinstance(source, (str, bytes, int, float, list, tuple)):
+            return None
+        return getattr(source, key, None)
+    except Exception:  # a hostile __getattr__ must not lose the span
         return None
-    return attrs if isinstance(attrs, Mapping) else None
 
 
 def _int(value: Any) -> int | None:
-    if isinstance(value, bool) or value is None:
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
+        return value if value >= 0 else None
+    if isinstance(value, float) and value.is_integer() and value >= 0:
         return int(value)
     if isinstance(value, str) and value.isdigit():
         return int(value)
     return None
 
 
-def _first(data: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
+def _first(source: Any, keys: tuple[str, ...]) -> tuple[str | None, int | None]:
+    """(key, value) of the first key holding a token count."""
     for key in keys:
-        found = _int(data.get(key))
+        found = _int(_get(source, key))
         if found is not None:
-            return found
+            return key, found
+    return None, None
+
+
+def _has_counts(source: Any) -> bool:
+    return any(_int(_get(source, key)) is not None for key in _INPUT + _OUTPUT + _TOTAL)
+
+
+def _locate(raw: Any) -> Any:
+    """The object that holds the counts: ``raw`` itself or a usage object nested inside it
+    (breadth first, a bounded number of objects visited, so odd objects stay cheap)."""
+    frontier = [raw]
+    visited = 0
+    for _ in range(_MAX_DEPTH):
+        following = []
+        for candidate in frontier:
+            visited += 1
+            if visited > _MAX_VISITED:
+                return None
+            if _has_counts(candidate):
+                return candidate
+            for wrapper in _WRAPPERS:
+                inner = _get(candidate, wrapper)
+                if inner is not None and inner is not candidate:
+                    following.append(inner)
+        frontier = following
+        if not frontier:
+            break
     return None
 
 
+def _detail(source: Any, containers: tuple[str, ...], keys: tuple[str, ...]) -> int:
+    for container in containers:
+        details = _get(source, container)
+        if details is not None:
+            _, value = _first(details, keys)
+            if value:
+                return value
+    return 0
+
+
 def normalize_usage(raw: Any, *, estimated: bool = False) -> Usage | None:
-    """``Usage`` from any known shape, or None when it holds no token count."""
-    data = _as_mapping(raw)
-    if not data:
+    """``Usage`` from any known shape, or None when it holds no token count. Never raises."""
+    try:
+        return _normalize(raw, estimated)
+    except Exception:  # malformed provider objects must never break a span
         return None
-    for wrapper in ("usage", "usage_metadata", "token_usage", "usageMetadata"):
-        inner = _as_mapping(data.get(wrapper))
-        if inner and _first(inner, _INPUT + _OUTPUT + _TOTAL) is not None:
-            data = inner
-            break
-    input_tokens = _first(data, _INPUT)
-    output_tokens = _first(data, _OUTPUT)
-    total = _first(data, _TOTAL)
-    if input_tokens is None and output_tokens is None and total is None:
+
+
+def _normalize(raw: Any, estimated: bool) -> Usage | None:
+    if isinstance(raw, Usage):
+        return raw
+    data = _locate(raw)
+    if data is None:
         return None
-    cache_read = _first(data, _CACHE_READ) or 0
-    cache_write = _first(data, _CACHE_WRITE) or 0
-    reasoning = _first(data, _REASONING) or 0
-    for key in _NESTED_INPUT_DETAILS:
-        details = _as_mapping(data.get(key))
-        if details:
-            cache_read = cache_read or _first(details, ("cache_read", "cached_tokens")) or 0
-            cache_write = cache_write or _first(details, ("cache_creation", "cache_write")) or 0
-    for key in _NESTED_OUTPUT_DETAILS:
-        details = _as_mapping(data.get(key))
-        if details:
-            reasoning = reasoning or _first(details, ("reasoning", "reasoning_tokens")) or 0
+    input_key, input_tokens = _first(data, _INPUT)
+    _, output_tokens = _first(data, _OUTPUT)
+    _, total = _first(data, _TOTAL)
+    _, cache_read = _first(data, _CACHE_READ)
+    _, cache_write = _first(data, _CACHE_WRITE)
+    reasoning_key, reasoning = _first(data, _REASONING)
+    cache_read = cache_read or _detail(data, _INPUT_DETAILS, _DETAIL_CACHE_READ)
+    cache_write = cache_write or _detail(data, _INPUT_DETAILS, _DETAIL_CACHE_WRITE)
+    reasoning = reasoning or _detail(data, _OUTPUT_DETAILS, _DETAIL_REASONING)
     input_tokens = input_tokens or 0
     output_tokens = output_tokens or 0
-    if "cache_read_input_tokens" in data or "cache_creation_input_tokens" in data:
-        # Anthropic reports input without the cached part: fold it back in (OpenAI semantics).
+
+    # Anthropic/Bedrock leave cache reads and writes out of the input count; fold them back in
+    # unless a total shows the input already held them.
+    exclusive_keys = _EXCLUSIVE_CACHE.get(input_key or "", ())
+    if any(_int(_get(data, k)) for k in exclusive_keys) and total != input_tokens + output_tokens:
         input_tokens += cache_read + cache_write
-    if "thoughtsTokenCount" in data or "thoughts_token_count" in data:
-        output_tokens += reasoning  # Gemini reports thoughts apart from candidates
-    if total is None:
+    if reasoning_key in _THOUGHTS_APART:
+        output_tokens += reasoning  # Gemini counts thoughts apart from candidates
+    _, tool_prompt = _first(data, _TOOL_PROMPT)
+    input_tokens += tool_prompt or 0  # Gemini: tool-use prompt tokens are billed input
+    if total is None or total < input_tokens + output_tokens:
         total = input_tokens + output_tokens
     return Usage(
         input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=total,
@@ -119,6 +177,7 @@ def normalize_usage(raw: Any, *, estimated: bool = False) -> Usage | None:
 
 
 def add_usage(a: Usage | None, b: Usage | None) -> Usage | None:
+    """Sum of two usages (either may be None), e.g. the chunks of a stream."""
     if a is None:
         return b
     if b is None:

@@ -78,3 +78,64 @@ def traced(tmp_path: Path) -> TracedStore:
         "flush_interval": 0.05,
     })
     return TracedStore(path)
+
+
+class MemoryBackend:
+    """A backend keeping what it receives; ``fail_first`` export calls raise a retryable error."""
+
+    name = "memory"
+    config_model = None
+    required_modules: tuple[str, ...] = ()
+    extra = None
+
+    def __init__(self, config: Any = None, settings: Any = None, *, fail_first: int = 0,
+                 always_fail: bool = False) -> None:
+        import threading
+
+        self.spans: list[Span] = []
+        self.scores: list[Any] = []
+        self.calls = 0
+        self.fail_first = fail_first
+        self.always_fail = always_fail
+        self.closed = False
+        self.gate: threading.Event | None = None
+
+    def export(self, spans: Any, scores: Any) -> None:
+        from spanmux.backend import ExportError
+
+        self.calls += 1
+        if self.gate is not None:
+            self.gate.wait(30)
+        if self.always_fail or self.calls <= self.fail_first:
+            raise ExportError("memory backend is down", retryable=True)
+        self.spans.extend(spans)
+        self.scores.extend(scores)
+
+    def force_flush(self, timeout: float) -> bool:
+        return True
+
+    def shutdown(self, timeout: float) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def langfuse_server() -> Iterator[Any]:
+    """A Langfuse contract server on loopback (tests/langfuse_server.py), stopped afterwards."""
+    from langfuse_server import LangfuseContractServer  # tests/ is on sys.path (rootdir conftest)
+
+    server = LangfuseContractServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real ``mlflow server`` (sqlite store, loopback, one worker), started once per session."""
+    pytest.importorskip("mlflow")
+    from mlflow_server import MlflowServer  # tests/ is on sys.path (rootdir conftest)
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

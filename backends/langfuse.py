@@ -1,0 +1,608 @@
+"""Backend ``langfuse``: Langfuse's OpenTelemetry ingestion plus its scores API.
+
+Spans travel as OTLP/HTTP protobuf (gzip) to ``{host}/api/public/otel/v1/traces`` with the
+``langfuse.*`` attributes the Langfuse SDK itself writes, so an llm span becomes a generation with
+model, exclusive usage buckets and cost, and every observation carries the trace-level fields
+(name, user, session, tags, metadata) that Langfuse's aggregations filter on.
+
+OpenTelemetry is used as a library only: ``ReadableSpan`` records are built directly from our
+spans (our ids, our nanosecond timestamps, our parents) and encoded with the OTLP encoder. No
+tracer provider is created or installed, so the user's own OpenTelemetry setup (or a Langfuse SDK
+client in the same process) is neither captured nor disturbed. The HTTP call is ours, so each
+answer can be classified for the pipeline's Lane, which owns retries, backoff and the spool.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import gzip
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, ClassVar
+
+import msgspec
+
+from spanmux.backend import BackendSetupError, ExportError
+from spanmux.config_schemas import LangfuseConfig
+from spanmux.model import Cost, Score, Span, Usage
+
+log = logging.getLogger("spanmux.backends.langfuse")
+
+DEFAULT_HOST = "https://cloud.langfuse.com"
+TRACES_PATH = "/api/public/otel/v1/traces"
+SCORES_PATH = "/api/public/scores"
+PROJECTS_PATH = "/api/public/projects"
+INGESTION_VERSION = "4"
+"""``x-langfuse-ingestion-version``: 4 tells the server every span carries its trace fields."""
+MAX_TRACE_REQUEST_BYTES = 4 * 1024 * 1024
+"""Serialized OTLP size above which a batch is split (before gzip)."""
+MAX_SCORE_REQUEST_BYTES = 900_000
+"""POST /api/public/scores takes at most 1 MiB (Next.js default body limit)."""
+
+OBSERVATION_TYPE_BY_KIND: dict[str, str] = {
+    "llm": "generation",
+    "embedding": "embedding",
+    "agent": "agent",
+    "chain": "chain",
+    "tool": "tool",
+    "retriever": "retriever",
+    "evaluator": "evaluator",
+    "guardrail": "guardrail",
+    "reranker": "span",
+    "parser": "span",
+    "span": "span",
+}
+"""spanmux kind -> Langfuse observation type. Langfuse has no reranker or parser type: those
+become plain spans and keep their spanmux kind in the observation metadata."""
+GENERATION_LIKE = frozenset({"generation", "embedding"})
+"""Only these observation types carry model, usage and cost in Langfuse."""
+
+_ENCODER = msgspec.json.Encoder()
+_ENVIRONMENT = re.compile(r"^(?!langfuse)[a-z0-9_-]{1,40}$")
+_RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
+_PROMPT_NAME = "prompt.name"
+_PROMPT_VERSION = "prompt.version"
+_TRACE_LEVEL_KEYS = frozenset({"user.id", "session.id"})
+
+
+# ---------------------------------------------------------------- attribute mapping (pure)
+
+def _json(value: Any) -> str:
+    """Compact JSON; msgspec is several times faster than ``json`` on the worker thread."""
+    try:
+        return _ENCODER.encode(value).decode()
+    except (TypeError, ValueError, OverflowError):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _text(value: Any) -> str:
+    """Input/output as the SDK sends them: strings verbatim, anything else as JSON."""
+    return value if isinstance(value, str) else _json(value)
+
+
+def _metadata_value(value: Any) -> str:
+    """Metadata values: strings verbatim (so filters like ``metadata.variant = B`` match),
+    anything else as compact JSON."""
+    return value if isinstance(value, str) else _json(value)
+
+
+def iso_from_ns(ns: int) -> str:
+    """RFC 3339 UTC with microseconds and a ``Z``, the form Langfuse parses."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{rest // 1000:06d}Z"
+
+
+def usage_details(usage: Usage) -> dict[str, int] | None:
+    """Exclusive buckets: cached and cache-write tokens leave ``input``, reasoning tokens leave
+    ``output``, so the buckets add up to ``total`` and Langfuse never counts a token twice."""
+    cache_read = max(0, usage.cache_read_tokens)
+    cache_write = max(0, usage.cache_write_tokens)
+    reasoning = max(0, usage.reasoning_tokens)
+    details = {
+        "input": max(0, usage.input_tokens - cache_read - cache_write),
+        "output": max(0, usage.output_tokens - reasoning),
+    }
+    if cache_read:
+        details["input_cache_read"] = cache_read
+    if cache_write:
+        details["input_cache_creation"] = cache_write
+    if reasoning:
+        details["output_reasoning"] = reasoning
+    bucket_sum = sum(details.values())
+    if bucket_sum == 0 and usage.total_tokens <= 0:
+        return None
+    details["total"] = max(usage.total_tokens, bucket_sum)
+    return details
+
+
+def cost_details(cost: Cost) -> dict[str, float]:
+    return {"input": cost.input, "output": cost.output, "total": cost.total}
+
+
+def observation_type(kind: str) -> str:
+    return OBSERVATION_TYPE_BY_KIND.get(kind, "span")
+
+
+def observation_attributes(
+    span: Span,
+    *,
+    trace_name: str | None = None,
+    environment: str | None = None,
+    release: str | None = None,
+) -> dict[str, Any]:
+    """The OTel attributes of one observation, named as the Langfuse SDK names them
+    (``langfuse/_client/attributes.py``)."""
+    otype = observation_type(span.kind)
+    attrs: dict[str, Any] = {"langfuse.observation.type": otype}
+    if span.input is not None:
+        attrs["langfuse.observation.input"] = _text(span.input)
+    if span.output is not None:
+        attrs["langfuse.observation.output"] = _text(span.output)
+    if span.status == "error":
+        attrs["langfuse.observation.level"] = "ERROR"
+        if span.error is not None:
+            message = f"{span.error.type}: {span.error.message}" if span.error.message else span.error.type
+            attrs["langfuse.observation.status_message"] = message[:4000]
+
+    metadata: dict[str, Any] = {"framework": span.framework}
+    if otype != span.kind and not (otype == "generation" and span.kind == "llm"):
+        metadata["kind"] = span.kind
+    extra = span.attributes or {}
+    for key, value in extra.items():
+        if key in (_PROMPT_NAME, _PROMPT_VERSION) or key in _TRACE_LEVEL_KEYS or value is None:
+            continue
+        metadata[key] = value
+    if span.error is not None and span.error.traceback:
+        metadata["error.traceback"] = span.error.traceback
+    if span.truncated:
+        metadata["truncated"] = True
+
+    if otype in GENERATION_LIKE:
+        model = span.model
+        if model is not None and model.name:
+            attrs["langfuse.observation.model.name"] = model.name
+        if model is not None and model.parameters:
+            attrs["langfuse.observation.model.parameters"] = _json(model.parameters)
+        if model is not None and model.provider:
+            metadata["provider"] = model.provider
+        if span.usage is not None:
+            details = usage_details(span.usage)
+            if details is not None:
+                attrs["langfuse.observation.usage_details"] = _json(details)
+            if span.usage.estimated:
+                metadata["usage.estimated"] = True
+        if span.cost is not None:
+            attrs["langfuse.observation.cost_details"] = _json(cost_details(span.cost))
+            metadata["cost.source"] = span.cost.source
+        if span.completion_start_ns:
+            attrs["langfuse.observation.completion_start_time"] = iso_from_ns(span.completion_start_ns)
+        if otype == "generation" and extra.get(_PROMPT_NAME):
+            attrs["langfuse.observation.prompt.name"] = str(extra[_PROMPT_NAME])
+            version = extra.get(_PROMPT_VERSION)
+            if version is not None:
+                try:
+                    attrs["langfuse.observation.prompt.version"] = int(version)
+                except (TypeError, ValueError):
+                    metadata[_PROMPT_VERSION] = version
+    elif span.model is not None and span.model.name:
+        metadata["model"] = span.model.name
+
+    for key, value in metadata.items():
+        attrs[f"langfuse.observation.metadata.{key}"] = _metadata_value(value)
+    attrs.update(trace_attributes(span, trace_name=trace_name, environment=environment, release=release))
+    return attrs
+
+
+def trace_attributes(
+    span: Span, *, trace_name: str | None, environment: str | None, release: str | None
+) -> dict[str, Any]:
+    """Trace-level fields, written on every observation as the SDK's propagation does, so
+    Langfuse's per-user, per-session and per-tag aggregations include every observation."""
+    attrs: dict[str, Any] = {}
+    trace = span.trace
+    extra = span.attributes or {}
+    name = (trace.name if trace is not None else None) or trace_name
+    if name:
+        attrs["langfuse.trace.name"] = name
+    user_id = (trace.user_id if trace is not None else None) or extra.get("user.id")
+    if user_id:
+        attrs["user.id"] = str(user_id)
+    session_id = (trace.session_id if trace is not None else None) or extra.get("session.id")
+    if session_id:
+        attrs["session.id"] = str(session_id)
+    if trace is not None and trace.tags:
+        attrs["langfuse.trace.tags"] = tuple(str(tag) for tag in trace.tags)
+    if trace is not None and trace.metadata:
+        for key, value in trace.metadata.items():
+            if value is not None:
+                attrs[f"langfuse.trace.metadata.{key}"] = _metadata_value(value)
+    if environment:
+        attrs["langfuse.environment"] = environment
+    if release:
+        attrs["langfuse.release"] = release
+    return attrs
+
+
+def score_body(score: Score, environment: str | None = None) -> dict[str, Any]:
+    """One item of POST /api/public/scores, shaped like the SDK's ``create_score`` body. The
+    score id and timestamp are fixed by the record, so a re-sent score updates, never doubles."""
+    value: float | str
+    if score.data_type == "boolean":
+        raw = score.value
+        truthy = raw.strip().lower() in ("true", "1", "yes") if isinstance(raw, str) else bool(raw)
+        value = 1.0 if truthy else 0.0
+    elif score.data_type == "numeric":
+        value = float(score.value)
+    else:
+        value = str(score.value)
+    body: dict[str, Any] = {
+        "id": score.id,
+        "traceId": score.trace_id,
+        "name": score.name,
+        "value": value,
+        "dataType": score.data_type.upper(),
+        "timestamp": iso_from_ns(score.timestamp_ns or time.time_ns()),
+        "metadata": {"source": score.source},
+    }
+    if score.span_id:
+        body["observationId"] = score.span_id
+    if score.comment:
+        body["comment"] = score.comment
+    if environment:
+        body["environment"] = environment
+    return body
+
+
+# ---------------------------------------------------------------- OpenTelemetry as a library
+
+@lru_cache(maxsize=1)
+def _otel() -> dict[str, Any]:
+    """Import the OTel pieces once, lazily (never at ``import spanmux``)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans  # noqa: PLC0415
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+    from opentelemetry.sdk.trace import ReadableSpan  # noqa: PLC0415
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope  # noqa: PLC0415
+    from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags  # noqa: PLC0415
+
+    import spanmux  # noqa: PLC0415
+
+    return {
+        "encode_spans": encode_spans,
+        "ReadableSpan": ReadableSpan,
+        "SpanContext": SpanContext,
+        "SpanKind": SpanKind,
+        "Status": Status,
+        "StatusCode": StatusCode,
+        "sampled": TraceFlags(TraceFlags.SAMPLED),
+        "scope": InstrumentationScope("spanmux", spanmux.__version__),
+        "Resource": Resource,
+    }
+
+
+def to_readable_span(span: Span, attributes: dict[str, Any], resource: Any) -> Any:
+    """A finished OTel ``ReadableSpan`` with our ids, parent and nanosecond timestamps, made
+    without a tracer, so nothing is registered anywhere."""
+    otel = _otel()
+    trace_id = int(span.trace_id, 16)
+    span_id = int(span.span_id, 16)
+    if not trace_id or not span_id or trace_id >> 128 or span_id >> 64:
+        raise ValueError("trace id must be 32 hex digits and span id 16, not zero")
+    context = otel["SpanContext"](trace_id, span_id, is_remote=False, trace_flags=otel["sampled"])
+    parent = None
+    if span.parent_id:
+        parent_id = int(span.parent_id, 16)
+        if parent_id and not parent_id >> 64:
+            parent = otel["SpanContext"](trace_id, parent_id, is_remote=False, trace_flags=otel["sampled"])
+    if span.status == "error":
+        message = span.error.message if span.error is not None else None
+        status = otel["Status"](otel["StatusCode"].ERROR, message)
+    else:
+        status = otel["Status"](otel["StatusCode"].UNSET)
+    return otel["ReadableSpan"](
+        name=span.name,
+        context=context,
+        parent=parent,
+        resource=resource,
+        attributes=attributes,
+        kind=otel["SpanKind"].INTERNAL,
+        status=status,
+        start_time=span.start_ns,
+        end_time=max(span.end_ns, span.start_ns),
+        instrumentation_scope=otel["scope"],
+    )
+
+
+# ---------------------------------------------------------------- the backend
+
+def _first(*values: str | None) -> str | None:
+    for value in values:
+        if value is not None and value.strip():
+            return value.strip()
+    return None
+
+
+def _retry_after(header: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date)."""
+    if not header:
+        return None
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _halves(items: Sequence[Any]) -> tuple[Sequence[Any], Sequence[Any]]:
+    middle = len(items) // 2
+    return items[:middle], items[middle:]
+
+
+class _Rejected(Exception):
+    """HTTP 400/413/422 for a request: the content, not the moment, is wrong."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class LangfuseBackend:
+    """Sends spans as Langfuse observations and scores as Langfuse scores."""
+
+    name = "langfuse"
+    config_model: ClassVar[Any] = LangfuseConfig
+    required_modules: ClassVar[tuple[str, ...]] = (
+        "opentelemetry.sdk.trace",
+        "opentelemetry.exporter.otlp.proto.common",
+        "opentelemetry.proto",
+        "requests",
+    )
+    extra: ClassVar[str | None] = "langfuse"
+
+    def __init__(self, config: LangfuseConfig | None, settings: Any = None) -> None:
+        section = config if config is not None else LangfuseConfig()
+        public_key = _first(section.public_key, os.environ.get("LANGFUSE_PUBLIC_KEY"))
+        secret_key = _first(
+            section.secret_key.get_secret_value() if section.secret_key is not None else None,
+            os.environ.get("LANGFUSE_SECRET_KEY"),
+        )
+        if public_key is None:
+            raise BackendSetupError(
+                "langfuse public_key is missing (set it or LANGFUSE_PUBLIC_KEY)", key="public_key"
+            )
+        if secret_key is None:
+            raise BackendSetupError(
+                "langfuse secret_key is missing (set it or LANGFUSE_SECRET_KEY)", key="secret_key"
+            )
+        if public_key.startswith("sk-lf-"):
+            raise BackendSetupError(
+                "langfuse public_key holds a secret key (sk-lf-...): swap public_key and secret_key",
+                key="public_key",
+            )
+        host = _first(section.host, os.environ.get("LANGFUSE_HOST"), os.environ.get("LANGFUSE_BASE_URL"))
+        host = (host or DEFAULT_HOST).rstrip("/")
+        if not re.match(r"^https?://[^/\s]+", host):
+            raise BackendSetupError("langfuse host must be an http:// or https:// URL", key="host")
+        environment = _first(section.environment, os.environ.get("LANGFUSE_TRACING_ENVIRONMENT"))
+        if environment is not None and not _ENVIRONMENT.match(environment):
+            raise BackendSetupError(
+                "langfuse environment must be lowercase letters, digits, '-' or '_' (at most 40), "
+                "not starting with 'langfuse'",
+                key="environment",
+            )
+        self.public_key = public_key
+        self.host = host
+        self.project = section.project
+        self.environment = environment
+        self.release = _first(section.release, os.environ.get("LANGFUSE_RELEASE"))
+        self.timeout = section.timeout
+        self.rejected_spans = 0
+        self.rejected_scores = 0
+        self._warned: set[str] = set()
+        token = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode("ascii")
+        self._auth = f"Basic {token}"
+        self._session: Any = None
+        self._resource: Any = None
+
+    def __repr__(self) -> str:
+        return f"LangfuseBackend(host={self.host!r}, public_key={self.public_key!r})"
+
+    # -- the Backend protocol
+    def export(self, spans: Sequence[Span], scores: Sequence[Score]) -> None:
+        if spans:
+            readable = self._readable_spans(spans)
+            if readable:
+                self._send_spans(readable)
+        if scores:
+            self._send_scores([score_body(score, self.environment) for score in scores])
+
+    def force_flush(self, timeout: float) -> bool:
+        return True  # nothing is buffered here: export() returns once the server answered
+
+    def shutdown(self, timeout: float) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+    def check_connection(self, timeout: float = 5.0) -> str:
+        """Reach the host with the keys in one try (for ``spanmux doctor``); raise ``ExportError``
+        when it does not answer or refuses them."""
+        response = self._request("GET", PROJECTS_PATH, None, {}, timeout)
+        try:
+            self._raise_for_status(response)
+        except _Rejected as exc:
+            raise ExportError(f"Langfuse at {self.host} refused {PROJECTS_PATH}: {exc}", retryable=False) from None
+        try:
+            names = [p.get("name") for p in response.json().get("data", [])]
+        except (ValueError, AttributeError):
+            names = []
+        project = f" (project {', '.join(str(n) for n in names)})" if names else ""
+        return f"Langfuse at {self.host} accepts public key {self.public_key}{project}"
+
+    # -- spans
+    def _readable_spans(self, spans: Sequence[Span]) -> list[Any]:
+        if self._resource is None:
+            resource_attrs = {"service.name": self.project or "spanmux", "telemetry.sdk.name": "spanmux"}
+            self._resource = _otel()["Resource"](resource_attrs)
+        root_names = {s.trace_id: s.name for s in spans if s.parent_id is None}
+        out = []
+        for span in spans:
+            try:
+                attributes = observation_attributes(
+                    span,
+                    trace_name=root_names.get(span.trace_id),
+                    environment=self.environment,
+                    release=self.release,
+                )
+                out.append(to_readable_span(span, attributes, self._resource))
+            except (ValueError, TypeError) as exc:
+                self.rejected_spans += 1
+                self._warn_once(f"span-invalid:{type(exc).__name__}",
+                                "langfuse: span %r skipped, it cannot be encoded: %s", span.name, exc)
+        return out
+
+    def _send_spans(self, readable: Sequence[Any]) -> None:
+        payload = _otel()["encode_spans"](readable).SerializeToString()
+        if len(payload) > MAX_TRACE_REQUEST_BYTES and len(readable) > 1:
+            first, second = _halves(readable)
+            self._send_spans(first)
+            self._send_spans(second)
+            return
+        headers = {
+            "Content-Type": "application/x-protobuf",
+            "Content-Encoding": "gzip",
+            "x-langfuse-ingestion-version": INGESTION_VERSION,
+            "x-langfuse-public-key": self.public_key,
+        }
+        try:
+            self._post(TRACES_PATH, gzip.compress(payload, compresslevel=5), headers)
+        except _Rejected as exc:
+            self._isolate(readable, exc, self._send_spans, "span")
+
+    # -- scores
+    def _send_scores(self, bodies: Sequence[dict[str, Any]]) -> None:
+        for chunk in self._score_chunks(bodies):
+            data = _json(list(chunk)).encode()
+            try:
+                response = self._post(SCORES_PATH, data, {"Content-Type": "application/json"})
+            except _Rejected as exc:
+                self._isolate(chunk, exc, self._send_scores, "score")
+                continue
+            if response.status_code == 207:
+                self._partial_scores(response, len(chunk))
+
+    @staticmethod
+    def _score_chunks(bodies: Sequence[dict[str, Any]]) -> Iterator[Sequence[dict[str, Any]]]:
+        chunk: list[dict[str, Any]] = []
+        size = 2
+        for body in bodies:
+            item = len(_json(body).encode()) + 1
+            if chunk and size + item > MAX_SCORE_REQUEST_BYTES:
+                yield chunk
+                chunk, size = [], 2
+            chunk.append(body)
+            size += item
+        if chunk:
+            yield chunk
+
+    def _partial_scores(self, response: Any, sent: int) -> None:
+        try:
+            result = response.json()
+            rejected = int(result.get("rejected", 0))
+            errors = "; ".join(str(e.get("message")) for e in result.get("errors", [])[:3])
+        except (ValueError, AttributeError, TypeError):
+            rejected, errors = 0, ""
+        if rejected:
+            self.rejected_scores += rejected
+            self._warn_once("scores-207", "langfuse at %s rejected %d of %d scores (not retried): %s",
+                            self.host, rejected, sent, errors)
+
+    # -- rejected content: deliver the rest, drop only what the server refuses
+    def _isolate(
+        self, items: Sequence[Any], exc: _Rejected, send: Callable[[Sequence[Any]], None], what: str
+    ) -> None:
+        """Split a rejected request until the refused records are alone; drop and log those.
+        Keeping them would block every later batch behind them in the spool forever."""
+        if len(items) > 1:
+            first, second = _halves(items)
+            send(first)
+            send(second)
+            return
+        if what == "span":
+            self.rejected_spans += 1
+        else:
+            self.rejected_scores += 1
+        self._warn_once(f"{what}-{exc.status}", "langfuse at %s refused a %s (dropped, not retried): %s",
+                        self.host, what, exc)
+
+    # -- HTTP
+    def _request(self, method: str, path: str, data: bytes | None, headers: dict[str, str],
+                 timeout: float | None = None) -> Any:
+        import requests  # noqa: PLC0415
+
+        if self._session is None:
+            self._session = requests.Session()
+            self._session.headers.update({"User-Agent": "spanmux"})
+        all_headers = {"Authorization": self._auth, **headers}
+        seconds = timeout or self.timeout
+        try:
+            return self._session.request(method, self.host + path, data=data, headers=all_headers,
+                                         timeout=seconds)
+        except requests.Timeout:
+            raise ExportError(f"Langfuse at {self.host} did not answer within {seconds:g}s",
+                              retryable=True) from None
+        except requests.RequestException as exc:
+            raise ExportError(f"Langfuse at {self.host} is unreachable ({type(exc).__name__})",
+                              retryable=True) from None
+
+    def _post(self, path: str, data: bytes, headers: dict[str, str]) -> Any:
+        response = self._request("POST", path, data, headers)
+        self._raise_for_status(response)
+        return response
+
+    def _raise_for_status(self, response: Any) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        if status in (401, 403):
+            raise ExportError(
+                f"Langfuse at {self.host} rejected public key {self.public_key} (HTTP {status}): check "
+                "public_key/secret_key (LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY) and that they belong "
+                "to a project on this host",
+                retryable=False,
+            )
+        if status in _RETRYABLE_STATUS or status >= 500:
+            raise ExportError(
+                f"Langfuse at {self.host} answered HTTP {status}",
+                retryable=True,
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+            )
+        if status in (400, 413, 422):
+            raise _Rejected(status, _short_detail(response))
+        raise ExportError(f"Langfuse at {self.host} answered HTTP {status} for {response.request.path_url}",
+                          retryable=False)
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+
+def _short_detail(response: Any) -> str:
+    try:
+        text = str(response.text)
+    except Exception:
+        return "rejected"
+    return text[:300] or "rejected"

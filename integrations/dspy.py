@@ -1,0 +1,470 @@
+"""DSPy integration: one ``BaseCallback`` that turns DSPy's callback hooks into spans.
+
+    dspy.configure(callbacks=[Callback()])      # or spanmux.instrument("dspy")
+
+Modules become ``chain`` spans (``ReAct`` an ``agent``, ``Retrieve`` a ``retriever``), LM calls
+``llm``, tools ``tool``, adapter format/parse ``parser`` and ``Evaluate`` ``evaluator``.
+
+Parents come from DSPy's own call ids: inside ``on_*_start`` the context variable
+``ACTIVE_CALL_ID`` still holds the caller's call id (DSPy sets the new id only after the start
+hooks ran), and DSPy carries it into ``dspy.Parallel`` threads, ``asyncify`` workers and ``acall``
+tasks. Open spans live in one dict keyed by call id behind a lock, shared by every ``Callback``
+instance so that a call seen by two instances is recorded once.
+
+Token usage, model and cost are not handed to ``on_lm_end``; DSPy writes them into the LM's
+history entry just before the call returns. That entry holds the very list object the call
+returns (``entry["outputs"] is outputs``), so ``on_lm_end`` finds its own entry by identity: exact
+even when threads share one LM and append to its history concurrently.
+
+Not traced: optimizer ``compile`` and code-interpreter hooks (module calls inside a compile become
+traces of their own). ``dspy.Parallel`` called outside any DSPy module starts one trace per item:
+its worker threads inherit DSPy's call id, not spanmux's manual-span context.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from typing import Any
+
+from dspy.clients import base_lm
+from dspy.primitives.example import Example
+from dspy.utils import callback_context
+from dspy.utils.callback import BaseCallback
+
+from spanmux import attributes as attr
+from spanmux import runtime
+from spanmux.context import SpanContext, current_context, current_trace_attributes, register_provider
+from spanmux.model import Cost, ErrorInfo, ModelInfo, Span, Usage, new_span_id, new_trace_id
+from spanmux.tracer import error_info
+from spanmux.usage import normalize_usage
+
+log = logging.getLogger("spanmux.integrations.dspy")
+
+__all__ = ["Callback", "instrument", "uninstrument"]
+
+_HISTORY_SCAN = 256
+"""How many recent history entries ``on_lm_end`` searches for its own (concurrent calls append)."""
+_SECRET_MARKERS = ("key", "secret", "password", "auth", "header", "credential", "cookie")
+
+
+class _OpenSpan:
+    """What a start hook recorded: enough to build the span at the end, nothing serialized."""
+
+    __slots__ = ("owner", "context", "parent_id", "name", "kind", "input", "lm", "model", "attributes")
+
+    def __init__(
+        self, owner: Callback, context: SpanContext, parent_id: str | None, name: str, kind: str,
+        input: Any, lm: Any = None, model: ModelInfo | None = None, attributes: dict[str, Any] | None = None,
+    ) -> None:
+        self.owner = owner
+        self.context = context
+        self.parent_id = parent_id
+        self.name = name
+        self.kind = kind
+        self.input = input
+        self.lm = lm
+        self.model = model
+        self.attributes = attributes
+
+
+_lock = threading.Lock()
+_open: dict[str, _OpenSpan] = {}
+_failures = 0
+_logged_hooks: set[str] = set()
+
+
+def _active_context() -> SpanContext | None:
+    """Context provider: the span of the DSPy call running right now (a tool body, a module's
+    forward), so manual spans and ``spanmux.current_trace_id()`` see it."""
+    call_id = callback_context.ACTIVE_CALL_ID.get()
+    if call_id is None:
+        return None
+    found = _open.get(call_id)
+    return found.context if found is not None else None
+
+
+register_provider(_active_context)
+
+
+def _failed(hook: str) -> None:
+    """Count a hook failure; log the first one of each hook with its traceback."""
+    global _failures
+    _failures += 1
+    if hook not in _logged_hooks:
+        _logged_hooks.add(hook)
+        log.warning("spanmux DSPy callback %s failed; the span may be incomplete", hook, exc_info=True)
+
+
+def failure_count() -> int:
+    """How many hook calls failed in this process (tests and diagnostics)."""
+    return _failures
+
+
+# -- naming and shaping (cheap: attribute reads, shallow copies) ------------------------------
+
+_labels: dict[Any, str | None] = {}
+_kinds: dict[type, str] = {}
+_CACHE_LIMIT = 10_000
+
+
+def _signature_label(signature: Any) -> str | None:
+    """``QA`` for a named signature, ``question -> answer`` for an inline one (cached: building
+    the field string costs more than the rest of a start hook)."""
+    if signature is None:
+        return None
+    try:
+        return _labels[signature]
+    except (KeyError, TypeError):
+        pass
+    name = getattr(signature, "__name__", None)
+    if name and name != "StringSignature":
+        label: str | None = str(name)
+    else:
+        fields = getattr(signature, "signature", None)  # "question -> answer"
+        label = str(fields) if fields else (str(name) if name else None)
+    try:
+        if len(_labels) >= _CACHE_LIMIT:
+            _labels.clear()
+        _labels[signature] = label
+    except TypeError:  # unhashable: not a signature class
+        pass
+    return label
+
+
+def _module_signature(instance: Any) -> Any:
+    signature = getattr(instance, "signature", None)
+    if signature is None:  # ChainOfThought keeps it on its inner Predict
+        signature = getattr(getattr(instance, "predict", None), "signature", None)
+    return signature
+
+
+def _module_kind(instance: Any) -> str:
+    cls = type(instance)
+    kind = _kinds.get(cls)
+    if kind is None:
+        import dspy  # noqa: PLC0415 - already imported by the time a hook runs
+
+        retrieve = getattr(dspy, "Retrieve", None)
+        if issubclass(cls, dspy.ReAct):
+            kind = "agent"
+        elif retrieve is not None and issubclass(cls, retrieve):
+            kind = "retriever"
+        else:
+            kind = "chain"
+        _kinds[cls] = kind
+    return kind
+
+
+def _module_name(instance: Any) -> str:
+    kind_name = type(instance).__name__
+    try:
+        label = _signature_label(_module_signature(instance))
+    except Exception:  # a module whose attributes misbehave still gets a span
+        label = None
+    return f"{kind_name}({label})" if label else kind_name
+
+
+def _call_input(inputs: dict[str, Any]) -> Any:
+    """``{"args": (...), "kwargs": {...}}`` from DSPy -> the keyword fields, positional args kept."""
+    args = inputs.get("args") or ()
+    kwargs = inputs.get("kwargs") or {}
+    if not args:
+        return dict(kwargs)
+    return {"args": list(args), **kwargs}
+
+
+def _fields(value: Any) -> Any:
+    """A ``Prediction``/``Example`` as a dict of its fields; anything else unchanged."""
+    if isinstance(value, Example):
+        try:
+            return dict(value.items())
+        except Exception:
+            return value
+    return value
+
+
+def _split_model(model: str) -> tuple[str, str | None]:
+    """``openai/gpt-4o-mini`` -> (``gpt-4o-mini``, ``openai``); a bare name has no provider."""
+    provider, sep, name = model.partition("/")
+    return (name, provider) if sep and provider and name else (model, None)
+
+
+def _is_secret(key: str) -> bool:
+    lowered = key.lower()
+    return lowered.startswith("api_") or any(marker in lowered for marker in _SECRET_MARKERS)
+
+
+def _lm_parameters(lm: Any, call_kwargs: Any) -> dict[str, Any] | None:
+    merged: dict[str, Any] = {}
+    for source in (getattr(lm, "kwargs", None), call_kwargs):
+        if isinstance(source, dict):
+            merged.update(source)
+    params = {k: v for k, v in merged.items() if v is not None and isinstance(k, str) and not _is_secret(k)}
+    return params or None
+
+
+def _lm_input(inputs: dict[str, Any]) -> Any:
+    messages = inputs.get("messages")
+    if messages is not None:
+        return messages
+    prompt = inputs.get("prompt")
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return prompt if prompt is not None else {k: v for k, v in inputs.items() if k != "kwargs"}
+
+
+def _lm_output(outputs: Any) -> Any:
+    if isinstance(outputs, list) and len(outputs) == 1:
+        return outputs[0]
+    return outputs
+
+
+def _history_entry(lm: Any, outputs: Any) -> dict[str, Any] | None:
+    """The history entry this LM call wrote: it holds the returned object itself."""
+    if outputs is None:
+        return None
+    # the LM's own history, then the process-wide one (kept even when max_history_size is 0)
+    for history in (getattr(lm, "history", None), getattr(base_lm, "GLOBAL_HISTORY", None)):
+        if not isinstance(history, list) or not history:
+            continue
+        recent = history[-_HISTORY_SCAN:]  # a slice is an atomic copy under concurrent appends
+        for entry in reversed(recent):
+            if isinstance(entry, dict) and (entry.get("outputs") is outputs or entry.get("response") is outputs):
+                return entry
+    return None
+
+
+def _usage_and_cost(entry: dict[str, Any]) -> tuple[Usage | None, Cost | None]:
+    usage = normalize_usage(entry.get("usage"))
+    if usage is not None and not (usage.input_tokens or usage.output_tokens or usage.total_tokens):
+        usage = None  # DummyLM and cache hits report zeros: nothing was billed
+    cost = None
+    reported = entry.get("cost")
+    if usage is not None and isinstance(reported, (int, float)) and not isinstance(reported, bool) and reported > 0:
+        cost = Cost(total=float(reported), source="provider")
+    return usage, cost
+
+
+# -- the callback --------------------------------------------------------------------------------
+
+class Callback(BaseCallback):  # type: ignore[misc]
+    """spanmux's DSPy callback: ``dspy.configure(callbacks=[Callback()])``. Never raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        register_provider(_active_context)
+
+    # start/end plumbing
+    def _start(
+        self, call_id: str, name: str, kind: str, input: Any, *, lm: Any = None,
+        model: ModelInfo | None = None, attributes: dict[str, Any] | None = None,
+    ) -> None:
+        if runtime.active() is None or call_id in _open:
+            return
+        parent = current_context()
+        trace_attributes = current_trace_attributes()
+        if parent is not None:
+            trace_id, parent_id = parent.trace_id, parent.span_id
+            trace = trace_attributes if trace_attributes is not None else parent.trace
+        else:
+            trace_id, parent_id, trace = new_trace_id(), None, trace_attributes
+        context = SpanContext(trace_id, new_span_id(), time.time_ns(), trace)
+        record = _OpenSpan(self, context, parent_id, name, kind, input, lm, model, attributes)
+        with _lock:
+            _open.setdefault(call_id, record)
+
+    def _take(self, call_id: str) -> _OpenSpan | None:
+        with _lock:
+            record = _open.get(call_id)
+            if record is None or record.owner is not self:
+                return None
+            del _open[call_id]
+        return record
+
+    def _emit(
+        self, record: _OpenSpan, output: Any, exception: BaseException | None, *,
+        usage: Usage | None = None, cost: Cost | None = None, model: ModelInfo | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
+        error: ErrorInfo | None = error_info(exception) if exception is not None else None
+        context = record.context
+        runtime.emit(Span(
+            trace_id=context.trace_id, span_id=context.span_id, parent_id=record.parent_id, name=record.name,
+            kind=record.kind, framework="dspy", start_ns=context.start_ns, end_ns=time.time_ns(),
+            status="error" if error is not None else "ok", error=error, input=record.input, output=output,
+            model=model or record.model, usage=usage, cost=cost, attributes=attributes or record.attributes,
+            trace=context.trace,
+        ))
+
+    def _end(self, call_id: str, output: Any, exception: BaseException | None) -> None:
+        record = self._take(call_id)
+        if record is not None:
+            self._emit(record, _fields(output), exception)
+
+    # modules
+    def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        try:
+            self._start(call_id, _module_name(instance), _module_kind(instance), _call_input(inputs))
+        except Exception:
+            _failed("on_module_start")
+
+    def on_module_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
+        try:
+            self._end(call_id, outputs, exception)
+        except Exception:
+            _failed("on_module_end")
+
+    # language models
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        try:
+            requested = str(getattr(instance, "model", None) or type(instance).__name__)
+            name, provider = _split_model(requested)
+            model = ModelInfo(name, provider, _lm_parameters(instance, inputs.get("kwargs")))
+            operation = "text_completion" if getattr(instance, "model_type", "chat") == "text" else "chat"
+            span_attributes: dict[str, Any] = {attr.GEN_AI_OPERATION_NAME: operation,
+                                               attr.GEN_AI_REQUEST_MODEL: requested}
+            if provider:
+                span_attributes[attr.GEN_AI_PROVIDER_NAME] = provider
+            self._start(call_id, requested, "llm", _lm_input(inputs), lm=instance, model=model,
+                        attributes=span_attributes)
+        except Exception:
+            _failed("on_lm_start")
+
+    def on_lm_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
+        try:
+            record = self._take(call_id)
+            if record is None:
+                return
+            usage = cost = None
+            span_attributes = record.attributes
+            entry = _history_entry(record.lm, outputs) if exception is None else None
+            if entry is not None:
+                usage, cost = _usage_and_cost(entry)
+                response_model = entry.get("response_model")
+                if response_model:
+                    span_attributes = {**(span_attributes or {}), attr.GEN_AI_RESPONSE_MODEL: str(response_model)}
+            self._emit(record, _lm_output(outputs), exception, usage=usage, cost=cost, attributes=span_attributes)
+        except Exception:
+            _failed("on_lm_end")
+
+    # adapters
+    def on_adapter_format_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        try:
+            data: dict[str, Any] = {"signature": _signature_label(inputs.get("signature")),
+                                    "inputs": inputs.get("inputs")}
+            if inputs.get("demos"):
+                data["demos"] = inputs["demos"]
+            self._start(call_id, f"{type(instance).__name__}.format", "parser", data)
+        except Exception:
+            _failed("on_adapter_format_start")
+
+    def on_adapter_format_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
+        try:
+            self._end(call_id, outputs, exception)
+        except Exception:
+            _failed("on_adapter_format_end")
+
+    def on_adapter_parse_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        try:
+            data = {"signature": _signature_label(inputs.get("signature")), "completion": inputs.get("completion")}
+            self._start(call_id, f"{type(instance).__name__}.parse", "parser", data)
+        except Exception:
+            _failed("on_adapter_parse_start")
+
+    def on_adapter_parse_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
+        try:
+            self._end(call_id, outputs, exception)
+        except Exception:
+            _failed("on_adapter_parse_end")
+
+    # tools
+    def on_tool_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        try:
+            name = str(getattr(instance, "name", None) or type(instance).__name__)
+            arguments = inputs.get("kwargs", inputs)
+            self._start(call_id, name, "tool", dict(arguments) if isinstance(arguments, dict) else arguments,
+                        attributes={attr.GEN_AI_OPERATION_NAME: "execute_tool", attr.GEN_AI_TOOL_NAME: name})
+        except Exception:
+            _failed("on_tool_start")
+
+    def on_tool_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
+        try:
+            self._end(call_id, outputs, exception)
+        except Exception:
+            _failed("on_tool_end")
+
+    # evaluation
+    def on_evaluate_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        try:
+            program = inputs.get("program")
+            metric = inputs.get("metric") or getattr(instance, "metric", None)
+            devset = inputs.get("devset") or getattr(instance, "devset", None) or ()
+            data = {
+                "program": _module_name(program) if program is not None else None,
+                "metric": getattr(metric, "__name__", None) or (type(metric).__name__ if metric else None),
+                "num_examples": len(devset) if hasattr(devset, "__len__") else None,
+            }
+            self._start(call_id, type(instance).__name__, "evaluator", data)
+        except Exception:
+            _failed("on_evaluate_start")
+
+    def on_evaluate_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
+        try:
+            record = self._take(call_id)
+            if record is None:
+                return
+            output: Any = outputs
+            score = getattr(outputs, "score", None)
+            if score is not None:
+                results = getattr(outputs, "results", None)
+                output = {"score": score, "num_results": len(results) if isinstance(results, list) else None}
+            self._emit(record, output, exception)
+        except Exception:
+            _failed("on_evaluate_end")
+
+
+# -- process-wide attachment -----------------------------------------------------------------------
+
+_instrument_lock = threading.Lock()
+_installed: Callback | None = None
+
+
+def _main_config() -> dict[str, Any]:
+    """DSPy's process-wide settings dict. Edited directly: ``dspy.configure`` may only be called
+    from the thread that configured DSPy first, and instrumenting must not claim that thread."""
+    # the module, not the ``settings`` object that ``dspy.dsp.utils`` re-exports under its name
+    settings_module = importlib.import_module("dspy.dsp.utils.settings")
+    config: dict[str, Any] = settings_module.main_thread_config
+    return config
+
+
+def instrument() -> Callback:
+    """Add spanmux's callback to DSPy's global callbacks (idempotent); returns it. Contexts opened
+    with ``dspy.context(...)`` before this call keep the callbacks they started with, and a later
+    ``dspy.configure(callbacks=[...])`` replaces the list: pass ``Callback()`` there instead."""
+    global _installed
+    with _instrument_lock:
+        if _installed is None:
+            _installed = Callback()
+        callback = _installed
+        config = _main_config()
+        current = list(config.get("callbacks") or [])
+        if not any(existing is callback for existing in current):
+            config["callbacks"] = [*current, callback]
+    return callback
+
+
+def uninstrument() -> None:
+    """Remove the callback ``instrument()`` added (idempotent). Calls already running still end
+    their spans: DSPy hands them the callback list it read when they started."""
+    global _installed
+    with _instrument_lock:
+        callback, _installed = _installed, None
+        if callback is None:
+            return
+        config = _main_config()
+        current = list(config.get("callbacks") or [])
+        config["callbacks"] = [existing for existing in current if existing is not callback]

@@ -1,0 +1,710 @@
+"""LlamaIndex integration: one span handler and one event handler on the root instrumentation
+dispatcher, so every query engine, retriever, LLM, embedding, tool, agent and workflow of the
+process is traced without touching user code::
+
+    from spanmux.integrations.llamaindex import instrument
+    instrument()
+
+Why it is built this way:
+
+- LlamaIndex gives every decorated call a span id and its parent's id; we keep our records in a
+  dict keyed by those ids under a lock (never a stack), so threads and asyncio tasks nest right.
+- The span handler opens and closes records; the event handler enriches the open record named by
+  ``event.span_id`` (model from ``model_dict``, token usage from the response, time to first token,
+  reranker model).
+- Streaming calls return a generator and LlamaIndex exits the span at once; the end event comes
+  later with the same span id. LLM spans therefore stay open until that end event. Spans started
+  lazily while such a generator runs (the LLM call behind a streaming query, ``stream_chat`` behind
+  ``astream_chat``) are parented to the span that returned the generator, found by looking for the
+  generator's frame on the current stack.
+- Usage is counted once: an LLM span only keeps usage when no nested LLM span reported it
+  (``achat`` wrapping ``chat`` would otherwise double the trace's tokens and cost).
+- LlamaIndex swallows handler exceptions silently, so every hook catches and logs by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import types
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from spanmux import runtime
+from spanmux.attributes import (
+    GEN_AI_OPERATION_NAME,
+    GEN_AI_RESPONSE_MODEL,
+    GEN_AI_TOOL_NAME,
+    METADATA,
+    RETRIEVAL_DOCUMENTS,
+    STREAMING,
+    TIME_TO_FIRST_TOKEN_MS,
+)
+from spanmux.context import (
+    CURRENT_SPAN,
+    SpanContext,
+    current_context,
+    current_trace_attributes,
+    register_provider,
+)
+from spanmux.model import ErrorInfo, ModelInfo, Span, TraceAttributes, Usage, new_span_id, new_trace_id
+from spanmux.tracer import error_info
+from spanmux.usage import normalize_usage
+
+__all__ = ["instrument", "is_instrumented", "uninstrument"]
+
+log = logging.getLogger("spanmux.integrations.llamaindex")
+
+_LLM_METHODS = frozenset({
+    "chat", "achat", "stream_chat", "astream_chat", "complete", "acomplete", "stream_complete",
+    "astream_complete", "predict", "apredict", "stream", "astream", "structured_predict",
+    "astructured_predict", "stream_structured_predict", "astream_structured_predict", "chat_with_tools",
+    "achat_with_tools", "stream_chat_with_tools", "astream_chat_with_tools",
+})
+_TOOL_METHODS = frozenset({"call", "acall", "__call__"})
+_MODEL_PARAMETERS = ("temperature", "max_tokens", "top_p", "top_k", "frequency_penalty", "presence_penalty",
+                     "seed", "stop", "num_output", "reasoning_effort")
+_PROVIDERS = (("azure", "azure"), ("openai", "openai"), ("anthropic", "anthropic"), ("gemini", "google"),
+              ("google", "google"), ("vertex", "google"), ("bedrock", "aws"), ("mistral", "mistral"),
+              ("groq", "groq"), ("cohere", "cohere"), ("deepseek", "deepseek"), ("ollama", "ollama"),
+              ("together", "together"), ("fireworks", "fireworks"), ("xai", "x-ai"))
+_UNKNOWN_MODEL = ("", "unknown", None)
+_CLOSED_MEMORY = 4096
+_STREAM_MEMORY = 1024
+
+
+class _Record:
+    """One open LlamaIndex span: ids, timing and references to raw objects (serialized later)."""
+
+    __slots__ = (
+        "li_id", "trace_id", "span_id", "parent_id", "parent", "name", "kind", "start_ns", "end_ns", "input",
+        "output", "model", "usage", "completion_start_ns", "attributes", "trace", "error", "exited",
+        "awaiting_end", "pending_children", "holds_parent", "usage_below", "context", "stream_key",
+    )
+
+    def __init__(self, trace_id: str, parent_id: str | None, parent: _Record | None, name: str, kind: str,
+                 start_ns: int, inputs: Any, trace: TraceAttributes | None) -> None:
+        self.li_id = ""
+        self.trace_id = trace_id
+        self.span_id = new_span_id()
+        self.parent_id = parent_id
+        self.parent = parent
+        self.name = name
+        self.kind = kind
+        self.start_ns = start_ns
+        self.end_ns = 0
+        self.input = inputs
+        self.output: Any = None
+        self.model: ModelInfo | None = None
+        self.usage: Usage | None = None
+        self.completion_start_ns: int | None = None
+        self.attributes: dict[str, Any] | None = None
+        self.trace = trace
+        self.error: ErrorInfo | None = None
+        self.exited = False          # LlamaIndex left the call (a stream may still be running)
+        self.awaiting_end = False    # an LLM start event was seen, its end event not yet
+        self.pending_children = 0    # nested LLM spans still streaming
+        self.holds_parent = False    # this streaming span keeps its parent LLM span open
+        self.usage_below = False     # a nested LLM span already reported this call's usage
+        self.context: SpanContext | None = None
+        self.stream_key: int | None = None
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if self.attributes is None:
+            self.attributes = {}
+        self.attributes[key] = value
+
+    def llm_ancestors(self) -> list[_Record]:
+        """Enclosing LLM spans (``predict`` over ``complete``, ``achat`` over ``chat``)."""
+        out = []
+        parent = self.parent
+        while parent is not None and parent.kind == "llm":
+            out.append(parent)
+            parent = parent.parent
+        return out
+
+
+class _Stream:
+    """A generator returned by a span: lazily started calls inside it belong to that span."""
+
+    __slots__ = ("generator", "li_id", "trace_id", "span_id", "trace", "start_ns")
+
+    def __init__(self, generator: weakref.ref[Any], li_id: str, record: _Record) -> None:
+        self.generator = generator  # weak: a generator's frame (and locals) must not outlive it
+        self.li_id = li_id
+        self.trace_id = record.trace_id
+        self.span_id = record.span_id
+        self.trace = record.trace
+        self.start_ns = record.start_ns
+
+
+def _span_name(li_id: str) -> str:
+    """LlamaIndex ids are ``Class.method-<uuid4>``: the readable part is the name."""
+    if len(li_id) > 37 and li_id[-37] == "-":
+        return li_id[:-37]
+    return li_id.rsplit("-", 5)[0]
+
+
+def _inputs(arguments: Mapping[str, Any]) -> Any:
+    extra = arguments.get("kwargs")
+    if extra or "kwargs" not in arguments:
+        return arguments
+    return {k: v for k, v in arguments.items() if k != "kwargs"}
+
+
+def _generator_frame(value: Any) -> Any:
+    if isinstance(value, types.GeneratorType):
+        return value.gi_frame
+    if isinstance(value, types.AsyncGeneratorType):
+        return value.ag_frame
+    return None
+
+
+def _streamed_generator(result: Any) -> Any:
+    """The generator behind a streaming result (itself, or a StreamingResponse's ``response_gen``)."""
+    if isinstance(result, (types.GeneratorType, types.AsyncGeneratorType)):
+        return result
+    inner = getattr(result, "response_gen", None) if hasattr(result, "source_nodes") else None
+    if isinstance(inner, (types.GeneratorType, types.AsyncGeneratorType)):
+        return inner
+    return None
+
+
+def _provider(class_name: Any) -> str | None:
+    lowered = str(class_name or "").lower()
+    for needle, provider in _PROVIDERS:
+        if needle in lowered:
+            return provider
+    return None
+
+
+def _model_info(model_dict: Any, call_kwargs: Any) -> ModelInfo | None:
+    if not isinstance(model_dict, Mapping):
+        return None
+    name = model_dict.get("model_name")
+    if name in _UNKNOWN_MODEL:
+        name = model_dict.get("model")
+    parameters = {k: model_dict[k] for k in _MODEL_PARAMETERS if model_dict.get(k) not in (None, -1)}
+    if isinstance(call_kwargs, Mapping):
+        parameters.update({k: call_kwargs[k] for k in _MODEL_PARAMETERS if call_kwargs.get(k) is not None})
+    if name in _UNKNOWN_MODEL and not parameters:
+        return None
+    return ModelInfo(
+        name=None if name in _UNKNOWN_MODEL else str(name),
+        provider=_provider(model_dict.get("class_name")),
+        parameters=parameters or None,
+    )
+
+
+def _response_usage(response: Any) -> Usage | None:
+    """Token usage of a ChatResponse/CompletionResponse: ``raw`` (a provider object or dict with
+    OpenAI, Anthropic, Gemini, Bedrock... names) first, then ``additional_kwargs``."""
+    raw = getattr(response, "raw", None)
+    usage = None
+    if raw is not None:
+        if not isinstance(raw, Mapping):
+            nested = getattr(raw, "usage", None) or getattr(raw, "usage_metadata", None)
+            raw = nested if nested is not None else raw
+        usage = normalize_usage(raw)
+    if usage is None:
+        usage = normalize_usage(getattr(response, "additional_kwargs", None))
+    if usage is None:
+        message = getattr(response, "message", None)
+        usage = normalize_usage(getattr(message, "additional_kwargs", None)) if message is not None else None
+    return usage
+
+
+def _response_model(response: Any) -> str | None:
+    raw = getattr(response, "raw", None)
+    model = raw.get("model") if isinstance(raw, Mapping) else getattr(raw, "model", None)
+    return model if isinstance(model, str) and model else None
+
+
+def _documents(nodes: Any) -> list[dict[str, Any]] | None:
+    """NodeWithScore list -> [{id, score, content, metadata}] (the worker bounds the size)."""
+    if not isinstance(nodes, list) or not nodes or not hasattr(nodes[0], "node"):
+        return None
+    docs = []
+    for item in nodes:
+        node = getattr(item, "node", None)
+        if node is None:
+            continue
+        try:
+            content = node.get_content()
+        except Exception:
+            content = getattr(node, "text", None)
+        docs.append({"id": getattr(node, "node_id", None), "score": getattr(item, "score", None),
+                     "content": content, "metadata": getattr(node, "metadata", None)})
+    return docs
+
+
+def _output(result: Any) -> Any:
+    """The readable part of common LlamaIndex results; anything else is kept as is."""
+    kind = type(result).__name__
+    if kind == "ChatResponse":
+        return getattr(result, "message", result)
+    if kind == "CompletionResponse":
+        return getattr(result, "text", result)
+    if kind in ("Response", "PydanticResponse") and hasattr(result, "source_nodes"):
+        text = getattr(result, "response", None)
+        return text if text is not None else result
+    if kind == "ToolOutput":
+        return getattr(result, "content", result)
+    if isinstance(result, list) and result and isinstance(result[0], float):
+        return {"embedding_dimensions": len(result)}
+    if isinstance(result, list) and result and isinstance(result[0], list) and result[0] \
+            and isinstance(result[0][0], float):
+        return {"embeddings": len(result), "embedding_dimensions": len(result[0])}
+    return result
+
+
+class _Classifier:
+    """Span kind per (class, method), decided once from LlamaIndex's base classes."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[type, str], str] = {}
+        self.agents = self._load(("llama_index.core.agent.workflow", "BaseWorkflowAgent"),
+                                 ("llama_index.core.agent.workflow", "AgentWorkflow"),
+                                 ("llama_index.core.base.agent.types", "BaseAgent"))
+        self.llms = self._load(("llama_index.core.base.llms.base", "BaseLLM"))
+        self.embeddings = self._load(("llama_index.core.base.embeddings.base", "BaseEmbedding"),
+                                     ("llama_index.core.base.embeddings.base_sparse", "BaseSparseEmbedding"))
+        self.retrievers = self._load(("llama_index.core.base.base_retriever", "BaseRetriever"))
+        self.postprocessors = self._load(("llama_index.core.postprocessor.types", "BaseNodePostprocessor"))
+        self.tools = self._load(("llama_index.core.tools.types", "BaseTool"))
+
+    @staticmethod
+    def _load(*paths: tuple[str, str]) -> tuple[type, ...]:
+        import importlib  # noqa: PLC0415
+
+        found = []
+        for module, name in paths:
+            try:
+                found.append(getattr(importlib.import_module(module), name))
+            except Exception:  # an optional class missing in this LlamaIndex version
+                continue
+        return tuple(found)
+
+    def kind(self, instance: Any, method: str) -> str:
+        if instance is None:
+            return "chain"  # workflow steps and plain functions
+        key = (type(instance), method)
+        found = self.cache.get(key)
+        if found is None:
+            found = self.cache[key] = self._classify(key[0], method)
+        return found
+
+    def _classify(self, cls: type, method: str) -> str:
+        if self.agents and issubclass(cls, self.agents):
+            return "agent"
+        if self.llms and issubclass(cls, self.llms):
+            return "llm" if method in _LLM_METHODS else "chain"
+        if self.embeddings and issubclass(cls, self.embeddings):
+            return "embedding"
+        if self.retrievers and issubclass(cls, self.retrievers):
+            return "retriever"
+        if self.postprocessors and issubclass(cls, self.postprocessors):
+            return "reranker" if "rerank" in cls.__name__.lower() else "chain"
+        if self.tools and issubclass(cls, self.tools):
+            return "tool" if method in _TOOL_METHODS else "chain"
+        return "chain"  # query engines, synthesizers, workflows, node parsers, programs
+
+
+class LlamaIndexTracer:
+    """State shared by the span handler and the event handler."""
+
+    def __init__(self) -> None:
+        from llama_index.core.instrumentation.span import active_span_id  # noqa: PLC0415
+
+        self.active_span_id = active_span_id
+        self.lock = threading.Lock()
+        self.open: dict[str, _Record] = {}
+        self.closed: OrderedDict[str, tuple[str, str, TraceAttributes | None]] = OrderedDict()
+        self.streams: dict[int, _Stream] = {}
+        self.classifier = _Classifier()
+        self.enabled = True
+        self.failures = 0
+        self.events: dict[str, Callable[[_Record, Any], None]] = {
+            "LLMChatStartEvent": self._on_llm_start,
+            "LLMCompletionStartEvent": self._on_llm_start,
+            "LLMChatInProgressEvent": self._on_llm_progress,
+            "LLMCompletionInProgressEvent": self._on_llm_progress,
+            "LLMChatEndEvent": self._on_llm_end,
+            "LLMCompletionEndEvent": self._on_llm_end,
+            "EmbeddingStartEvent": self._on_embedding_start,
+            "SparseEmbeddingStartEvent": self._on_embedding_start,
+            "ReRankStartEvent": self._on_rerank_start,
+            "ExceptionEvent": self._on_exception,
+        }
+
+    def _failed(self, where: str) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            log.exception("spanmux LlamaIndex handler failed in %s (further failures are counted only)", where)
+
+    # -- span handler
+    def enter(self, li_id: str, bound_args: Any, instance: Any, parent_li_id: str | None,
+              tags: Mapping[str, Any] | None) -> None:
+        try:
+            if not self.enabled or runtime.active() is None:
+                return
+            name = _span_name(li_id)
+            kind = self.classifier.kind(instance, name.rpartition(".")[2])
+            if kind == "tool":
+                tool_name = getattr(getattr(instance, "metadata", None), "name", None)
+                if isinstance(tool_name, str) and tool_name:
+                    name = tool_name
+            start_ns = time.time_ns()
+            arguments = getattr(bound_args, "arguments", None)
+            record = self._new_record(parent_li_id, name, kind, start_ns,
+                                      _inputs(arguments) if arguments is not None else None)
+            if kind == "tool":
+                record.set_attribute(GEN_AI_TOOL_NAME, name)
+            if tags:
+                record.set_attribute(METADATA, dict(tags))
+            record.li_id = li_id
+            with self.lock:
+                self.open[li_id] = record
+        except Exception:
+            self._failed("new_span")
+
+    def _new_record(self, parent_li_id: str | None, name: str, kind: str, start_ns: int, inputs: Any) -> _Record:
+        parent = self.open.get(parent_li_id) if parent_li_id else None
+        stream = self._running_stream() if self.streams else None
+        if stream is not None and (parent is None or parent.start_ns <= stream.start_ns):
+            # Started lazily inside a generator returned earlier: it belongs to that generator's span.
+            owner = self.open.get(stream.li_id)
+            return _Record(stream.trace_id, stream.span_id, owner, name, kind, start_ns, inputs, stream.trace)
+        if parent is not None:
+            manual = CURRENT_SPAN.get()
+            if manual is not None and manual.start_ns >= parent.start_ns and manual.trace_id == parent.trace_id:
+                # a manual span opened inside the LlamaIndex parent (in a tool, say) is the closer parent
+                return _Record(manual.trace_id, manual.span_id, None, name, kind, start_ns, inputs, manual.trace)
+            return _Record(parent.trace_id, parent.span_id, parent, name, kind, start_ns, inputs, parent.trace)
+        closed = self.closed.get(parent_li_id) if parent_li_id else None
+        if closed is not None:
+            return _Record(closed[0], closed[1], None, name, kind, start_ns, inputs, closed[2])
+        outer = current_context()
+        attributes = current_trace_attributes()
+        if outer is not None:
+            trace = attributes if attributes is not None else outer.trace
+            return _Record(outer.trace_id, outer.span_id, None, name, kind, start_ns, inputs, trace)
+        return _Record(new_trace_id(), None, None, name, kind, start_ns, inputs, attributes)
+
+    def _running_stream(self) -> _Stream | None:
+        """The innermost registered generator whose frame is executing on this thread's stack."""
+        frame: Any = sys._getframe(2)
+        streams = self.streams
+        while frame is not None:
+            stream = streams.get(id(frame))
+            if stream is not None:
+                generator = stream.generator()
+                if generator is not None and _generator_frame(generator) is frame:
+                    return stream
+            frame = frame.f_back
+        return None
+
+    def exit(self, li_id: str, result: Any) -> None:
+        try:
+            record = self.open.get(li_id)
+            if record is None:
+                return
+            record.end_ns = time.time_ns()
+            record.exited = True
+            generator = _streamed_generator(result)
+            if generator is not None:
+                self._remember_stream(li_id, record, generator)
+                if record.kind == "llm" and (record.awaiting_end or record.pending_children):
+                    parent = record.parent
+                    if parent is not None and parent.kind == "llm" and not parent.exited:
+                        with self.lock:
+                            parent.pending_children += 1
+                        record.holds_parent = True
+                    return  # closed by the end event (or when the generator is garbage collected)
+            if record.output is None:
+                record.output = _output(result) if generator is None else None
+            if record.kind in ("retriever", "reranker"):
+                docs = _documents(result)
+                if docs is not None:
+                    record.set_attribute(RETRIEVAL_DOCUMENTS, docs)
+                    record.output = docs
+            self._finish(record)
+        except Exception:
+            self._failed("prepare_to_exit_span")
+
+    def drop(self, li_id: str, err: BaseException | None) -> None:
+        try:
+            record = self.open.get(li_id)
+            if record is None:
+                return
+            record.end_ns = time.time_ns()
+            record.exited = True
+            if err is not None:
+                record.error = error_info(err)
+            self._finish(record)
+        except Exception:
+            self._failed("prepare_to_drop_span")
+
+    def _remember_stream(self, li_id: str, record: _Record, generator: Any) -> None:
+        frame = _generator_frame(generator)
+        if frame is None:
+            return
+        key = id(frame)
+        with self.lock:
+            if key in self.streams:  # the same generator passed up: the innermost span keeps it
+                return
+            if len(self.streams) >= _STREAM_MEMORY:
+                self._prune_streams()
+            try:
+                ref = weakref.ref(generator, self._stream_collected(key, li_id))
+            except TypeError:
+                return
+            self.streams[key] = _Stream(ref, li_id, record)
+            record.stream_key = key
+
+    def _prune_streams(self) -> None:
+        for key in [k for k, s in self.streams.items() if _generator_frame(s.generator()) is None]:
+            del self.streams[key]
+        if len(self.streams) >= _STREAM_MEMORY:
+            self.streams = dict(list(self.streams.items())[_STREAM_MEMORY // 2:])
+
+    def _stream_collected(self, key: int, li_id: str) -> Callable[[Any], None]:
+        """A stream dropped unconsumed never sends its end event: close its span then."""
+
+        def collected(_ref: Any) -> None:
+            try:
+                with self.lock:
+                    stream = self.streams.get(key)
+                    if stream is not None and stream.li_id == li_id:
+                        del self.streams[key]
+                record = self.open.get(li_id)
+                if record is not None and record.exited:
+                    self._finish(record)
+            except Exception:
+                self._failed("stream cleanup")
+
+        return collected
+
+    def _finish(self, record: _Record) -> None:
+        li_id = record.li_id
+        with self.lock:
+            if self.open.pop(li_id, None) is None:
+                return
+            self.closed[li_id] = (record.trace_id, record.span_id, record.trace)
+            if len(self.closed) > _CLOSED_MEMORY:
+                self.closed.popitem(last=False)
+            if record.stream_key is not None and record.kind == "llm":
+                # an LLM stream that ended starts nothing more; other spans' generators stay
+                # registered until collected, for calls they start lazily
+                stream = self.streams.get(record.stream_key)
+                if stream is not None and stream.li_id == li_id:
+                    del self.streams[record.stream_key]
+        if record.completion_start_ns is not None:
+            record.set_attribute(STREAMING, True)
+            record.set_attribute(TIME_TO_FIRST_TOKEN_MS, (record.completion_start_ns - record.start_ns) / 1e6)
+        runtime.emit(Span(
+            trace_id=record.trace_id, span_id=record.span_id, parent_id=record.parent_id, name=record.name,
+            kind=record.kind, framework="llamaindex", start_ns=record.start_ns,
+            end_ns=max(record.end_ns, record.start_ns), status="error" if record.error else "ok",
+            error=record.error, input=record.input, output=record.output, model=record.model,
+            usage=record.usage, completion_start_ns=record.completion_start_ns, attributes=record.attributes,
+            trace=record.trace,
+        ))
+        parent = record.parent
+        record.parent = None
+        if parent is not None and record.holds_parent:
+            with self.lock:
+                parent.pending_children -= 1
+                done = parent.exited and not parent.pending_children and not parent.awaiting_end
+            if done:  # e.g. ``stream`` over ``stream_complete``: the wrapper ends with its stream
+                parent.end_ns = max(parent.end_ns, record.end_ns)
+                if parent.error is None:
+                    parent.error = record.error
+                self._finish(parent)
+
+    def current(self) -> SpanContext | None:
+        """Context provider: the open LlamaIndex span of this task/thread, for manual spans."""
+        if not self.enabled or not self.open:
+            return None
+        li_id = self.active_span_id.get()
+        record = self.open.get(li_id) if li_id else None
+        if record is None:
+            return None
+        if record.context is None:
+            record.context = SpanContext(record.trace_id, record.span_id, record.start_ns, record.trace)
+        return record.context
+
+    # -- event handler
+    def handle(self, event: Any) -> None:
+        try:
+            hook = self.events.get(type(event).__name__)
+            if hook is None:
+                return
+            record = self.open.get(event.span_id) if event.span_id else None
+            if record is not None:
+                hook(record, event)
+        except Exception:
+            self._failed(f"event {type(event).__name__}")
+
+    def _on_llm_start(self, record: _Record, event: Any) -> None:
+        record.kind = "llm"
+        record.awaiting_end = True
+        operation = "chat" if type(event).__name__ == "LLMChatStartEvent" else "text_completion"
+        record.set_attribute(GEN_AI_OPERATION_NAME, operation)
+        model = _model_info(event.model_dict, getattr(event, "additional_kwargs", None))
+        if model is not None:
+            record.model = model
+            for ancestor in record.llm_ancestors():
+                if ancestor.model is None:
+                    ancestor.model = model
+
+    def _on_llm_progress(self, record: _Record, event: Any) -> None:
+        if record.completion_start_ns is None:
+            now = time.time_ns()
+            record.completion_start_ns = now
+            for ancestor in record.llm_ancestors():
+                if ancestor.completion_start_ns is None:
+                    ancestor.completion_start_ns = now
+
+    def _on_llm_end(self, record: _Record, event: Any) -> None:
+        record.awaiting_end = False
+        response = event.response
+        if response is not None:
+            record.output = _output(response)
+            if not record.usage_below:
+                usage = _response_usage(response)
+                if usage is not None:
+                    record.usage = usage
+                    for ancestor in record.llm_ancestors():
+                        ancestor.usage_below = True
+            response_model = _response_model(response)
+            if response_model:
+                record.set_attribute(GEN_AI_RESPONSE_MODEL, response_model)
+                if record.model is None or record.model.name is None:
+                    old = record.model
+                    record.model = ModelInfo(response_model, old.provider if old else None,
+                                             old.parameters if old else None)
+        if record.exited and not record.pending_children:  # a stream that has just ended
+            record.end_ns = time.time_ns()
+            self._finish(record)
+
+    def _on_embedding_start(self, record: _Record, event: Any) -> None:
+        model = _model_info(event.model_dict, None)
+        if model is not None:
+            record.model = model
+        record.set_attribute(GEN_AI_OPERATION_NAME, "embeddings")
+
+    def _on_rerank_start(self, record: _Record, event: Any) -> None:
+        record.kind = "reranker"
+        name = getattr(event, "model_name", None)
+        if isinstance(name, str) and name and name not in _UNKNOWN_MODEL:
+            record.model = ModelInfo(name=name, parameters={"top_n": getattr(event, "top_n", None)})
+
+    def _on_exception(self, record: _Record, event: Any) -> None:
+        exception = getattr(event, "exception", None)
+        if isinstance(exception, BaseException) and not isinstance(exception, GeneratorExit):
+            record.error = error_info(exception)
+        record.awaiting_end = False
+        if record.exited:  # a stream that failed (or was closed early) after the call returned
+            record.end_ns = time.time_ns()
+            self._finish(record)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.open.clear()
+            self.closed.clear()
+            self.streams.clear()
+
+
+def _handlers(tracer: LlamaIndexTracer) -> tuple[Any, Any]:
+    """Build the LlamaIndex handler objects (the framework is imported here, not at import time)."""
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: PLC0415
+    from llama_index.core.instrumentation.span import BaseSpan  # noqa: PLC0415
+    from llama_index.core.instrumentation.span_handlers import BaseSpanHandler  # noqa: PLC0415
+
+    class SpanmuxSpanHandler(BaseSpanHandler[BaseSpan]):
+        """Opens/closes spanmux records; returns None so LlamaIndex keeps no span objects itself."""
+
+        @classmethod
+        def class_name(cls) -> str:
+            return "SpanmuxSpanHandler"
+
+        def new_span(self, id_: str, bound_args: Any, instance: Any = None, parent_span_id: str | None = None,
+                     tags: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            tracer.enter(id_, bound_args, instance, parent_span_id, tags)
+
+        def prepare_to_exit_span(self, id_: str, bound_args: Any, instance: Any = None, result: Any = None,
+                                 **kwargs: Any) -> None:
+            tracer.exit(id_, result)
+
+        def prepare_to_drop_span(self, id_: str, bound_args: Any, instance: Any = None,
+                                 err: BaseException | None = None, **kwargs: Any) -> None:
+            tracer.drop(id_, err)
+
+    class SpanmuxEventHandler(BaseEventHandler):
+        """Adds model, usage, streaming timing and errors to the open record of ``event.span_id``."""
+
+        @classmethod
+        def class_name(cls) -> str:
+            return "SpanmuxEventHandler"
+
+        def handle(self, event: Any, **kwargs: Any) -> None:
+            tracer.handle(event)
+
+    span_handler = SpanmuxSpanHandler(open_spans={}, completed_spans=[], dropped_spans=[], current_span_ids={})
+    return span_handler, SpanmuxEventHandler()
+
+
+_lock = threading.Lock()
+_tracer: LlamaIndexTracer | None = None
+_attached: tuple[Any, Any] | None = None
+
+
+def _provider_hook() -> SpanContext | None:
+    tracer = _tracer
+    return tracer.current() if tracer is not None and _attached is not None else None
+
+
+def instrument() -> LlamaIndexTracer:
+    """Trace every LlamaIndex call of this process (idempotent). Returns the shared tracer."""
+    from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]  # noqa: PLC0415
+
+    global _tracer, _attached
+    with _lock:
+        if _tracer is None:
+            _tracer = LlamaIndexTracer()
+        _tracer.enabled = True
+        if _attached is None:
+            span_handler, event_handler = _handlers(_tracer)
+            dispatcher = get_dispatcher()
+            dispatcher.add_span_handler(span_handler)
+            dispatcher.add_event_handler(event_handler)
+            _attached = (span_handler, event_handler)
+            register_provider(_provider_hook)
+        return _tracer
+
+
+def uninstrument() -> None:
+    """Detach both handlers from the root dispatcher; spans still open are forgotten."""
+    global _attached
+    with _lock:
+        if _attached is None:
+            return
+        from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]  # noqa: PLC0415
+
+        span_handler, event_handler = _attached
+        dispatcher = get_dispatcher()
+        dispatcher.span_handlers = [h for h in dispatcher.span_handlers if h is not span_handler]
+        dispatcher.event_handlers = [h for h in dispatcher.event_handlers if h is not event_handler]
+        _attached = None
+        if _tracer is not None:
+            _tracer.enabled = False
+            _tracer.reset()
+
+
+def is_instrumented() -> bool:
+    return _attached is not None

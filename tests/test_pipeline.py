@@ -1,0 +1,243 @@
+"""The pipeline: the caller only enqueues; the worker and lanes deliver everything exactly once,
+even when a backend fails, the queue overflows, the process forks or exits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import spanmux
+from spanmux import runtime
+from spanmux.config_schemas import ObservabilityConfig
+from spanmux.model import Span, make_score, new_span_id, new_trace_id
+from spanmux.pipeline import Pipeline
+from spanmux.processors import SpanProcessor, trace_is_sampled
+
+from conftest import MemoryBackend, TracedStore
+
+
+def make_span(name: str = "step", trace_id: str | None = None, **kw: object) -> Span:
+    now = time.time_ns()
+    return Span(trace_id=trace_id or new_trace_id(), span_id=new_span_id(), parent_id=None, name=name,
+                kind="chain", framework="manual", start_ns=now, end_ns=now + 1000, **kw)  # type: ignore[arg-type]
+
+
+def pipeline(tmp_path: Path, *backends: MemoryBackend, **kw: object) -> Pipeline:
+    settings = ObservabilityConfig()
+    options = {"flush_interval": 0.05, "spool_dir": str(tmp_path / "spool"), **kw}
+    return Pipeline([(f"b{i}", b) for i, b in enumerate(backends)], SpanProcessor(settings), **options)  # type: ignore[arg-type]
+
+
+def test_flush_waits_for_everything_emitted_before_it(tmp_path: Path) -> None:
+    backend = MemoryBackend()
+    p = pipeline(tmp_path, backend, flush_interval=60)  # no timer help: only flush delivers
+    for i in range(1000):
+        p.emit(make_span(f"s{i}"))
+    p.emit(make_score(new_trace_id(), "quality", 1.0))
+    assert p.flush(10)
+    assert len(backend.spans) == 1000 and len(backend.scores) == 1
+    assert [s.name for s in backend.spans] == [f"s{i}" for i in range(1000)]  # order kept
+    p.shutdown()
+
+
+def test_a_failing_backend_never_stops_the_others(tmp_path: Path) -> None:
+    good, bad = MemoryBackend(), MemoryBackend(always_fail=True)
+    p = pipeline(tmp_path, good, bad)
+    for _ in range(50):
+        p.emit(make_span())
+    assert p.flush(10)
+    stats = p.stats()["backends"]
+    assert len(good.spans) == 50
+    assert stats["b1"]["export_errors"] >= 1
+    assert stats["b1"]["spooled_spans"] == 50  # kept on disk, not lost
+    assert stats["b0"]["exported_spans"] == 50
+    p.shutdown(2)
+
+
+def test_a_backend_that_comes_back_gets_everything_exactly_once(tmp_path: Path) -> None:
+    backend = MemoryBackend(fail_first=3)
+    p = pipeline(tmp_path, backend, batch_size=10)
+    emitted = [make_span(f"s{i}") for i in range(100)]
+    for span in emitted:
+        p.emit(span)
+    deadline = time.monotonic() + 20
+    while len(backend.spans) < 100 and time.monotonic() < deadline:
+        p.flush(5)  # each flush forces a replay attempt of the spool
+    assert sorted(s.span_id for s in backend.spans) == sorted(s.span_id for s in emitted)
+    p.shutdown()
+
+
+def test_spool_is_replayed_by_the_next_process(tmp_path: Path) -> None:
+    down = MemoryBackend(always_fail=True)
+    first = pipeline(tmp_path, down)
+    spans = [make_span() for _ in range(20)]
+    for s in spans:
+        first.emit(s)
+    first.shutdown(5)
+    assert list((tmp_path / "spool" / "b0").glob("*.batch")), "undelivered batches must wait on disk"
+    back = MemoryBackend()
+    second = pipeline(tmp_path, back)
+    assert second.flush(10)
+    assert sorted(s.span_id for s in back.spans) == sorted(s.span_id for s in spans)
+    assert not list((tmp_path / "spool" / "b0").glob("*.batch"))
+    second.shutdown()
+
+
+def test_queue_overflow_spills_to_disk_and_is_delivered(tmp_path: Path) -> None:
+    backend = MemoryBackend()
+    gate = threading.Event()
+    settings = ObservabilityConfig()
+    processor = SpanProcessor(settings)
+
+    def slow_processor(span: Span) -> Span | None:
+        if threading.current_thread().name == "spanmux-worker":  # the worker is stuck, callers are not
+            gate.wait(30)
+        return processor(span)
+
+    p = Pipeline([("b0", backend)], slow_processor, queue_size=100, batch_size=10, flush_interval=0.05,
+                 spool_dir=str(tmp_path / "spool"))
+    spans = [make_span() for _ in range(400)]
+    started = time.perf_counter()
+    for s in spans:
+        p.emit(s)
+    assert time.perf_counter() - started < 5, "the caller must never wait for the worker"
+    assert p.stats()["queue_overflowed"] > 0
+    gate.set()
+    for _ in range(5):
+        p.flush(10)
+    assert sorted(s.span_id for s in backend.spans) == sorted(s.span_id for s in spans)
+    p.shutdown()
+
+
+def test_shutdown_flushes_and_closes_backends(tmp_path: Path) -> None:
+    backend = MemoryBackend()
+    p = pipeline(tmp_path, backend, flush_interval=60)
+    p.emit(make_span())
+    p.shutdown(5)
+    assert len(backend.spans) == 1 and backend.closed
+
+
+def test_processor_errors_are_contained(tmp_path: Path) -> None:
+    backend = MemoryBackend()
+    calls = {"n": 0}
+
+    def flaky(span: Span) -> Span | None:
+        calls["n"] += 1
+        if span.name == "poison":
+            raise RuntimeError("boom")
+        return span
+
+    p = Pipeline([("b0", backend)], flaky, flush_interval=0.05)
+    p.emit(make_span("poison"))
+    p.emit(make_span("fine"))
+    assert p.flush(5)
+    assert [s.name for s in backend.spans] == ["fine"]
+    assert p.stats()["processor_errors"] == 1
+    p.shutdown()
+
+
+def test_sampling_keeps_or_drops_whole_traces(traced: TracedStore) -> None:
+    spanmux.configure({"sample_rate": 0.5, "local": {"path": str(traced.path)}, "spool_dir": "spool"})
+    kept = 0
+    for _ in range(200):
+        with spanmux.span("root") as root, spanmux.span("child"):
+            pass
+        kept += trace_is_sampled(root.trace_id, 0.5)
+    rows = traced.traces()
+    assert len(rows) == kept and 60 < kept < 140
+    assert all(r.span_count == 2 for r in rows)
+
+
+def test_capture_content_false_records_no_inputs_or_outputs(traced: TracedStore) -> None:
+    spanmux.configure({"capture_content": False, "local": {"path": str(traced.path)}, "spool_dir": "spool"})
+    with spanmux.span("secret-work", input={"password": "hunter2"}) as s:
+        s.set_output("the answer")
+    (span,) = traced.only_trace()
+    assert span.input is None and span.output is None
+
+
+def test_disabled_configuration_makes_everything_a_no_op(tmp_path: Path) -> None:
+    spanmux.configure({"enabled": False})
+    assert runtime.active() is None
+    with spanmux.span("ignored") as s:
+        s.set_output(1)
+    assert spanmux.flush(1)
+    assert not (tmp_path / ".spanmux").exists()
+
+
+def test_after_fork_the_child_traces_into_the_same_store(traced: TracedStore) -> None:
+    with spanmux.span("parent-before-fork"):
+        pass
+    traced.flush()
+    pid = os.fork()
+    if pid == 0:  # child: trace, flush, report by exit code only
+        code = 1
+        try:
+            with spanmux.span("child"):
+                pass
+            code = 0 if spanmux.flush(10) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with spanmux.span("parent-after-fork"):
+        pass
+    names = sorted(t.name or "" for t in traced.traces())
+    assert names == ["child", "parent-after-fork", "parent-before-fork"]  # nothing duplicated
+
+
+def run_script(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(body))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_records_are_flushed_at_interpreter_exit(tmp_path: Path) -> None:
+    result = run_script(tmp_path, """
+        import spanmux
+        spanmux.configure({"flush_interval": 60})  # the timer would not fire before exit
+        with spanmux.span("last-words"):
+            pass
+    """)
+    assert result.returncode == 0, result.stderr
+    from spanmux.backends.local import LocalStore
+
+    with LocalStore(tmp_path / ".spanmux" / "spanmux.db") as db:
+        assert [t.name for t in db.list_traces()] == ["last-words"]
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM"])
+def test_records_are_flushed_on_sigterm(tmp_path: Path, signal_name: str) -> None:
+    result = run_script(tmp_path, """
+        import os, signal, spanmux
+        spanmux.configure({"flush_interval": 60})
+        with spanmux.span("terminated"):
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+    """)
+    assert result.returncode == -15
+    from spanmux.backends.local import LocalStore
+
+    with LocalStore(tmp_path / ".spanmux" / "spanmux.db") as db:
+        assert [t.name for t in db.list_traces()] == ["terminated"]
+
+
+def test_stats_count_every_record(traced: TracedStore) -> None:
+    for _ in range(10):
+        with spanmux.span("x") as s:
+            s.score("ok", True)
+    traced.flush()
+    stats = spanmux.stats()
+    assert stats["enabled"] is True
+    assert stats["records_emitted"] == 20
+    assert stats["backends"]["local"]["exported_spans"] == 10
+    assert stats["backends"]["local"]["exported_scores"] == 10
