@@ -293,12 +293,20 @@ class MlflowBackend:
             out["spanmux.capture_content"] = str(getattr(settings, "capture_content", True))
         return out
 
-    def check_connection(self, timeout: float) -> str:
+    def check_connection(self, timeout: float = 5.0) -> str:
         """Raise ``ExportError`` unless the tracking server answers ``/health`` within ``timeout``
         (used by ``spanmux doctor`` and before exports). MLflow's own client would retry a dead
-        server for minutes with its process-wide retry settings; this probe fails in one try."""
+        server for minutes with its process-wide retry settings; this probe fails in one try.
+        For a database URI, open (and if needed create) the store."""
         if not self.is_http:
-            return f"MLflow store {self.tracking_uri}"
+            try:
+                from mlflow.tracing.client import TracingClient  # noqa: PLC0415
+
+                self._prepare_sqlite_folder()
+                TracingClient(self.tracking_uri)
+            except Exception as exc:
+                raise self._export_error("cannot open the MLflow store", exc) from None
+            return f"MLflow store {self.tracking_uri} is ready"
         import urllib.error  # noqa: PLC0415
         import urllib.request  # noqa: PLC0415
 

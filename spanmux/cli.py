@@ -6,6 +6,7 @@ Every listing prints a rich table, or JSON with ``--json`` (for scripts and test
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,8 +22,25 @@ from spanmux.errors import ConfigurationError
 
 app = typer.Typer(help="spanmux: traces of your LLM agents, in the observability tool you already use.",
                   no_args_is_help=True, add_completion=False)
-console = Console()
-err_console = Console(stderr=True)
+
+
+def _width() -> int | None:
+    """Full width in a terminal; a wide fixed width when piped, so ids and names never fold."""
+    return None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
+
+
+class _LazyConsole:
+    """Consoles bound at print time: the CLI runner and pipes swap sys.stdout after import."""
+
+    def __init__(self, stderr: bool = False) -> None:
+        self.stderr = stderr
+
+    def print(self, *objects: Any) -> None:
+        Console(stderr=self.stderr, width=_width(), highlight=False).print(*objects)
+
+
+console = _LazyConsole()
+err_console = _LazyConsole(stderr=True)
 
 StoreOption = Annotated[
     str | None, typer.Option("--store", "-s", help="Store file (default: from ./spanmux.yaml or .spanmux/spanmux.db)")

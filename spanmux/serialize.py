@@ -31,8 +31,8 @@ def _short_str(text: str, budget: _Budget) -> str:
     if len(text) <= budget.left:
         budget.left -= len(text)
         return text
-    keep = max(budget.left, 64)
-    budget.left = 0
+    keep = max(budget.left // 2, 64)  # leave room for the siblings that follow
+    budget.left -= min(keep, budget.left)
     budget.truncated = True
     return text[:keep] + TRUNCATION_MARK.format(len(text) - keep)
 

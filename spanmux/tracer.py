@@ -186,7 +186,8 @@ def observe(
     """Trace every call of a function (sync, async, generator): ``@spanmux.observe(kind="tool")``."""
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
-        span_name = name or getattr(fn, "__qualname__", None) or repr(fn)
+        qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+        span_name = name or qualname.rsplit("<locals>.", 1)[-1]
         try:
             signature: inspect.Signature | None = inspect.signature(fn)
         except (TypeError, ValueError):

@@ -219,7 +219,11 @@ def test_child_first_interleaved_batches_and_re_export(mlflow_server: str) -> No
 
 def test_sqlite_store_leaves_the_users_mlflow_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
+    import mlflow.tracking.fluent
 
+    # the user's global MLflow state set below is undone after the test
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     user_uri = f"sqlite:///{tmp_path / 'user' / 'user.db'}"
     (tmp_path / "user").mkdir()
     ours = tmp_path / "ours" / "mlflow.db"
@@ -279,6 +283,14 @@ def test_unreachable_server_fails_fast_and_retryable() -> None:
     assert time.monotonic() - started < 3.0
     assert raised.value.retryable and "unreachable" in str(raised.value)
     backend.shutdown(1)
+
+
+def test_check_connection_for_doctor(mlflow_server: str, tmp_path: Path) -> None:
+    assert "is up" in MlflowBackend(MlflowConfig(tracking_uri=mlflow_server), None).check_connection(5)
+    sqlite = MlflowBackend(MlflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'new' / 'm.db'}"), None)
+    assert "is ready" in sqlite.check_connection(5) and (tmp_path / "new" / "m.db").exists()
+    with pytest.raises(ExportError, match="unreachable"):
+        MlflowBackend(MlflowConfig(tracking_uri=_dead_url()), None).check_connection(1)
 
 
 def test_unreachable_server_does_not_disturb_the_program(tmp_path: Path) -> None:

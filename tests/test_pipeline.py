@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import MemoryBackend, TracedStore
 
 import spanmux
 from spanmux import runtime
@@ -19,8 +20,6 @@ from spanmux.config_schemas import ObservabilityConfig
 from spanmux.model import Span, make_score, new_span_id, new_trace_id
 from spanmux.pipeline import Pipeline
 from spanmux.processors import SpanProcessor, trace_is_sampled
-
-from conftest import MemoryBackend, TracedStore
 
 
 def make_span(name: str = "step", trace_id: str | None = None, **kw: object) -> Span:

@@ -1,0 +1,147 @@
+"""The built-in store: totals without scans, idempotent writes, trees, filters, several writers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from conftest import TracedStore
+
+import spanmux
+from spanmux.backends.local import LocalBackend, LocalStore, order_tree
+from spanmux.config_schemas import LocalConfig
+from spanmux.model import Cost, ModelInfo, Span, TraceAttributes, Usage, make_score, new_span_id, new_trace_id
+
+
+def llm_span(trace_id: str, parent: str | None, tokens: tuple[int, int], cost: float, start: int) -> Span:
+    return Span(
+        trace_id=trace_id, span_id=new_span_id(), parent_id=parent, name="ChatModel", kind="llm",
+        framework="manual", start_ns=start, end_ns=start + 5_000_000,
+        model=ModelInfo("gpt-4o-mini", "openai"),
+        usage=Usage(input_tokens=tokens[0], output_tokens=tokens[1], total_tokens=sum(tokens)),
+        cost=Cost(cost / 2, cost / 2, cost, "price-table"),
+    )
+
+
+def test_trace_totals_are_recomputed_across_batches_and_never_double_count(tmp_path: Path) -> None:
+    backend = LocalBackend(LocalConfig(path=str(tmp_path / "s.db")))
+    trace_id, root_id, t0 = new_trace_id(), new_span_id(), time.time_ns()
+    first = llm_span(trace_id, root_id, (10, 5), 0.001, t0 + 1)
+    second = llm_span(trace_id, root_id, (20, 7), 0.002, t0 + 2)
+    root = Span(trace_id=trace_id, span_id=root_id, parent_id=None, name="agent", kind="agent", framework="manual",
+                start_ns=t0, end_ns=t0 + 50_000_000, trace=TraceAttributes(user_id="u1", tags=("prod",)))
+    backend.export([first], [])           # children first, in separate batches
+    backend.export([second], [])
+    backend.export([root], [])
+    backend.export([first, second, root], [])  # a replayed batch: written twice, counted once
+    backend.shutdown(1)
+    with LocalStore(tmp_path / "s.db") as db:
+        (summary,) = db.list_traces()
+        assert summary.name == "agent" and summary.root_span_id == root_id
+        assert summary.span_count == 3 and summary.llm_calls == 2
+        assert (summary.input_tokens, summary.output_tokens, summary.total_tokens) == (30, 12, 42)
+        assert abs((summary.cost_total or 0) - 0.003) < 1e-12
+        assert summary.duration_ms == 50.0
+        assert summary.user_id == "u1" and summary.tags == ["prod"]
+        assert summary.models == ["gpt-4o-mini"]
+        assert [s.name for s in db.get_trace(trace_id)] == ["agent", "ChatModel", "ChatModel"]
+
+
+def test_errors_mark_the_trace(traced: TracedStore) -> None:
+    try:
+        with spanmux.span("root"), spanmux.span("step", kind="tool"):
+            raise ValueError("bad tool input")
+    except ValueError:
+        pass
+    (summary,) = traced.traces()
+    assert summary.status == "error" and summary.error_count == 2
+    spans = traced.trace(summary.trace_id)
+    assert spans[1].error is not None and spans[1].error.type == "ValueError"
+    assert "bad tool input" in spans[1].error.message and "Traceback" in (spans[1].error.traceback or "")
+
+
+def test_filters_and_prefix_lookup(traced: TracedStore) -> None:
+    with spanmux.trace_context(user_id="alice", session_id="s1", tags=["prod"], metadata={"variant": "A"}):
+        with spanmux.span("a"):
+            pass
+    with spanmux.trace_context(user_id="bob", tags=["dev"], metadata={"variant": "B"}), spanmux.span("b"):
+        pass
+    assert [t.name for t in traced.traces(user_id="alice")] == ["a"]
+    assert [t.name for t in traced.traces(tag="dev")] == ["b"]
+    assert [t.name for t in traced.traces(metadata={"variant": "B"})] == ["b"]
+    assert [t.name for t in traced.traces(session_id="s1")] == ["a"]
+    assert [t.name for t in traced.traces()] == ["b", "a"]  # newest first
+    with traced.store() as db:
+        full = db.list_traces()[0].trace_id
+        assert db.find_trace_id(full[:10]) == full
+
+
+def test_scores_are_stored_with_their_types(traced: TracedStore) -> None:
+    with spanmux.span("answer") as s:
+        pass
+    spanmux.score(s.trace_id, "correctness", 0.75, comment="close", source="llm_judge")
+    spanmux.score(s.trace_id, "safe", True, span_id=s.span_id)
+    spanmux.score(s.trace_id, "tone", "friendly", source="human")
+    with traced.store() as db:
+        scores = {sc.name: sc for sc in db.get_scores(s.trace_id)}
+    assert scores["correctness"].value == 0.75 and scores["correctness"].data_type == "numeric"
+    assert scores["correctness"].comment == "close" and scores["correctness"].source == "llm_judge"
+    assert scores["safe"].value is True and scores["safe"].data_type == "boolean"
+    assert scores["safe"].span_id == s.span_id
+    assert scores["tone"].value == "friendly" and scores["tone"].data_type == "categorical"
+
+
+def test_order_tree_puts_parents_before_children() -> None:
+    t = new_trace_id()
+    root = Span(trace_id=t, span_id="r" * 16, parent_id=None, name="r", kind="chain", framework="manual",
+                start_ns=0, end_ns=10)
+    child = Span(trace_id=t, span_id="c" * 16, parent_id="r" * 16, name="c", kind="chain", framework="manual",
+                 start_ns=1, end_ns=2)
+    grandchild = Span(trace_id=t, span_id="g" * 16, parent_id="c" * 16, name="g", kind="llm", framework="manual",
+                      start_ns=1, end_ns=2)
+    orphan = Span(trace_id=t, span_id="o" * 16, parent_id="x" * 16, name="o", kind="tool", framework="manual",
+                  start_ns=5, end_ns=6)
+    assert [s.name for s in order_tree([grandchild, orphan, child, root])] == ["r", "c", "g", "o"]
+
+
+def test_several_processes_write_one_file(tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    script = tmp_path / "writer.py"
+    script.write_text(textwrap.dedent(f"""
+        import spanmux
+        spanmux.configure({{"local": {{"path": {str(db)!r}}}, "batch_size": 50, "flush_interval": 0.01}})
+        for i in range(300):
+            with spanmux.span("w"), spanmux.span("child"):
+                pass
+        assert spanmux.flush(60)
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env) for _ in range(3)]
+    assert [p.wait(120) for p in procs] == [0, 0, 0]
+    with LocalStore(db) as store:
+        assert store.count_spans() == 3 * 300 * 2
+        assert len(store.list_traces(limit=10_000)) == 900
+
+
+def test_scores_and_spans_round_trip_every_field(tmp_path: Path) -> None:
+    backend = LocalBackend(LocalConfig(path=str(tmp_path / "r.db")))
+    span = Span(
+        trace_id=new_trace_id(), span_id=new_span_id(), parent_id=None, name="llm", kind="llm", framework="langchain",
+        start_ns=1, end_ns=2, status="ok", input={"messages": [{"role": "user", "content": "hi"}]},
+        output="hello", model=ModelInfo("m", "p", {"temperature": 0.1}),
+        usage=Usage(input_tokens=1, output_tokens=2, total_tokens=3, cache_read_tokens=1, reasoning_tokens=1,
+                    estimated=True),
+        cost=Cost(0.1, 0.2, 0.3, "provider"), completion_start_ns=1, attributes={"k": [1, 2]},
+        trace=TraceAttributes(name="n", user_id="u", session_id="s", tags=("t",), metadata={"variant": "A"}),
+        truncated=True,
+    )
+    score = make_score(span.trace_id, "q", 1.0)
+    backend.export([span], [score])
+    backend.shutdown(1)
+    with LocalStore(tmp_path / "r.db") as db:
+        assert db.get_trace(span.trace_id) == [span]
+        assert db.get_scores(span.trace_id) == [score]

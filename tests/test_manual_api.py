@@ -1,0 +1,123 @@
+"""Manual spans for code outside a framework: span, observe, trace_context, current ids, scores."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from conftest import TracedStore, tree
+
+import spanmux
+
+
+def test_nested_spans_form_a_tree(traced: TracedStore) -> None:
+    with spanmux.span("agent", kind="agent", input={"q": "weather?"}) as root:
+        with spanmux.span("search", kind="retriever") as s:
+            s.set_output(["doc1", "doc2"])
+        with spanmux.span("answer", kind="llm", model="gpt-4o-mini") as llm:
+            llm.set_usage(input_tokens=12, output_tokens=4)
+            llm.set_output("sunny")
+        root.set_output("sunny")
+    spans = traced.only_trace()
+    assert tree(spans) == [(0, "agent", "agent"), (1, "retriever", "search"), (1, "llm", "answer")]
+    assert spans[0].input == {"q": "weather?"} and spans[0].output == "sunny"
+    assert spans[2].usage is not None and spans[2].usage.total_tokens == 16
+    assert spans[2].model is not None and spans[2].model.name == "gpt-4o-mini"
+    assert spans[2].cost is not None and spans[2].cost.total > 0  # priced from the table on the worker
+
+
+def test_observe_sync_async_and_generators(traced: TracedStore) -> None:
+    @spanmux.observe(kind="tool")
+    def add(a: int, b: int = 2) -> int:
+        return a + b
+
+    @spanmux.observe
+    async def twice(x: int) -> int:
+        return add(x) * 2
+
+    @spanmux.observe(name="count", kind="chain")
+    def count(n: int):  # type: ignore[no-untyped-def]
+        yield from range(n)
+
+    with spanmux.span("root"):
+        assert asyncio.run(twice(1)) == 6
+        assert list(count(3)) == [0, 1, 2]
+    spans = traced.only_trace()
+    assert tree(spans) == [(0, "span", "root"), (1, "span", "twice"), (2, "tool", "add"),
+                           (1, "chain", "count")]
+    assert spans[2].input == {"a": 1} and spans[2].output == 3
+    assert spans[3].output == [0, 1, 2]
+
+
+def test_exceptions_pass_through_and_are_recorded(traced: TracedStore) -> None:
+    @spanmux.observe(kind="tool")
+    def broken() -> None:
+        raise KeyError("missing")
+
+    with pytest.raises(KeyError):
+        broken()
+    (span,) = traced.only_trace()
+    assert span.status == "error" and span.error is not None and span.error.type == "KeyError"
+
+
+def test_async_context_manager_and_concurrent_tasks(traced: TracedStore) -> None:
+    async def job(i: int) -> None:
+        async with spanmux.span(f"job{i}") as s, spanmux.span(f"step{i}"):
+            await asyncio.sleep(0)
+            s.set_attribute("i", i)
+
+    async def main() -> None:
+        await asyncio.gather(*(job(i) for i in range(20)))
+
+    asyncio.run(main())
+    traces = traced.traces()
+    assert len(traces) == 20
+    for summary in traces:
+        spans = traced.trace(summary.trace_id)
+        i = spans[0].attributes["i"]  # type: ignore[index]
+        assert tree(spans) == [(0, "span", f"job{i}"), (1, "span", f"step{i}")]
+
+
+def test_threads_get_separate_traces(traced: TracedStore) -> None:
+    def work(i: int) -> None:
+        with spanmux.span(f"t{i}"), spanmux.span("inner"):
+            pass
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    traces = traced.traces()
+    assert len(traces) == 8 and all(t.span_count == 2 for t in traces)
+
+
+def test_trace_context_sets_trace_fields_and_nests(traced: TracedStore) -> None:
+    with spanmux.trace_context(user_id="u1", session_id="s1", tags=["prod"], metadata={"variant": "B"}):
+        with spanmux.trace_context(tags=["beta"], metadata={"prompt.version": "3"}), spanmux.span("run"):
+            trace_id = spanmux.current_trace_id()
+            span_id = spanmux.current_span_id()
+    assert spanmux.current_trace_id() is None
+    (summary,) = traced.traces()
+    assert summary.trace_id == trace_id and summary.root_span_id == span_id
+    assert summary.user_id == "u1" and summary.session_id == "s1"
+    assert summary.tags == ["prod", "beta"]
+    assert summary.metadata == {"variant": "B", "prompt.version": "3"}
+
+
+def test_score_inside_a_trace_and_bad_scores_never_raise(traced: TracedStore) -> None:
+    with spanmux.span("answer") as s:
+        spanmux.score(None, "helpful", 1)  # None: the current trace
+        s.score("grounded", False)
+    assert spanmux.score(None, "orphan", 1.0) is None  # no trace: ignored, logged
+    assert spanmux.score("abc", "bad", object()) is None  # type: ignore[arg-type]
+    with traced.store() as db:
+        assert sorted(sc.name for sc in db.get_scores(s.trace_id)) == ["grounded", "helpful"]
+
+
+def test_ids_are_opentelemetry_compatible(traced: TracedStore) -> None:
+    with spanmux.span("x") as s:
+        pass
+    assert len(s.trace_id) == 32 and int(s.trace_id, 16) > 0
+    assert len(s.span_id) == 16 and int(s.span_id, 16) > 0
