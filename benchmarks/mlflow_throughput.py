@@ -70,6 +70,7 @@ def pipeline(uri: str, traces: int, folder: Path) -> tuple[float, float]:
     drained = time.perf_counter() - started
     lane = spanmux.stats()["backends"]["mlflow"]
     assert lane["export_errors"] == 0, lane
+    assert lane["exported_spans"] == len(batch) + 4, lane  # every span of the burst arrived
     spanmux.shutdown()
     return emitted / len(batch) * 1e6, traces / drained
 
