@@ -60,12 +60,15 @@ class LaneStats:
     spooled_spans: int = 0
     spooled_scores: int = 0
     replayed_batches: int = 0
+    unspooled_spans: int = 0
+    unspooled_scores: int = 0
     last_error: str | None = None
 
     def as_dict(self, spool: Spool | None) -> dict[str, Any]:
         out = dict(self.__dict__)
-        out["dropped_spans"] = spool.dropped_spans if spool else 0
-        out["dropped_scores"] = spool.dropped_scores if spool else 0
+        lost_spans, lost_scores = out.pop("unspooled_spans"), out.pop("unspooled_scores")
+        out["dropped_spans"] = (spool.dropped_spans if spool else 0) + lost_spans
+        out["dropped_scores"] = (spool.dropped_scores if spool else 0) + lost_scores
         out["spool_pending_batches"] = spool.pending() if spool else 0
         return out
 
@@ -89,6 +92,8 @@ class Lane:
         self._pending: deque[_Batch | _Marker] = deque()
         self._pending_records = 0
         self._max_pending = max_pending
+        self._count_lock = threading.Lock()  # the worker and the lane both touch these counters
+        self._inflight: _Batch | None = None  # the fresh batch being exported (spilled if the lane hangs)
         self._wake = threading.Event()
         self._stop = False
         self._healthy = True
@@ -101,10 +106,13 @@ class Lane:
     # called from the worker thread
     def submit(self, batch: _Batch) -> None:
         size = len(batch.spans) + len(batch.scores)
-        if self._pending_records + size > self._max_pending and self.spool is not None:
+        with self._count_lock:
+            spill = self._pending_records + size > self._max_pending and self.spool is not None
+            if not spill:
+                self._pending_records += size
+        if spill:
             self._to_spool(batch)  # the backend is far behind: keep memory bounded
             return
-        self._pending_records += size
         self._pending.append(batch)
         self._wake.set()
 
@@ -115,12 +123,50 @@ class Lane:
     def stop(self, timeout: float) -> None:
         self._stop = True
         self._wake.set()
-        self._thread.join(timeout)
+        self._thread.join(max(0.0, timeout))
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def spill_pending(self) -> int:
+        """The lane missed the exit deadline (its backend hangs): park what it still holds in
+        memory, including the batch in flight, in the spool for the next run. A batch that the
+        hanging export delivers after all is then sent twice, which idempotent backends absorb."""
+        spilled = 0
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            self._to_spool(inflight)
+            spilled += len(inflight.spans) + len(inflight.scores)
+        while True:
+            try:
+                item = self._pending.popleft()
+            except IndexError:
+                return spilled
+            if isinstance(item, _Marker):
+                item.arrive(_MARKER_LOCK)
+                continue
+            self._forget(item)
+            self._to_spool(item)
+            spilled += len(item.spans) + len(item.scores)
+
+    def _forget(self, batch: _Batch) -> None:
+        with self._count_lock:
+            self._pending_records -= len(batch.spans) + len(batch.scores)
 
     def _to_spool(self, batch: _Batch) -> None:
-        if self.spool is not None and self.spool.append(batch.spans, batch.scores):
-            self.stats.spooled_spans += len(batch.spans)
-            self.stats.spooled_scores += len(batch.scores)
+        if self.spool is None:
+            self._lost(batch)
+            return
+        if self.spool.append(batch.spans, batch.scores):
+            with self._count_lock:
+                self.stats.spooled_spans += len(batch.spans)
+                self.stats.spooled_scores += len(batch.scores)
+
+    def _lost(self, batch: _Batch) -> None:
+        """No spool configured: the records are gone, and counted as dropped."""
+        with self._count_lock:
+            self.stats.unspooled_spans += len(batch.spans)
+            self.stats.unspooled_scores += len(batch.scores)
 
     def _report(self, exc: BaseException) -> None:
         message = str(exc) or type(exc).__name__
@@ -129,9 +175,11 @@ class Lane:
         if key not in self._reported:
             self._reported.add(key)
             retryable = getattr(exc, "retryable", True)
+            then = ("they are retried with backoff" if retryable
+                    else "fix the problem: they are sent again at the next flush or run")
             log.warning(
-                "backend %r failed (%s): %s; records are kept in the spool and retried",
-                self.name, "will retry" if retryable else "not retryable", message,
+                "backend %r failed (%s): %s; records are kept in the spool, %s",
+                self.name, "will retry" if retryable else "not retryable", message, then,
             )
 
     def _export(self, spans: Sequence[Span], scores: Sequence[Score]) -> bool:
@@ -170,13 +218,17 @@ class Lane:
                 return
 
     def _deliver(self, item: _Batch) -> None:
-        self._pending_records -= len(item.spans) + len(item.scores)
+        self._forget(item)
         fresh = self._healthy and (self.spool is None or not self._spool_has_work())
-        if fresh and self._export(item.spans, item.scores):
-            return
-        if self.spool is None:
-            return  # no spool configured (tests, console): the error is counted
-        self._to_spool(item)
+        if fresh:
+            self._inflight = item
+            delivered = self._export(item.spans, item.scores)
+            if self._inflight is not item:
+                return  # shutdown already parked it in the spool while the export hung
+            self._inflight = None
+            if delivered:
+                return
+        self._to_spool(item)  # without a spool it is counted as dropped
 
     def _spool_has_work(self) -> bool:
         return self.spool is not None and self.spool.pending() > 0
