@@ -271,6 +271,174 @@ def stats(
     console.print(table)
 
 
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML with the observability block (default: ./spanmux.yaml)")
+]
+
+
+def _load(config: Path | None) -> Any:
+    """The validated configuration, or a clean exit with the problems listed."""
+    from spanmux.config import load_config  # noqa: PLC0415
+    from spanmux.registry import known_backends  # noqa: PLC0415
+
+    try:
+        return load_config(config, known_backends())
+    except ConfigurationError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+def _build_backend(loaded: Any, name: str) -> Any:
+    """One backend of the configuration, built as ``configure()`` would (raises ConfigurationError)."""
+    import dataclasses  # noqa: PLC0415
+
+    from spanmux.registry import build_backends  # noqa: PLC0415
+
+    only = dataclasses.replace(loaded, settings=loaded.settings.model_copy(update={"backends": [name]}))
+    return build_backends(only)[0][1]
+
+
+def _export_with_retries(backend: Any, spans: list[Any], scores: list[Any], attempts: int = 5) -> None:
+    """Send one batch; retry what the backend calls retryable, honouring its Retry-After."""
+    from spanmux.backend import ExportError  # noqa: PLC0415
+
+    delay = 0.5
+    for attempt in range(attempts):
+        try:
+            backend.export(spans, scores)
+            return
+        except ExportError as exc:
+            if not exc.retryable or attempt == attempts - 1:
+                raise
+            time.sleep(exc.retry_after or delay)
+            delay = min(delay * 2, 10.0)
+
+
+@app.command()
+def replay(
+    to: Annotated[str, typer.Option("--to", help="Backend to send to, as named (and configured) in the YAML.")],
+    since: Annotated[str | None, typer.Option(help="Only traces newer than 15m, 2h, 7d or an ISO date.")] = None,
+    config: ConfigOption = None,
+    store: StoreOption = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Records per export call.")] = 500,
+) -> None:
+    """Send what the built-in store holds to another backend (switching backend keeps history).
+    Idempotent: backends upsert by span and score id, so replaying twice duplicates nothing."""
+    from spanmux.backend import ExportError  # noqa: PLC0415
+    from spanmux.backends.local import LocalStore  # noqa: PLC0415
+    from spanmux.registry import known_backends  # noqa: PLC0415
+
+    loaded = _load(config)
+    if to not in known_backends():
+        raise typer.BadParameter(f"unknown backend {to!r}; known: {', '.join(sorted(known_backends()))}",
+                                 param_hint="--to")
+    path = store or (str(loaded.settings.local.path) if config else _store_path(None))
+    if not Path(path).exists():
+        err_console.print(f"[red]no spanmux store at {path}[/red] (pass --store)")
+        raise typer.Exit(1)
+    target_path = getattr(getattr(loaded.settings, to, None), "path", None)
+    if to in ("local", "superoptix") and target_path and Path(target_path).resolve() == Path(path).resolve():
+        raise typer.BadParameter(f"the {to} backend writes to {path}, the store being replayed", param_hint="--to")
+    try:
+        backend = _build_backend(loaded, to)
+    except ConfigurationError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    since_ns = _parse_since(since)
+    sent_spans = sent_scores = 0
+    try:
+        with LocalStore(path) as db:
+            for spans in db.iter_spans(since_ns=since_ns, batch=batch_size):
+                _export_with_retries(backend, spans, [])
+                sent_spans += len(spans)
+            scores: list[Any] = []
+            for score in db.iter_scores(since_ns=since_ns):
+                scores.append(score)
+                if len(scores) >= batch_size:
+                    _export_with_retries(backend, [], scores)
+                    sent_scores += len(scores)
+                    scores = []
+            if scores:
+                _export_with_retries(backend, [], scores)
+                sent_scores += len(scores)
+        backend.force_flush(30.0)
+    except ExportError as exc:
+        err_console.print(f"[red]replay to {to} stopped after {sent_spans} spans and {sent_scores} scores: {exc}[/red]"
+                          "\nrun it again once the backend answers: nothing is duplicated")
+        raise typer.Exit(1) from None
+    finally:
+        try:
+            backend.shutdown(10.0)
+        except Exception as exc:
+            err_console.print(f"[yellow]backend {to} did not close cleanly: {exc}[/yellow]")
+    console.print(f"[green]sent[/green] {sent_spans} spans and {sent_scores} scores from {path} to {to}")
+
+
+def _doctor_row(loaded: Any, name: str, timeout: float) -> dict[str, Any]:
+    from spanmux.spool import Spool  # noqa: PLC0415
+
+    row: dict[str, Any] = {"backend": name, "ok": False, "status": "", "detail": ""}
+    try:
+        backend = _build_backend(loaded, name)
+    except ConfigurationError as exc:
+        row.update(status="misconfigured", detail="; ".join(p.message for p in exc.problems) or str(exc))
+    else:
+        check = getattr(backend, "check_connection", None)
+        try:
+            if callable(check):
+                row.update(ok=True, status="ok", detail=str(check(timeout)))
+            else:
+                row.update(ok=True, status="ok", detail="configured (this backend has no connection check)")
+        except Exception as exc:
+            retryable = getattr(exc, "retryable", True)
+            row.update(status="unreachable" if retryable else "refused", detail=str(exc) or type(exc).__name__)
+        finally:
+            try:
+                backend.shutdown(1.0)
+            except Exception:
+                pass
+    spool = Spool(Path(loaded.settings.spool_dir) / name, loaded.settings.spool_max_bytes)
+    row["spool"] = spool.describe()
+    return row
+
+
+@app.command()
+def doctor(
+    file: Annotated[Path, typer.Argument(help="A YAML file with an observability block.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each backend.")] = 5.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Configure each backend (sending nothing), check reachability and credentials, show what waits
+    in the spools. Exits 1 when a backend is unreachable, refuses the keys or is misconfigured."""
+    from spanmux.spool import Spool  # noqa: PLC0415
+
+    loaded = _load(file)
+    settings = loaded.settings
+    rows = [_doctor_row(loaded, name, timeout) for name in settings.backends]
+    overflow = Spool(Path(settings.spool_dir) / "_overflow", settings.spool_max_bytes).describe()
+    healthy = all(row["ok"] for row in rows)
+    if as_json:
+        _print_json({"ok": healthy, "source": loaded.source, "enabled": settings.enabled,
+                     "spool_dir": settings.spool_dir, "backends": rows, "overflow_spool": overflow})
+    else:
+        table = Table(title=f"{file}: spool in {settings.spool_dir}", title_justify="left")
+        for column in ("backend", "status", "detail", "spooled batches", "spans", "scores", "bytes"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            colour = "green" if row["ok"] else "red"
+            spool = row["spool"]
+            table.add_row(row["backend"], f"[{colour}]{row['status']}[/{colour}]", row["detail"],
+                          str(spool["batches"] + spool["claimed"]), str(spool["spans"]), str(spool["scores"]),
+                          str(spool["bytes"]))
+        console.print(table)
+        if overflow["batches"] or overflow["claimed"]:
+            console.print(f"queue overflow spool: {overflow['spans']} spans, {overflow['scores']} scores waiting")
+        if not settings.enabled:
+            console.print("[yellow]tracing is disabled in this file (enabled: false)[/yellow]")
+    if not healthy:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

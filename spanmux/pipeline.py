@@ -344,6 +344,8 @@ class Pipeline:
         return marker.done.wait(timeout)
 
     def shutdown(self, timeout: float = 10.0) -> None:
+        """Deliver what it can within ``timeout``; what is left goes to the spools, never lost
+        (unless no spool is configured). A hanging backend cannot hold the process beyond it."""
         if self._stopped:
             return
         deadline = time.monotonic() + timeout
@@ -352,19 +354,57 @@ class Pipeline:
         self._wake.set()
         if self._worker is not None:
             self._worker.join(max(0.0, deadline - time.monotonic()))
+            if self._worker.is_alive():
+                self._spill_queue()
         for lane in self.lanes:
-            lane.stop(max(0.1, deadline - time.monotonic()))
+            lane.stop(deadline - time.monotonic())
+        for lane in self.lanes:
+            if lane.is_alive():  # stuck in its backend: do not wait, do not close it under its feet
+                spilled = lane.spill_pending()
+                log.warning("backend %r did not finish within the %gs shutdown deadline; %d records kept "
+                            "in its spool for the next run", lane.name, timeout, spilled)
+                continue
             try:
                 lane.backend.shutdown(max(0.1, deadline - time.monotonic()))
             except Exception as exc:
                 log.warning("backend %r failed to shut down cleanly: %s", lane.name, exc)
+
+    def _spill_queue(self) -> None:
+        """The worker missed the deadline: park the records still queued in the overflow spool."""
+        spans: list[Span] = []
+        scores: list[Score] = []
+        while True:
+            try:
+                item = self._queue.popleft()
+            except IndexError:
+                break
+            if isinstance(item, _Marker):
+                item.done.set()
+            elif isinstance(item, Span):
+                processed = self._process(item)  # the overflow spool holds processed spans
+                if processed is not None:
+                    spans.append(processed)
+            else:
+                scores.append(item)
+        if not spans and not scores:
+            return
+        with self._overflow_lock:
+            self.overflowed += len(spans) + len(scores)
+            if self._overflow_spool is None or not self._overflow_spool.append(spans, scores):
+                self.overflow_dropped += len(spans) + len(scores)
 
     def after_fork_in_child(self) -> None:
         """The child inherits a copy of the queue the parent will export: drop it, restart threads."""
         self._queue = deque()
         self._wake = threading.Event()
         self._overflow_lock = threading.Lock()
-        self.lanes = tuple(Lane(lane.name, lane.backend, lane.spool, self._queue_size) for lane in self.lanes)
+        if self._overflow_spool is not None:  # fresh locks: the parent may have held them at fork
+            self._overflow_spool = Spool(self._overflow_spool.folder, self._overflow_spool.max_bytes)
+        self.lanes = tuple(
+            Lane(lane.name, lane.backend, Spool(lane.spool.folder, lane.spool.max_bytes) if lane.spool else None,
+                 self._queue_size)
+            for lane in self.lanes
+        )
         self._start_worker()
 
     def stats(self) -> dict[str, Any]:
@@ -414,8 +454,7 @@ class Pipeline:
                 self._send(batch)
                 batch = _Batch()
                 self._replay_overflow()
-                self._wait_lanes()
-                item.done.set()
+                self._pass_marker(item)
                 continue
             self._taken += 1
             if isinstance(item, Span):
@@ -429,11 +468,15 @@ class Pipeline:
                 batch = _Batch()
         self._send(batch)
 
-    def _wait_lanes(self) -> None:
-        marker = _Marker(len(self.lanes))
+    def _pass_marker(self, marker: _Marker) -> None:
+        """Hand the flush marker to every lane without waiting for them: a hanging backend must not
+        hold the worker, hence the other backends."""
+        if not self.lanes:
+            marker.done.set()
+            return
+        marker.remaining = len(self.lanes)
         for lane in self.lanes:
             lane.mark(marker)
-        marker.done.wait(60.0)
 
     def _process(self, span: Span) -> Span | None:
         try:

@@ -83,7 +83,9 @@ def build_backends(loaded: LoadedConfig) -> list[tuple[str, Backend]]:
             ))
             continue
         section_path: tuple[str | int, ...] = (name,)
-        if name in loaded.plugin_sections:
+        if name in loaded.plugin_sections and getattr(factory, "config_model", None) is None:
+            section = None  # a plugin that takes no options
+        elif name in loaded.plugin_sections:
             section, section_problems = validate_section(
                 factory.config_model, loaded.plugin_sections[name], section_path, loaded
             )

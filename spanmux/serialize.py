@@ -63,8 +63,8 @@ def _convert(value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
         return value
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
-    if isinstance(value, str):
-        return _short_str(value, budget)
+    if isinstance(value, str):  # a subclass (LangChain's TextAccessor) becomes a plain str
+        return _short_str(value if type(value) is str else str.__str__(value), budget)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return f"<{len(value)} bytes>"
     if isinstance(value, enum.Enum):

@@ -26,7 +26,20 @@ class SpooledBatch(msgspec.Struct):
     scores: list[Score]
 
 
-_encoder = msgspec.msgpack.Encoder()
+def _plain(value: object) -> object:
+    """What msgspec cannot encode by itself (str/int/float subclasses such as LangChain's
+    TextAccessor, stray objects) becomes its plain value, so a batch is never lost to encoding."""
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    return repr(value)
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_plain)
 _decoder = msgspec.msgpack.Decoder(SpooledBatch)
 
 
@@ -114,6 +127,31 @@ class Spool:
                 log.error("spool file %s is unreadable (%s); moved aside", claimed.name, exc)
                 os.replace(claimed, claimed.with_suffix(".corrupt"))
         return None
+
+    def describe(self) -> dict[str, int]:
+        """What waits here, for ``spanmux doctor``: batches, bytes, records, claimed and corrupt files."""
+        out = {"batches": 0, "bytes": 0, "spans": 0, "scores": 0, "claimed": 0, "corrupt": 0}
+        if not self.folder.is_dir():
+            return out
+        for path in self.folder.iterdir():
+            if path.name.endswith(".corrupt"):
+                out["corrupt"] += 1
+                continue
+            if not (path.name.endswith(self.SUFFIX) or ".claimed-" in path.name):
+                continue
+            out["batches" if path.name.endswith(self.SUFFIX) else "claimed"] += 1
+            try:
+                data = path.read_bytes()
+                batch = _decoder.decode(data)
+            except FileNotFoundError:
+                continue  # sent meanwhile
+            except (msgspec.DecodeError, OSError):
+                out["corrupt"] += 1
+                continue
+            out["bytes"] += len(data)
+            out["spans"] += len(batch.spans)
+            out["scores"] += len(batch.scores)
+        return out
 
     def done(self, claimed: Path) -> None:
         with self._lock:

@@ -172,3 +172,9 @@ def test_percentile_interpolates_like_numpy() -> None:
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert percentile([10.0, 1.0, 5.0], 50) == 5.0
     assert percentile(list(map(float, range(1, 101))), 95) == pytest.approx(95.05)
+
+
+def test_the_comparison_module_does_not_shadow_spanmux_stats() -> None:
+    import spanmux.comparison  # noqa: F401
+
+    assert callable(spanmux.stats) and isinstance(spanmux.stats(), dict)

@@ -175,3 +175,10 @@ def test_estimate_without_captured_content(tmp_path: Path) -> None:
         [span] = db.get_trace(llm.trace_id)
     assert span.input is None and span.output is None
     assert span.usage == estimate_usage(MESSAGES, ANSWER)
+
+
+def test_without_tiktoken_the_estimate_falls_back_to_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokens, "_load_encoding", lambda name: None)
+    counter = TokenCounter()
+    assert counter.count("x" * 10) == 3  # ceil(10 / 4)
+    assert counter.name == "chars/4"

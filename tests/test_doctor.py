@@ -1,0 +1,102 @@
+"""`spanmux doctor FILE`: each backend configured (nothing sent), reachability and keys checked,
+spool contents shown; exit code 1 as soon as one backend is not usable."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import yaml
+from typer.testing import CliRunner
+
+import spanmux
+from spanmux.cli import app
+
+runner = CliRunner()
+
+
+def write_config(tmp_path: Path, backends: list[str], **sections: Any) -> Path:
+    path = tmp_path / "agent.yaml"
+    block = {"backends": backends, "spool_dir": str(tmp_path / "spool"),
+             "local": {"path": str(tmp_path / "store.db")}, **sections}
+    path.write_text(yaml.safe_dump({"observability": block}))
+    return path
+
+
+def langfuse(server: Any, **extra: Any) -> dict[str, Any]:
+    return {"public_key": server.public_key, "secret_key": server.secret_key, "host": server.url, **extra}
+
+
+def doctor(config: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    result = runner.invoke(app, ["doctor", str(config), "--json", *args])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_all_backends_reachable(langfuse_server: Any, tmp_path: Path) -> None:
+    config = write_config(tmp_path, ["local", "langfuse"], langfuse=langfuse(langfuse_server))
+    code, report = doctor(config)
+    assert code == 0 and report["ok"] is True
+    rows = {r["backend"]: r for r in report["backends"]}
+    assert rows["local"]["status"] == rows["langfuse"]["status"] == "ok"
+    assert "spanmux-contract" in rows["langfuse"]["detail"]
+    assert rows["langfuse"]["spool"] == {"batches": 0, "bytes": 0, "spans": 0, "scores": 0, "claimed": 0,
+                                         "corrupt": 0}
+    assert langfuse_server.statuses("/api/public/otel/v1/traces") == []  # nothing was sent
+    table = runner.invoke(app, ["doctor", str(config)])
+    assert table.exit_code == 0 and "langfuse" in table.output and "ok" in table.output
+
+
+def test_wrong_keys_and_spooled_records_are_shown(langfuse_server: Any, tmp_path: Path) -> None:
+    config = write_config(tmp_path, ["local", "langfuse"], langfuse=langfuse(langfuse_server, secret_key="sk-lf-BAD"),
+                          flush_interval=0.05)
+    spanmux.configure(config)
+    for n in range(3):
+        with spanmux.span(f"job-{n}") as s:
+            pass
+        s.score("ok", True)
+    assert spanmux.flush(10)
+    spanmux.shutdown(5)  # the three spans and scores now wait in the langfuse spool
+
+    result = runner.invoke(app, ["doctor", str(config), "--json"])
+    assert result.exit_code == 1
+    assert "sk-lf-BAD" not in result.output
+    report = json.loads(result.stdout)
+    rows = {r["backend"]: r for r in report["backends"]}
+    assert rows["local"]["status"] == "ok" and rows["local"]["spool"]["spans"] == 0
+    assert rows["langfuse"]["status"] == "refused" and "401" in rows["langfuse"]["detail"]
+    spool = rows["langfuse"]["spool"]
+    assert spool["spans"] == 3 and spool["scores"] == 3 and spool["batches"] >= 1 and spool["bytes"] > 0
+    table = runner.invoke(app, ["doctor", str(config)])
+    assert table.exit_code == 1 and "refused" in table.output
+
+
+def test_unreachable_host_fails(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    section = {"public_key": "pk-lf-x", "secret_key": "sk-lf-x", "host": f"http://127.0.0.1:{port}"}
+    code, report = doctor(write_config(tmp_path, ["local", "langfuse"], langfuse=section), "--timeout", "1")
+    assert code == 1 and report["ok"] is False
+    (row,) = [r for r in report["backends"] if r["backend"] == "langfuse"]
+    assert row["status"] == "unreachable" and "unreachable" in row["detail"]
+
+
+def test_misconfigured_backend_and_invalid_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path, ["local", "langfuse"], langfuse={"public_key": "pk-lf-x", "host": "ftp://x"})
+    code, report = doctor(config)
+    assert code == 1
+    (row,) = [r for r in report["backends"] if r["backend"] == "langfuse"]
+    assert row["status"] == "misconfigured" and row["detail"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("observability:\n  backends: [nowhere]\n")
+    result = runner.invoke(app, ["doctor", str(bad)])
+    assert result.exit_code == 1 and "nowhere" in result.output
+
+
+def test_mlflow_server_is_checked(mlflow_server: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path, ["mlflow"], mlflow={"tracking_uri": mlflow_server})
+    code, report = doctor(config)
+    assert code == 0, report
+    assert report["backends"][0]["status"] == "ok" and mlflow_server in report["backends"][0]["detail"]
