@@ -27,7 +27,7 @@ from typing import Any
 
 from spanmux.backend import Backend, ExportError
 from spanmux.model import Score, Span
-from spanmux.spool import Spool
+from spanmux.spool import Spool, encode_batch
 
 log = logging.getLogger("spanmux.pipeline")
 
@@ -77,6 +77,12 @@ class LaneStats:
 class _Batch:
     spans: list[Span] = field(default_factory=list)
     scores: list[Score] = field(default_factory=list)
+    encoded: bytes | None = None  # the spool encoding, made once for every lane that spools it
+
+    def encode(self) -> bytes:
+        if self.encoded is None:
+            self.encoded = encode_batch(self.spans, self.scores)
+        return self.encoded
 
 
 class Lane:
@@ -120,9 +126,13 @@ class Lane:
         self._pending.append(marker)
         self._wake.set()
 
-    def stop(self, timeout: float) -> None:
+    def request_stop(self) -> None:
+        """Finish what is pending (to the backend or the spool), then end the thread."""
         self._stop = True
         self._wake.set()
+
+    def stop(self, timeout: float) -> None:
+        self.request_stop()
         self._thread.join(max(0.0, timeout))
 
     def is_alive(self) -> bool:
@@ -157,7 +167,7 @@ class Lane:
         if self.spool is None:
             self._lost(batch)
             return
-        if self.spool.append(batch.spans, batch.scores):
+        if self.spool.append(batch.spans, batch.scores, batch.encode()):
             with self._count_lock:
                 self.stats.spooled_spans += len(batch.spans)
                 self.stats.spooled_scores += len(batch.scores)
@@ -297,6 +307,7 @@ class Pipeline:
         spool_root = Path(spool_dir) if spool_dir else None
         self._overflow_spool = Spool(spool_root / "_overflow", spool_max_bytes) if spool_root else None
         self._overflow_lock = threading.Lock()
+        self._overflow_buffer = _Batch()  # written as one spool file per OVERFLOW_BATCH records
         self.lanes = tuple(
             Lane(name, backend, Spool(spool_root / name, spool_max_bytes) if spool_root else None, queue_size)
             for name, backend in backends
@@ -318,21 +329,37 @@ class Pipeline:
         if len(queue) >= self._batch_size:
             self._wake.set()
 
+    OVERFLOW_BATCH = 64
+
     def _overflow(self, record: Span | Score) -> None:
-        """The worker is behind: process the record here and park it on disk. The caller pays
-        the processing, which is the back-pressure, but never waits for the worker or a backend."""
+        """The worker is behind: process the record here and park it on disk, a file per
+        ``OVERFLOW_BATCH`` records (the worker writes a partial one at its next turn). The caller
+        pays the processing, which is the back-pressure, but never waits for the worker or a backend."""
         with self._overflow_lock:
             self.overflowed += 1
             if self._overflow_spool is None:
                 self.overflow_dropped += 1
                 return
+            buffer = self._overflow_buffer
             if isinstance(record, Span):
                 processed = self._process(record)
-                spans, scores = ([processed] if processed is not None else []), []
+                if processed is not None:
+                    buffer.spans.append(processed)
             else:
-                spans, scores = [], [record]
-            if not self._overflow_spool.append(spans, scores):
-                self.overflow_dropped += 1
+                buffer.scores.append(record)
+            if len(buffer.spans) + len(buffer.scores) >= self.OVERFLOW_BATCH:
+                self._write_overflow_locked()
+
+    def _write_overflow_locked(self) -> None:
+        buffer, self._overflow_buffer = self._overflow_buffer, _Batch()
+        size = len(buffer.spans) + len(buffer.scores)
+        if size and (self._overflow_spool is None or not self._overflow_spool.append(buffer.spans, buffer.scores)):
+            self.overflow_dropped += size
+
+    def _write_overflow(self) -> None:
+        if self._overflow_buffer.spans or self._overflow_buffer.scores:
+            with self._overflow_lock:
+                self._write_overflow_locked()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything emitted before this call reached every backend (or its spool)."""
@@ -356,8 +383,11 @@ class Pipeline:
             self._worker.join(max(0.0, deadline - time.monotonic()))
             if self._worker.is_alive():
                 self._spill_queue()
+        self._write_overflow()  # records a caller parked after the worker's last turn
         for lane in self.lanes:
-            lane.stop(deadline - time.monotonic())
+            lane.request_stop()
+        for lane in self.lanes:  # an idle lane ends at once: a small grace even past the deadline
+            lane.stop(max(0.2, deadline - time.monotonic()))
         for lane in self.lanes:
             if lane.is_alive():  # stuck in its backend: do not wait, do not close it under its feet
                 spilled = lane.spill_pending()
@@ -390,14 +420,16 @@ class Pipeline:
             return
         with self._overflow_lock:
             self.overflowed += len(spans) + len(scores)
-            if self._overflow_spool is None or not self._overflow_spool.append(spans, scores):
-                self.overflow_dropped += len(spans) + len(scores)
+            self._overflow_buffer.spans.extend(spans)
+            self._overflow_buffer.scores.extend(scores)
+            self._write_overflow_locked()
 
     def after_fork_in_child(self) -> None:
         """The child inherits a copy of the queue the parent will export: drop it, restart threads."""
         self._queue = deque()
         self._wake = threading.Event()
         self._overflow_lock = threading.Lock()
+        self._overflow_buffer = _Batch()
         if self._overflow_spool is not None:  # fresh locks: the parent may have held them at fork
             self._overflow_spool = Spool(self._overflow_spool.folder, self._overflow_spool.max_bytes)
         self.lanes = tuple(
@@ -498,6 +530,7 @@ class Pipeline:
             lane.submit(batch)
 
     def _replay_overflow(self) -> None:
+        self._write_overflow()  # what callers parked since the last turn: on disk, then in order
         spool = self._overflow_spool
         if spool is None or not spool.pending():
             return

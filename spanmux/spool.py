@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import msgspec
@@ -40,6 +41,10 @@ def _plain(value: object) -> object:
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=_plain)
+
+
+def encode_batch(spans: list[Span], scores: list[Score]) -> bytes:
+    return _encoder.encode(SpooledBatch(spans, scores))
 _decoder = msgspec.msgpack.Decoder(SpooledBatch)
 
 
@@ -67,6 +72,7 @@ class Spool:
         self.dropped_spans = 0
         self.dropped_scores = 0
         self._warned = False
+        self._backlog: deque[str] = deque()  # names listed once, claimed in order (no listing per claim)
 
     def _ensure(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -89,9 +95,10 @@ class Spool:
         """Number of batch files waiting (not counting ones another process is sending)."""
         return len(self._files())
 
-    def append(self, spans: list[Span], scores: list[Score]) -> bool:
-        """Write one batch; False (and counted as dropped) when the bound is reached."""
-        data = _encoder.encode(SpooledBatch(spans, scores))
+    def append(self, spans: list[Span], scores: list[Score], encoded: bytes | None = None) -> bool:
+        """Write one batch (``encoded``: its ``encode_batch`` bytes, when already made for another
+        backend's spool); False (and counted as dropped) when the bound is reached."""
+        data = encoded if encoded is not None else encode_batch(spans, scores)
         with self._lock:
             if self.size_bytes() + len(data) > self.max_bytes:
                 self.dropped_spans += len(spans)
@@ -113,9 +120,19 @@ class Spool:
             self._bytes = (self._bytes or 0) + len(data)
             return True
 
+    def _next_name(self) -> str | None:
+        """The oldest batch name not tried yet. The folder is listed only when the names listed
+        before are used up: a spool of 100,000 batches is drained in linear time. Batches written
+        meanwhile carry later names, so the order holds."""
+        with self._lock:
+            if not self._backlog:
+                self._backlog.extend(p.name for p in self._files())
+            return self._backlog.popleft() if self._backlog else None
+
     def claim_oldest(self) -> tuple[Path, SpooledBatch] | None:
         """Take the oldest batch for sending; None when empty. Undecodable files are set aside."""
-        for path in self._files():
+        while (name := self._next_name()) is not None:
+            path = self.folder / name
             claimed = path.with_name(path.name[: -len(self.SUFFIX)] + f".claimed-{os.getpid()}")
             try:
                 os.replace(path, claimed)
@@ -169,7 +186,9 @@ class Spool:
         try:
             os.replace(claimed, claimed.with_name(original))
         except FileNotFoundError:
-            pass
+            return
+        with self._lock:
+            self._backlog.appendleft(original)  # first again at the next claim
 
     def recover_orphans(self) -> int:
         """Release batches claimed by processes that no longer exist."""

@@ -1,0 +1,142 @@
+"""The benchmark harness behind ``make bench``: overhead against peers, store throughput, import
+time and memory with backends down. Prints a table of figures and ratios against design.md §7.
+
+    .venv/bin/python benchmarks/run.py            # full run (several minutes on 2 cores)
+    .venv/bin/python benchmarks/run.py --smoke    # tiny version for CI (seconds; figures meaningless)
+    .venv/bin/python benchmarks/run.py --json     # one JSON document on stdout
+
+Each part runs in its own fresh interpreter (``overhead.py`` additionally runs one worker process
+per configuration, driven round by round so configurations interleave).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, run_json  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+FULL = {
+    "overhead": ["--rounds", "10", "--calls", "40"],
+    "store": ["--spans", "1000000", "--mlflow-spans", "4000"],
+    "memory": ["--spans", "1000000", "--imports", "9"],
+}
+SMOKE = {
+    "overhead": ["--rounds", "2", "--calls", "2", "--configs", "none,noop_handler,spanmux_local"],
+    "store": ["--spans", "5000", "--mlflow-spans", "0"],
+    "memory": ["--spans", "5000", "--imports", "2"],
+}
+TARGETS = {
+    "spanmux_vs_noop_added_total_us": "<= 4x",
+    "langfuse_handler_vs_spanmux_added_total_us": ">= 10x",
+    "mlflow_autolog_vs_spanmux_added_total_us": ">= 10x",
+    "spanmux_vs_noop_added_latency_us": "<= 4x",
+    "langfuse_handler_vs_spanmux_added_latency_us": ">= 10x",
+    "mlflow_autolog_vs_spanmux_added_latency_us": ">= 10x",
+}
+
+
+def run_all(smoke: bool, parts: list[str]) -> dict[str, Any]:
+    plan = SMOKE if smoke else FULL
+    result: dict[str, Any] = {"smoke": smoke, "machine_before": machine()}
+    for part in parts:
+        started = time.perf_counter()
+        try:
+            result[part] = run_json([str(HERE / f"{part}.py"), "--json", *plan[part]], timeout=3600)
+        except Exception as exc:  # noqa: BLE001 - one failed part must not hide the others
+            result[part] = {"status": "n/a", "reason": str(exc)[-500:]}
+        result[part]["seconds"] = round(time.perf_counter() - started, 1)
+    result["machine_after"] = machine()
+    return result
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(result: dict[str, Any]) -> str:
+    lines: list[str] = []
+    m = result["machine_before"]
+    lines.append(f"machine: {m['cpus']} cpus {m['cpu']}, Python {m['python']}, load average before "
+                 f"{m['loadavg']} after {result['machine_after']['loadavg']}")
+    overhead = result.get("overhead", {})
+    for workload, data in overhead.get("workloads", {}).items():
+        lines.append(f"\n## overhead per invoke: {workload} (median of {overhead['rounds']} rounds x "
+                     f"{overhead['calls_per_round']} calls, microseconds)")
+        lines.append(f"| {'configuration':<18} | {'latency':>9} | {'added':>9} | {'total+flush':>11} | {'added':>9} |")
+        lines.append(f"|{'-' * 20}|{'-' * 11}|{'-' * 11}|{'-' * 13}|{'-' * 11}|")
+        for config, row in data["configs"].items():
+            if "latency_us" not in row:
+                lines.append(f"| {config:<18} | n/a: {row.get('reason', '')[:80]}")
+                continue
+            lines.append(f"| {config:<18} | {_fmt(row['latency_us']):>9} | {_fmt(row['added_latency_us']):>9} | "
+                         f"{_fmt(row['total_us']):>11} | {_fmt(row['added_total_us']):>9} |")
+        for key, value in data["ratios"].items():
+            lines.append(f"  {key:<46} {_fmt(value):>8}   target {TARGETS.get(key, '')}")
+    if "reason" in overhead:
+        lines.append(f"\noverhead: n/a: {overhead['reason']}")
+    store = result.get("store", {})
+    if "direct" in store:
+        lines.append(f"\n## built-in store, {store['spans']:,} spans")
+        lines.append(f"  ingest direct (LocalBackend.export)   {_fmt(store['direct']['spans_per_s'])} spans/s"
+                     "   target >= 50,000")
+        lines.append(f"  ingest pipeline (emit->worker->local) {_fmt(store['pipeline']['spans_per_s'])} spans/s"
+                     f"   (caller's emit {store['pipeline']['emit_us_per_span']} us/span)")
+        lines.append(f"  list_traces(limit=50)                 {store['reads']['list_traces_50_ms']} ms"
+                     "   target < 50 ms")
+        lines.append(f"  get_trace                             {store['reads']['get_trace_ms']} ms")
+        lines.append(f"  file size                             {store['direct']['bytes_per_span']} bytes/span "
+                     f"({store['direct']['file_mb']} MB)")
+        peer = store.get("mlflow_store", {})
+        if "spans_per_s" in peer:
+            lines.append(f"  MLflow sqlite trace store ({peer['spans']:,} spans) {_fmt(peer['spans_per_s'])} spans/s, "
+                         f"{peer['bytes_per_span']} bytes/span")
+        else:
+            lines.append(f"  MLflow sqlite trace store: n/a ({peer.get('reason', 'skipped')})")
+    elif store:
+        lines.append(f"\nstore: n/a: {store.get('reason')}")
+    memory = result.get("memory", {})
+    if "import" in memory:
+        imp = memory["import"]
+        lines.append(f"\n## import and memory\n  import spanmux  {imp['import_ms']} ms median of {imp['runs']} "
+                     f"(min {imp['import_ms_min']})   target < 100 ms; heavy modules imported: "
+                     f"{imp['heavy_modules'] or 'none'}")
+        mem = memory["memory"]
+        lane = mem["lane_counters"]
+        lines.append(f"  backend down, {mem['spans']:,} spans: RSS start {mem['rss_start_mb']} MB, peak "
+                     f"{mem['rss_peak_mb']} MB, end {mem['rss_end_mb']} MB (spool bound {mem['spool_max_mb']} MB)")
+        lines.append(f"  counted: spooled {lane.get('spooled_spans')}, dropped {lane.get('dropped_spans')}, "
+                     f"overflowed {mem['pipeline_counters'].get('queue_overflowed')}, "
+                     f"overflow dropped {mem['pipeline_counters'].get('overflow_dropped')}")
+    elif memory:
+        lines.append(f"\nmemory: n/a: {memory.get('reason')}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--parts", default="overhead,store,memory")
+    args = parser.parse_args()
+    result = run_all(args.smoke, args.parts.split(","))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(table(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Built-in store: sustained ingest, listing and lookup latency, size on disk; MLflow's trace store
+on a subset of the same spans for comparison.
+
+    .venv/bin/python benchmarks/store.py [--spans 1000000] [--mlflow-spans 4000] [--json]
+
+Spans come as 4-span traces (agent > chain > llm, tool) shaped like what the LangChain handler
+emits: the LLM span carries model and token usage (no cost: the worker prices it), inputs and
+outputs are small JSON values. ``pipeline`` emits them through spanmux (emit -> worker ->
+processors -> LocalBackend) in chunks of 50,000, each followed by ``flush()``, so the queue never
+overflows and the rate is what the worker sustains; ``direct`` calls ``LocalBackend.export`` with
+pipeline-sized batches (512) of already-processed spans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, median  # noqa: E402
+
+import spanmux  # noqa: E402
+from spanmux.model import ModelInfo, Span, Usage, new_span_id, new_trace_id  # noqa: E402
+
+CHUNK = 50_000
+BATCH = 512
+
+
+def make_trace(start: int, n: int) -> list[Span]:
+    t, root, chain, llm, tool = new_trace_id(), new_span_id(), new_span_id(), new_span_id(), new_span_id()
+
+    def span(span_id: str, parent: str | None, name: str, kind: str, a: int, b: int, **extra: Any) -> Span:
+        return Span(trace_id=t, span_id=span_id, parent_id=parent, name=name, kind=kind,  # type: ignore[arg-type]
+                    framework="langchain", start_ns=start + a, end_ns=start + b, **extra)
+
+    question = f"question {n}"
+    return [
+        span(llm, chain, "ChatOpenAI", "llm", 2_000, 900_000, input=[{"role": "user", "content": question}],
+             output={"role": "assistant", "content": "hello"}, model=ModelInfo("gpt-4o-mini", "openai"),
+             usage=Usage(50, 10, 60)),
+        span(chain, root, "RunnableSequence", "chain", 1_000, 950_000, input={"q": question}, output="hello"),
+        span(tool, root, "search", "tool", 960_000, 990_000, input={"q": question}, output=["y"]),
+        span(root, None, "agent", "agent", 0, 1_000_000, input={"q": question}, output="hello"),
+    ]
+
+
+def spans_in_chunks(total: int, chunk: int) -> Iterator[list[Span]]:
+    base = time.time_ns() - total * 2_000_000
+    made = 0
+    while made < total:
+        out: list[Span] = []
+        while len(out) < chunk and made < total:
+            trace = make_trace(base + made * 500_000, made)
+            out.extend(trace)
+            made += len(trace)
+        yield out
+
+
+def pipeline_ingest(total: int, folder: Path) -> dict[str, Any]:
+    spanmux.configure({"backends": ["local"], "local": {"path": str(folder / "pipeline.db")},
+                       "spool_dir": str(folder / "spool"), "estimate_tokens": False})
+    elapsed = 0.0
+    emit_s = 0.0
+    for chunk in spans_in_chunks(total, min(CHUNK, total)):
+        started = time.perf_counter()
+        for span in chunk:
+            spanmux.runtime.emit(span)
+        emit_s += time.perf_counter() - started
+        if not spanmux.flush(600):
+            raise RuntimeError("flush timed out")
+        elapsed += time.perf_counter() - started
+    lane = spanmux.stats()["backends"]["local"]
+    spanmux.shutdown()
+    return {"spans_per_s": round(total / elapsed), "emit_us_per_span": round(emit_s / total * 1e6, 2),
+            "exported_spans": lane.get("exported_spans"), "export_errors": lane.get("export_errors")}
+
+
+def direct_ingest(total: int, path: Path) -> dict[str, Any]:
+    from spanmux.backends.local import LocalBackend  # noqa: PLC0415
+    from spanmux.config_schemas.observability import LocalConfig  # noqa: PLC0415
+
+    backend = LocalBackend(LocalConfig(path=str(path)))
+    elapsed = 0.0
+    trace_ids: list[str] = []
+    for chunk in spans_in_chunks(total, CHUNK):
+        trace_ids.extend(chunk[i].trace_id for i in range(0, len(chunk), 4 * 997))
+        started = time.perf_counter()
+        for i in range(0, len(chunk), BATCH):
+            backend.export(chunk[i:i + BATCH], [])
+        elapsed += time.perf_counter() - started
+    backend.shutdown(30)
+    size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    return {"spans_per_s": round(total / elapsed), "bytes_per_span": round(size / total, 1),
+            "file_mb": round(size / 1e6, 1), "sample_trace_ids": trace_ids}
+
+
+def read_latency(path: Path, trace_ids: list[str], repeats: int) -> dict[str, Any]:
+    from spanmux.backends.local import LocalStore  # noqa: PLC0415
+
+    with LocalStore(path) as store:
+        store.list_traces(limit=50)  # first query pays for opening pages
+        listing = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            newest = store.list_traces(limit=50)
+            listing.append(time.perf_counter() - t0)
+        assert len(newest) == 50
+        lookups = []
+        rng = random.Random(7)
+        for _ in range(repeats):
+            trace_id = rng.choice(trace_ids)
+            t0 = time.perf_counter()
+            spans = store.get_trace(trace_id)
+            lookups.append(time.perf_counter() - t0)
+            assert len(spans) == 4
+    return {"list_traces_50_ms": round(median(listing) * 1e3, 3), "get_trace_ms": round(median(lookups) * 1e3, 3)}
+
+
+def mlflow_ingest(total: int, folder: Path) -> dict[str, Any]:
+    """MLflow's own sqlite trace store, fed the same spans through spanmux's MLflow backend."""
+    if total <= 0:
+        return {"status": "n/a", "reason": "skipped (--mlflow-spans 0)"}
+    try:
+        from spanmux.backends.mlflow import MlflowBackend  # noqa: PLC0415
+        from spanmux.config_schemas import ObservabilityConfig  # noqa: PLC0415
+        from spanmux.config_schemas.observability import MlflowConfig  # noqa: PLC0415
+        from spanmux.processors import SpanProcessor  # noqa: PLC0415
+    except ImportError as exc:
+        return {"status": "n/a", "reason": repr(exc)}
+    try:
+        process = SpanProcessor(ObservabilityConfig(estimate_tokens=False))
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        backend = MlflowBackend(MlflowConfig(tracking_uri=uri, experiment_name="bench-store"), None)
+        backend.export([p for s in make_trace(time.time_ns(), 0) if (p := process(s))], [])  # migrate, warm up
+        spans = [p for chunk in spans_in_chunks(total, total) for s in chunk if (p := process(s))]
+        started = time.perf_counter()
+        for i in range(0, len(spans), BATCH):
+            backend.export(spans[i:i + BATCH], [])
+        backend.force_flush(120)
+        elapsed = time.perf_counter() - started
+        backend.shutdown(30)
+    except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, not fatal
+        return {"status": "n/a", "reason": repr(exc)[:300]}
+    size = sum(p.stat().st_size for p in folder.glob("mlflow.db*"))
+    return {"spans": total, "spans_per_s": round(total / elapsed), "bytes_per_span": round(size / total, 1)}
+
+
+def measure(spans: int, mlflow_spans: int, repeats: int = 50) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="spanmux-store-") as tmp:
+        folder = Path(tmp)
+        direct = direct_ingest(spans, folder / "direct.db")
+        reads = read_latency(folder / "direct.db", direct.pop("sample_trace_ids"), repeats)
+        piped = pipeline_ingest(spans, folder)
+        mlflow_dir = folder / "mlflow"
+        mlflow_dir.mkdir()
+        peer = mlflow_ingest(mlflow_spans, mlflow_dir)
+    return {"spans": spans, "direct": direct, "pipeline": piped, "reads": reads, "mlflow_store": peer}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--spans", type=int, default=1_000_000)
+    parser.add_argument("--mlflow-spans", type=int, default=4_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = measure(args.spans, args.mlflow_spans)
+    result["machine"] = machine()
+    print(json.dumps(result, indent=None if args.json else 2))
+
+
+if __name__ == "__main__":
+    main()
