@@ -64,7 +64,11 @@ _PARAMS_PER_CALL = 100  # MLflow's MAX_PARAMS_TAGS_PER_BATCH
 _PARAM_VALUE_LIMIT = 6000
 _MAX_TRACKED_TRACES = 20_000  # per-trace aggregates kept in memory (oldest dropped first)
 _MAX_SUMMARY_ROWS = 10_000
-_PROBE_EVERY = 2.0  # seconds without a successful call before the next export probes /health
+# Seconds without a successful call before the next export probes /health. Zero: probe before
+# every batch. A loopback /health costs about a millisecond per batch of up to 512 spans, while
+# skipping it lets a batch sent to a server that just died sit in MLflow's own client retries
+# (process-wide settings, about a minute) instead of going to the spool at once.
+_PROBE_EVERY = 0.0
 _KEY_CHARS = re.compile(r"[^\w\-. /]")
 _CLIENT_ERRORS = {
     "INVALID_PARAMETER_VALUE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED",

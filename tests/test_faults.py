@@ -556,13 +556,6 @@ def test_mlflow_server_stopped_mid_run_then_restarted(tmp_path: Path, monkeypatc
     from mlflow.tracing.client import TracingClient
     from mlflow_server import MlflowServer
 
-    from spanmux.backends import mlflow as mlflow_backend
-
-    # The backend probes /health only after 2 s without success; within that window an export to a
-    # server that just died goes to MLflow's own client, which retries for about a minute (reported
-    # to the backend's owner). Probe before every export here so the outage is seen at once.
-    monkeypatch.setattr(mlflow_backend, "_PROBE_EVERY", 0.0)
-
     server = MlflowServer(tmp_path / "mlflow-server").start()  # its own port and database
     try:
         spanmux.configure(base_config(tmp_path, ["local", "mlflow"], batch_size=10, mlflow={
