@@ -24,8 +24,7 @@ from dspy.lm15 import Usage  # noqa: E402
 from dspy.utils import DummyLM  # noqa: E402
 
 import spanmux  # noqa: E402
-from spanmux.backends.local import LocalStore  # noqa: E402
-from spanmux.cli import app as spanmux_cli  # noqa: E402
+from spanmux.cli import print_recent  # noqa: E402
 from spanmux.integrations.dspy import Callback  # noqa: E402
 
 # 1. Where traces go: the observability block, here as a dict (a YAML file works the same).
@@ -99,11 +98,7 @@ spanmux.flush()
 
 # 5. Print what was recorded with the CLI (the same as `spanmux traces` and `spanmux show ID`).
 store = settings.local.path
-with LocalStore(store) as db:
-    new_traces = db.list_traces(limit=10, since_ns=started_ns)
 print()
-spanmux_cli(["traces", "--store", store, "--limit", str(len(new_traces))], standalone_mode=False)
-for trace in reversed(new_traces):
-    spanmux_cli(["show", trace.trace_id, "--store", store], standalone_mode=False)
+print_recent(store, since_ns=started_ns)  # `spanmux traces`, then `spanmux show ID` for each
 
 print(f"\nStored in {store}. Explore it with: spanmux traces   |   spanmux show <trace id>")

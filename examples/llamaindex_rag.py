@@ -17,8 +17,7 @@ from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.llms import MockLLM
 
 import spanmux
-from spanmux.backends.local import LocalStore
-from spanmux.cli import app as spanmux_cli
+from spanmux.cli import print_recent
 from spanmux.integrations.llamaindex import instrument
 
 # 1. Where traces go: the observability block, here as a dict (a YAML file works the same).
@@ -68,11 +67,7 @@ spanmux.flush()
 
 # 6. Print what was recorded with the CLI (the same as `spanmux traces` and `spanmux show ID`).
 store = settings.local.path
-with LocalStore(store) as db:
-    new_traces = db.list_traces(limit=10, since_ns=started_ns)
 print()
-spanmux_cli(["traces", "--store", store, "--limit", str(len(new_traces))], standalone_mode=False)
-for trace in reversed(new_traces):  # oldest first: the RAG pipeline, then the streaming query
-    spanmux_cli(["show", trace.trace_id, "--store", store], standalone_mode=False)
+print_recent(store, since_ns=started_ns)  # `spanmux traces`, then `spanmux show ID` for each
 
 print(f"\nStored in {store}. Explore it with: spanmux traces   |   spanmux show <trace id>")

@@ -20,8 +20,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tools import tool
 
 import spanmux
-from spanmux.backends.local import LocalStore
-from spanmux.cli import app as spanmux_cli
+from spanmux.cli import print_recent
 from spanmux.integrations.langchain import CallbackHandler
 
 # 1. One YAML block says where traces go. agent.yaml is a SuperOptiX-style playbook whose
@@ -85,11 +84,7 @@ spanmux.flush()
 
 # 5. Print what was recorded with the CLI (the same as `spanmux traces` and `spanmux show ID`).
 store = settings.local.path
-with LocalStore(store) as db:
-    new_traces = db.list_traces(limit=10, since_ns=started_ns)
 print()
-spanmux_cli(["traces", "--store", store, "--limit", str(len(new_traces))], standalone_mode=False)
-for trace in reversed(new_traces):  # oldest first: the chain, then the agent
-    spanmux_cli(["show", trace.trace_id, "--store", store], standalone_mode=False)
+print_recent(store, since_ns=started_ns)  # `spanmux traces`, then `spanmux show ID` for each
 
 print(f"\nStored in {store}. Explore it with: spanmux traces   |   spanmux show <trace id>")

@@ -439,6 +439,18 @@ def doctor(
         raise typer.Exit(1)
 
 
+def print_recent(store: str, since_ns: int | None = None, limit: int = 10) -> None:
+    """Print the traces table and each trace's tree, oldest first: what the examples end with
+    (the same output as ``spanmux traces`` followed by ``spanmux show ID``)."""
+    from spanmux.backends.local import LocalStore  # noqa: PLC0415
+
+    with LocalStore(store) as db:
+        recent = db.list_traces(limit=limit, since_ns=since_ns)
+    app(["traces", "--store", store, "--limit", str(max(1, len(recent)))], standalone_mode=False)
+    for trace in reversed(recent):
+        app(["show", trace.trace_id, "--store", store], standalone_mode=False)
+
+
 def main() -> None:
     app()
 
