@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import child_env, machine, median, python  # noqa: E402
 
-CONFIGS = ("none", "noop_handler", "spanmux_local", "spanmux_mlflow", "spanmux_langfuse",
+CONFIGS = ("none", "noop_handler", "spanmux_local", "spanmux_local_priced", "spanmux_mlflow", "spanmux_langfuse",
            "langfuse_handler", "mlflow_autolog")
 WORKLOADS = ("chain", "agent")
 PUBLIC_KEY, SECRET_KEY = "pk-lf-bench", "sk-lf-bench"
@@ -87,9 +87,11 @@ def _setup(config: str, folder: Path, sink: str) -> tuple[list[Any], Any]:
         import spanmux  # noqa: PLC0415
         from spanmux.integrations.langchain import CallbackHandler  # noqa: PLC0415
 
-        backend = config.removeprefix("spanmux_")
+        backend = config.removeprefix("spanmux_").removesuffix("_priced")
         block: dict[str, Any] = {"backends": [backend], "spool_dir": str(folder / "spool"),
                                  "local": {"path": str(folder / "spanmux.db")}}
+        if config.endswith("_priced"):  # a `pricing:` override: isolates the price-table lookup's cost
+            block["pricing"] = {"gpt-4o-mini": {"input": 0.15, "output": 0.6}}
         if backend == "mlflow":
             block["mlflow"] = {"tracking_uri": f"sqlite:///{folder / 'mlflow-spanmux.db'}",
                                "experiment_name": "bench"}

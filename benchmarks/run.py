@@ -75,13 +75,13 @@ def table(result: dict[str, Any]) -> str:
     for workload, data in overhead.get("workloads", {}).items():
         lines.append(f"\n## overhead per invoke: {workload} (median of {overhead['rounds']} rounds x "
                      f"{overhead['calls_per_round']} calls, microseconds)")
-        lines.append(f"| {'configuration':<18} | {'latency':>9} | {'added':>9} | {'total+flush':>11} | {'added':>9} |")
-        lines.append(f"|{'-' * 20}|{'-' * 11}|{'-' * 11}|{'-' * 13}|{'-' * 11}|")
+        lines.append(f"| {'configuration':<20} | {'latency':>9} | {'added':>9} | {'total+flush':>11} | {'added':>9} |")
+        lines.append(f"|{'-' * 22}|{'-' * 11}|{'-' * 11}|{'-' * 13}|{'-' * 11}|")
         for config, row in data["configs"].items():
             if "latency_us" not in row:
-                lines.append(f"| {config:<18} | n/a: {row.get('reason', '')[:80]}")
+                lines.append(f"| {config:<20} | n/a: {row.get('reason', '')[:80]}")
                 continue
-            lines.append(f"| {config:<18} | {_fmt(row['latency_us']):>9} | {_fmt(row['added_latency_us']):>9} | "
+            lines.append(f"| {config:<20} | {_fmt(row['latency_us']):>9} | {_fmt(row['added_latency_us']):>9} | "
                          f"{_fmt(row['total_us']):>11} | {_fmt(row['added_total_us']):>9} |")
         for key, value in data["ratios"].items():
             lines.append(f"  {key:<46} {_fmt(value):>8}   target {TARGETS.get(key, '')}")
@@ -130,8 +130,12 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--parts", default="overhead,store,memory")
+    parser.add_argument("--from-json", help="print the table of a saved --json result instead of measuring")
     args = parser.parse_args()
-    result = run_all(args.smoke, args.parts.split(","))
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+    else:
+        result = run_all(args.smoke, args.parts.split(","))
     if args.json:
         print(json.dumps(result))
     else:
