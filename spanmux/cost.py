@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import msgspec
@@ -79,12 +80,89 @@ def _price_usage(usage: Usage) -> Any:
         return PriceUsage(**values)
 
 
+_PROBE = 1_000_000
+
+
+class LinearPrice:
+    """USD per token of one model at one provider, split into input and output direction.
+
+    genai-prices' general calculation costs ~150 us per call (unit registry, Decimal); with
+    one LLM span per call that dominated the worker. For the common case (flat per-token prices)
+    the price is linear in the token counts, so we probe the library once per model and day and
+    then price a span with five multiplications. Tiered or otherwise non-linear prices fail the
+    self-check in ``probe`` and keep using the library for every span.
+    """
+
+    __slots__ = ("coefficients",)
+
+    def __init__(self, coefficients: dict[str, tuple[float, float]]) -> None:
+        self.coefficients = coefficients
+
+    def cost(self, usage: Usage) -> Cost:
+        counts = _bucket_counts(usage)
+        input_cost = output_cost = 0.0
+        for bucket, count in counts.items():
+            if count:
+                per_in, per_out = self.coefficients[bucket]
+                input_cost += per_in * count
+                output_cost += per_out * count
+        return Cost(input_cost, output_cost, input_cost + output_cost, "price-table")
+
+    @classmethod
+    def probe(cls, model_ref: str, provider_id: str | None) -> LinearPrice | None:
+        from genai_prices import calc_price  # noqa: PLC0415
+
+        def price(input_tokens: int = 0, output_tokens: int = 0, cache_read_tokens: int = 0,
+                  cache_write_tokens: int = 0, reasoning_tokens: int = 0) -> tuple[float, float]:
+            usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens,
+                          cache_read_tokens=cache_read_tokens, cache_write_tokens=cache_write_tokens,
+                          reasoning_tokens=reasoning_tokens)
+            result = calc_price(_price_usage(usage), model_ref, provider_id=provider_id)
+            return float(result.input_price), float(result.output_price)
+
+        base_in = price(input_tokens=_PROBE)
+        base_out = price(output_tokens=_PROBE)
+        coefficients = {
+            "input_tokens": (base_in[0] / _PROBE, base_in[1] / _PROBE),
+            "output_tokens": (base_out[0] / _PROBE, base_out[1] / _PROBE),
+        }
+        for bucket, base, with_input in (
+            ("cache_read_tokens", base_in, "input_tokens"),
+            ("cache_write_tokens", base_in, "input_tokens"),
+            ("reasoning_tokens", base_out, "output_tokens"),
+        ):
+            both = price(**{with_input: _PROBE, bucket: _PROBE})
+            coefficients[bucket] = ((both[0] - base[0]) / _PROBE, (both[1] - base[1]) / _PROBE)
+        linear = cls(coefficients)
+        check = Usage(input_tokens=345_678, output_tokens=23_456, cache_read_tokens=123_456,
+                      cache_write_tokens=7_890, reasoning_tokens=3_456)
+        expected = price(input_tokens=345_678, output_tokens=23_456, cache_read_tokens=123_456,
+                         cache_write_tokens=7_890, reasoning_tokens=3_456)
+        got = linear.cost(check)
+        for want, have in ((expected[0], got.input), (expected[1], got.output)):
+            if abs(want - have) > 1e-9 * max(1.0, abs(want)):
+                return None  # tiers or a non-linear rule: price each span with the library
+        return linear
+
+
+def _bucket_counts(usage: Usage) -> dict[str, int]:
+    reasoning = min(usage.reasoning_tokens, usage.output_tokens)
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "reasoning_tokens": reasoning,
+    }
+
+
 class CostCalculator:
     """Prices spans; remembers how each (model, provider) resolved so lookups stay cheap."""
 
     def __init__(self, settings: ObservabilityConfig) -> None:
         self.overrides = {name.lower(): price for name, price in settings.pricing.items()}
         self._resolved: dict[tuple[str, str | None], Resolution | None] = {}
+        self._linear_prices: dict[tuple[str, str | None, str], LinearPrice | None] = {}
         self._lock = threading.Lock()
         self.priced: dict[str, int] = {"provider": 0, "config": 0, "price-table": 0}
         self.unknown_models: dict[str, int] = {}
@@ -161,6 +239,10 @@ class CostCalculator:
         else:
             candidates = _candidates(model, provider)
         for model_ref, provider_id in candidates:
+            linear = self._linear(model_ref, provider_id)
+            if linear is not None:
+                self._remember(key, (model_ref, provider_id))
+                return linear.cost(usage)
             try:
                 result = calc_price(price_usage, model_ref, provider_id=provider_id)
             except LookupError:
@@ -173,6 +255,20 @@ class CostCalculator:
                         "price-table")
         self._remember(key, None)
         return None
+
+    def _linear(self, model_ref: str, provider_id: str | None) -> LinearPrice | None:
+        """The probed linear price of a model, per UTC day (prices change by date)."""
+        key = (model_ref, provider_id, time.strftime("%Y-%m-%d", time.gmtime()))
+        if key in self._linear_prices:
+            return self._linear_prices[key]
+        try:
+            found = LinearPrice.probe(model_ref, provider_id)
+        except Exception:  # unknown model or a library error: the slow path decides
+            found = None
+        if len(self._linear_prices) >= _CACHE_LIMIT:
+            self._linear_prices.clear()
+        self._linear_prices[key] = found
+        return found
 
     def _remember(self, key: tuple[str, str | None], value: Resolution | None) -> None:
         if len(self._resolved) >= _CACHE_LIMIT:

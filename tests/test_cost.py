@@ -205,3 +205,19 @@ def test_store_totals_do_not_double_count_a_resent_batch(traced: TracedStore) ->
     assert (after.input_tokens, after.output_tokens, after.cost_total) == (
         before.input_tokens, before.output_tokens, before.cost_total)
     assert after.input_tokens == 200 and after.llm_calls == 2
+
+
+@pytest.mark.parametrize(("model", "provider", "linear"), [
+    ("gpt-4o-mini", "openai", True),
+    ("claude-3-5-sonnet-latest", None, True),
+    ("gemini-2.5-pro", "google", False),  # tiered by prompt length: every span priced by the library
+])
+def test_linear_fast_path_matches_the_library_or_steps_aside(model: str, provider: str | None, linear: bool) -> None:
+    calculator = CostCalculator(ObservabilityConfig())
+    for counts in ({"input_tokens": 48, "output_tokens": 12},
+                   {"input_tokens": 300_000, "output_tokens": 9_000, "cache_read_tokens": 120_000}):
+        cost = calculator.price(model, provider, usage_of(**counts))
+        assert cost is not None
+        expected = library_figure(model, provider, **counts)
+        assert (cost.input, cost.output, cost.total) == pytest.approx(expected, rel=1e-9)
+    assert any(v is not None for v in calculator._linear_prices.values()) is linear
