@@ -226,12 +226,6 @@ class CostCalculator:
         return found
 
     def _from_table(self, model: str, provider: str | None, usage: Usage) -> Cost | None:
-        try:
-            from genai_prices import calc_price  # noqa: PLC0415
-
-            price_usage = _price_usage(usage)
-        except ImportError:  # pragma: no cover - a core dependency
-            return None
         key = (model, provider)
         if key in self._resolved:
             resolution = self._resolved[key]
@@ -244,7 +238,9 @@ class CostCalculator:
                 self._remember(key, (model_ref, provider_id))
                 return linear.cost(usage)
             try:
-                result = calc_price(price_usage, model_ref, provider_id=provider_id)
+                from genai_prices import calc_price  # noqa: PLC0415
+
+                result = calc_price(_price_usage(usage), model_ref, provider_id=provider_id)
             except LookupError:
                 continue
             except Exception as exc:  # a price library bug must not lose the span

@@ -44,6 +44,10 @@ def _safe_repr(value: Any) -> str:
         return f"<{type(value).__qualname__} object>"
 
 
+_MESSAGE_EXTRAS = ("tool_calls", "tool_call_id", "name")
+_extras_by_type: dict[type, tuple[str, ...]] = {}
+
+
 def _message(value: Any) -> dict[str, Any] | None:
     """LangChain/LlamaIndex chat messages as {role, content, ...}: what every backend renders."""
     content = getattr(value, "content", None)
@@ -51,7 +55,13 @@ def _message(value: Any) -> dict[str, Any] | None:
     if role is None or content is None and not hasattr(value, "tool_calls"):
         return None
     out: dict[str, Any] = {"role": str(getattr(role, "value", role)), "content": content}
-    for attr in ("tool_calls", "tool_call_id", "name"):
+    kind = type(value)
+    extras = _extras_by_type.get(kind)
+    if extras is None:  # missing attributes are slow on pydantic models: look once per class
+        extras = tuple(attr for attr in _MESSAGE_EXTRAS if hasattr(value, attr))
+        if len(_extras_by_type) < 1024:
+            _extras_by_type[kind] = extras
+    for attr in extras:
         extra = getattr(value, attr, None)
         if extra:
             out[attr] = extra
@@ -59,6 +69,23 @@ def _message(value: Any) -> dict[str, Any] | None:
 
 
 def _convert(value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
+    kind = type(value)
+    if kind is str:  # the common cases first, by exact type
+        return _short_str(value, budget)
+    if value is None or kind is int or kind is bool:
+        return value
+    if kind is dict and depth < MAX_DEPTH and budget.left > 0 and len(value) <= MAX_ITEMS:
+        marker = id(value)
+        if marker in seen:
+            return "<cycle>"
+        seen.add(marker)
+        try:
+            return {
+                key if type(key) is str else _safe_repr(key): _convert(item, budget, depth + 1, seen)
+                for key, item in value.items()
+            }
+        finally:
+            seen.discard(marker)
     if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
