@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check spanmux integrations backends config_schemas tests examples benchmarks
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy spanmux
+	$(VENV)/bin/mypy spanmux integrations backends config_schemas
 
 test: lint typecheck $(STAMP)
 	$(PY) -m pytest -q tests
