@@ -439,6 +439,15 @@ class Pipeline:
         )
         self._start_worker()
 
+    @staticmethod
+    def _lane_stats(lane: Lane) -> dict[str, Any]:
+        """The lane's counters plus what the backend itself refused for good (a 400 from a server
+        that will never accept that record), so no loss goes uncounted."""
+        numbers = lane.stats.as_dict(lane.spool)
+        for key in ("rejected_spans", "rejected_scores"):
+            numbers[key] = int(getattr(lane.backend, key, 0) or 0)
+        return numbers
+
     def stats(self) -> dict[str, Any]:
         return {
             "records_emitted": self._taken + len(self._queue) + self.overflowed - self._replayed_overflow,
@@ -448,7 +457,7 @@ class Pipeline:
             "queue_overflowed": self.overflowed,
             "overflow_dropped": self.overflow_dropped,
             "queued": len(self._queue),
-            "backends": {lane.name: lane.stats.as_dict(lane.spool) for lane in self.lanes},
+            "backends": {lane.name: self._lane_stats(lane) for lane in self.lanes},
             **self._processor_stats(),
         }
 

@@ -323,6 +323,7 @@ def test_a_span_the_server_refuses_is_dropped_without_blocking_the_rest(
     names = {o.name for o in langfuse_server.trace(trace_id)}
     assert "rerank" not in names and len(names) == 7
     assert lane_stats()["spool_pending_batches"] == 0
+    assert lane_stats()["rejected_spans"] == 1  # the one refused span is counted, never silent
     assert any("unknown observation type 'reranker'" in r.getMessage() for r in caplog.records)
     assert 400 in langfuse_server.statuses(TRACES)
 
