@@ -144,6 +144,9 @@ def _report_losses(pipeline: Pipeline) -> None:
     for name, lane in numbers["backends"].items():
         dropped = lane["dropped_spans"] + lane["dropped_scores"]
         pending = lane["spool_pending_batches"]
+        refused = lane.get("rejected_spans", 0) + lane.get("rejected_scores", 0)
+        if refused:
+            log.warning("spanmux: backend %r refused %d records for good (see the warnings above)", name, refused)
         if dropped:
             log.warning("spanmux: backend %r dropped %d records (spool bound reached)", name, dropped)
         if pending:
