@@ -1,10 +1,13 @@
 """The built-in store: SQLite in WAL mode, zero setup, what the CLI reads.
 
-Spans live in a table clustered by (trace_id, span_id), so reading one trace is a range scan.
-A ``traces`` table keeps per-trace totals (duration, tokens, cost, status, root name, user,
-session, tags) recomputed from the spans of each trace a batch touched: listing never scans
-spans, and writing a span twice (a replayed batch) never double-counts. Several processes may
-write one file: WAL plus a busy timeout serialize their short transactions.
+Spans are appended in arrival order (a rowid table) and found by a unique index on
+(trace number, span id), where a trace's number (``traces.seq``) is given in order of first
+arrival: a batch appends near the ends of the table and the index instead of dirtying pages all
+over a B-tree keyed by random ids. A ``traces`` table keeps per-trace totals (duration, tokens,
+cost, status, root name, user, session, tags) updated incrementally from the new spans of each
+batch only: listing never scans spans, and a span written twice (a replayed batch) is dropped
+before it is counted. Several processes may write one file: WAL plus a busy timeout serialize
+their short transactions (a trace number is given inside the write transaction).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from spanmux.model import Cost, ErrorInfo, ModelInfo, Score, Span, TraceAttribut
 log = logging.getLogger("spanmux.backends.local")
 
 DEFAULT_PATH = ".spanmux/spanmux.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -40,31 +43,14 @@ CREATE TABLE IF NOT EXISTS spans (
     start_ns INTEGER NOT NULL,
     end_ns INTEGER NOT NULL,
     status TEXT NOT NULL,
-    error TEXT,
-    input TEXT,
-    output TEXT,
     model TEXT,
-    provider TEXT,
-    model_parameters TEXT,
-    input_tokens INTEGER,
-    output_tokens INTEGER,
-    total_tokens INTEGER,
-    cache_read_tokens INTEGER,
-    cache_write_tokens INTEGER,
-    reasoning_tokens INTEGER,
-    usage_estimated INTEGER,
-    cost_input REAL,
-    cost_output REAL,
-    cost_total REAL,
-    cost_source TEXT,
-    completion_start_ns INTEGER,
-    attributes TEXT,
-    trace_attributes TEXT,
-    truncated INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (trace_id, span_id)
-) WITHOUT ROWID;
+    detail TEXT,
+    trace_seq INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS spans_by_trace ON spans (trace_seq, span_id);
 CREATE TABLE IF NOT EXISTS traces (
-    trace_id TEXT PRIMARY KEY,
+    seq INTEGER PRIMARY KEY,
+    trace_id TEXT NOT NULL UNIQUE,
     name TEXT,
     root_span_id TEXT,
     start_ns INTEGER NOT NULL,
@@ -82,7 +68,11 @@ CREATE TABLE IF NOT EXISTS traces (
     session_id TEXT,
     tags TEXT,
     metadata TEXT,
-    framework TEXT
+    framework TEXT,
+    root_name TEXT,
+    root_rank INTEGER NOT NULL,
+    root_start_ns INTEGER NOT NULL,
+    attr_name TEXT
 );
 CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns DESC);
 CREATE INDEX IF NOT EXISTS traces_by_session ON traces (session_id, start_ns);
@@ -102,57 +92,75 @@ CREATE INDEX IF NOT EXISTS scores_by_trace ON scores (trace_id);
 CREATE INDEX IF NOT EXISTS scores_by_name ON scores (name, trace_id);
 """
 
+# ``detail`` is one JSON object with the span's other fields, only those set (input, output, model,
+# usage, cost, error, attributes, trace, completion_start_ns, truncated): one bound value instead of
+# twenty, which is most of the cost of an insert. SQLite's json functions still reach inside it.
 _SPAN_COLUMNS = (
-    "trace_id, span_id, parent_id, name, kind, framework, start_ns, end_ns, status, error, input, output, "
-    "model, provider, model_parameters, input_tokens, output_tokens, total_tokens, cache_read_tokens, "
-    "cache_write_tokens, reasoning_tokens, usage_estimated, cost_input, cost_output, cost_total, cost_source, "
-    "completion_start_ns, attributes, trace_attributes, truncated"
+    "trace_id, span_id, parent_id, name, kind, framework, start_ns, end_ns, status, model, detail, trace_seq"
 )
-_INSERT_SPAN = (
-    f"INSERT OR REPLACE INTO spans ({_SPAN_COLUMNS}) VALUES ({', '.join('?' * len(_SPAN_COLUMNS.split(', ')))})"
-)
+_SPAN_PLACEHOLDERS = ", ".join("?" * len(_SPAN_COLUMNS.split(", ")))
 
-_SUMMARIZE = """
-INSERT INTO traces (trace_id, name, root_span_id, start_ns, end_ns, status, span_count, error_count, llm_calls,
-                    input_tokens, output_tokens, total_tokens, cost_total, models, framework)
-SELECT s.trace_id,
-       (SELECT r.name FROM spans r WHERE r.trace_id = s.trace_id
-          ORDER BY (r.parent_id IS NOT NULL), r.start_ns LIMIT 1),
-       (SELECT r.span_id FROM spans r WHERE r.trace_id = s.trace_id
-          ORDER BY (r.parent_id IS NOT NULL), r.start_ns LIMIT 1),
-       MIN(s.start_ns), MAX(s.end_ns),
-       CASE WHEN (SELECT r.status FROM spans r WHERE r.trace_id = s.trace_id
-                  ORDER BY (r.parent_id IS NOT NULL), r.start_ns LIMIT 1) = 'error' THEN 'error' ELSE 'ok' END,
-       COUNT(*), SUM(s.status = 'error'), SUM(s.kind = 'llm'),
-       COALESCE(SUM(s.input_tokens), 0), COALESCE(SUM(s.output_tokens), 0), COALESCE(SUM(s.total_tokens), 0),
-       SUM(s.cost_total), GROUP_CONCAT(DISTINCT s.model),
-       (SELECT r.framework FROM spans r WHERE r.trace_id = s.trace_id
-          ORDER BY (r.parent_id IS NOT NULL), r.start_ns LIMIT 1)
-FROM spans s
-WHERE s.trace_id IN (SELECT trace_id FROM temp.touched)
-GROUP BY s.trace_id
+_INSERT_SPAN = f"INSERT OR IGNORE INTO spans ({_SPAN_COLUMNS}) VALUES ({_SPAN_PLACEHOLDERS})"
+_KNOWN_TRACES = "SELECT trace_id, seq FROM traces WHERE trace_id IN (SELECT value FROM json_each(?))"
+_KNOWN_SPANS = (
+    "SELECT s.trace_id, s.span_id FROM json_each(?) AS j"
+    " JOIN spans AS s ON s.trace_seq = json_extract(j.value, '$[0]') AND s.span_id = json_extract(j.value, '$[1]')"
+)
+_SPANS_OF_TRACE = "SELECT * FROM spans WHERE trace_seq = (SELECT seq FROM traces WHERE trace_id = ?) ORDER BY start_ns"
+
+# Totals from the new spans only, added to what the trace already has. The root is the span without
+# a parent that starts first (or, until it arrives, the earliest span): rank 0 beats rank 1, then the
+# earlier start; the trace's name, root id, status and framework follow it.
+_ADD_TOTALS = """
+INSERT INTO traces (seq, trace_id, name, root_span_id, start_ns, end_ns, status, span_count, error_count, llm_calls,
+                    input_tokens, output_tokens, total_tokens, cost_total, models, framework,
+                    root_name, root_rank, root_start_ns)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (trace_id) DO UPDATE SET
-    name = COALESCE((SELECT json_extract(t.trace_attributes, '$.name') FROM spans t
-                     WHERE t.trace_id = excluded.trace_id AND json_extract(t.trace_attributes, '$.name') IS NOT NULL
-                     LIMIT 1), excluded.name),
-    root_span_id = excluded.root_span_id, start_ns = excluded.start_ns, end_ns = excluded.end_ns,
-    status = excluded.status, span_count = excluded.span_count, error_count = excluded.error_count,
-    llm_calls = excluded.llm_calls, input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
-    total_tokens = excluded.total_tokens, cost_total = excluded.cost_total, models = excluded.models,
-    framework = excluded.framework
+    start_ns = MIN(traces.start_ns, excluded.start_ns),
+    end_ns = MAX(traces.end_ns, excluded.end_ns),
+    span_count = traces.span_count + excluded.span_count,
+    error_count = traces.error_count + excluded.error_count,
+    llm_calls = traces.llm_calls + excluded.llm_calls,
+    input_tokens = traces.input_tokens + excluded.input_tokens,
+    output_tokens = traces.output_tokens + excluded.output_tokens,
+    total_tokens = traces.total_tokens + excluded.total_tokens,
+    cost_total = CASE WHEN traces.cost_total IS NULL THEN excluded.cost_total
+                      WHEN excluded.cost_total IS NULL THEN traces.cost_total
+                      ELSE traces.cost_total + excluded.cost_total END,
+    models = spanmux_merge_models(traces.models, excluded.models),
+    name = CASE WHEN (excluded.root_rank, excluded.root_start_ns) < (traces.root_rank, traces.root_start_ns)
+                THEN COALESCE(traces.attr_name, excluded.root_name) ELSE traces.name END,
+    root_span_id = CASE WHEN (excluded.root_rank, excluded.root_start_ns) < (traces.root_rank, traces.root_start_ns)
+                        THEN excluded.root_span_id ELSE traces.root_span_id END,
+    status = CASE WHEN (excluded.root_rank, excluded.root_start_ns) < (traces.root_rank, traces.root_start_ns)
+                  THEN excluded.status ELSE traces.status END,
+    framework = CASE WHEN (excluded.root_rank, excluded.root_start_ns) < (traces.root_rank, traces.root_start_ns)
+                     THEN excluded.framework ELSE traces.framework END,
+    root_name = CASE WHEN (excluded.root_rank, excluded.root_start_ns) < (traces.root_rank, traces.root_start_ns)
+                     THEN excluded.root_name ELSE traces.root_name END,
+    root_rank = MIN(traces.root_rank, excluded.root_rank),
+    root_start_ns = CASE WHEN (excluded.root_rank, excluded.root_start_ns) < (traces.root_rank, traces.root_start_ns)
+                         THEN excluded.root_start_ns ELSE traces.root_start_ns END
 """
 
 _SET_TRACE_FIELDS = """
 UPDATE traces SET
-    name = COALESCE(?, name),
-    user_id = COALESCE(?, user_id),
-    session_id = COALESCE(?, session_id),
-    tags = COALESCE(?, tags),
-    metadata = COALESCE(?, metadata)
-WHERE trace_id = ?
+    attr_name = COALESCE(?1, attr_name),
+    name = COALESCE(?1, name),
+    user_id = COALESCE(?2, user_id),
+    session_id = COALESCE(?3, session_id),
+    tags = COALESCE(?4, tags),
+    metadata = COALESCE(?5, metadata)
+WHERE trace_id = ?6
 """
 
 _json_encode = msgspec.json.Encoder().encode
+_detail_encode = msgspec.json.Encoder(enc_hook=repr).encode
+_detail_decode = msgspec.json.Decoder().decode
+_DETAIL_FIELDS = (
+    "input", "output", "model", "usage", "cost", "error", "attributes", "trace", "completion_start_ns",
+)
 
 
 def _json(value: Any) -> str | None:
@@ -169,27 +177,60 @@ def _connect(path: str, timeout: float = 30.0) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+    conn.create_function("spanmux_merge_models", 2, _merge_models, deterministic=True)
     return conn
 
 
-def _span_row(span: Span) -> tuple[Any, ...]:
-    usage, cost, model, trace = span.usage, span.cost, span.model, span.trace
+def _merge_models(old: str | None, new: str | None) -> str | None:
+    """Union of two comma-separated model lists (the ``models`` column)."""
+    if not new or old == new:
+        return old or new
+    if not old:
+        return new
+    known = old.split(",")
+    added = [m for m in new.split(",") if m not in known]
+    return ",".join(known + added) if added else old
+
+
+class StoreSchemaError(sqlite3.DatabaseError):
+    """The file was written by another schema version of the store."""
+
+
+def _check_schema_version(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse a store of another schema version (no migration: version 1 predates the first release)."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:  # no meta table yet: a new, empty file
+        return
+    if row is not None and row[0] != str(SCHEMA_VERSION):
+        conn.close()
+        raise StoreSchemaError(
+            f"the store {path} has schema version {row[0]}, this spanmux reads version {SCHEMA_VERSION};"
+            " move the file away (or delete it) to start a new store"
+        )
+
+
+def _span_detail(span: Span) -> str | None:
+    detail: dict[str, Any] = {}
+    for key in _DETAIL_FIELDS:
+        value = getattr(span, key)
+        if value is not None:
+            detail[key] = value
+    if span.truncated:
+        detail["truncated"] = True
+    if not detail:
+        return None
+    try:
+        return _detail_encode(detail).decode()
+    except (TypeError, OverflowError, msgspec.EncodeError):
+        return json.dumps(msgspec.to_builtins(detail, enc_hook=repr), default=repr, ensure_ascii=False)
+
+
+def _span_row(span: Span, trace_seq: int) -> tuple[Any, ...]:
+    model = span.model
     return (
         span.trace_id, span.span_id, span.parent_id, span.name, span.kind, span.framework,
-        span.start_ns, span.end_ns, span.status,
-        _json(msgspec.structs.asdict(span.error)) if span.error else None,
-        _json(span.input), _json(span.output),
-        model.name if model else None, model.provider if model else None,
-        _json(model.parameters) if model and model.parameters else None,
-        usage.input_tokens if usage else None, usage.output_tokens if usage else None,
-        usage.total_tokens if usage else None, usage.cache_read_tokens if usage else None,
-        usage.cache_write_tokens if usage else None, usage.reasoning_tokens if usage else None,
-        int(usage.estimated) if usage else None,
-        cost.input if cost else None, cost.output if cost else None, cost.total if cost else None,
-        cost.source if cost else None,
-        span.completion_start_ns, _json(span.attributes),
-        _json(msgspec.to_builtins(trace)) if trace else None,
-        int(span.truncated),
+        span.start_ns, span.end_ns, span.status, model.name if model else None, _span_detail(span), trace_seq,
     )
 
 
@@ -198,28 +239,24 @@ def _loads(text: str | None) -> Any:
 
 
 def _row_to_span(row: sqlite3.Row) -> Span:
-    usage = None
-    if row["input_tokens"] is not None:
-        usage = Usage(
-            input_tokens=row["input_tokens"] or 0, output_tokens=row["output_tokens"] or 0,
-            total_tokens=row["total_tokens"] or 0, cache_read_tokens=row["cache_read_tokens"] or 0,
-            cache_write_tokens=row["cache_write_tokens"] or 0, reasoning_tokens=row["reasoning_tokens"] or 0,
-            estimated=bool(row["usage_estimated"]),
-        )
-    cost = None
-    if row["cost_total"] is not None:
-        cost = Cost(row["cost_input"] or 0.0, row["cost_output"] or 0.0, row["cost_total"], row["cost_source"])
-    model = None
-    if row["model"] is not None or row["provider"] is not None or row["model_parameters"] is not None:
-        model = ModelInfo(row["model"], row["provider"], _loads(row["model_parameters"]))
-    error = ErrorInfo(**_loads(row["error"])) if row["error"] else None
-    trace = msgspec.convert(_loads(row["trace_attributes"]), TraceAttributes) if row["trace_attributes"] else None
+    detail: dict[str, Any] = {}
+    if row["detail"]:
+        try:
+            detail = _detail_decode(row["detail"])
+        except msgspec.DecodeError:  # written by the json fallback (NaN and the like)
+            detail = json.loads(row["detail"])
+    model, usage, cost, error, trace = (detail.get(k) for k in ("model", "usage", "cost", "error", "trace"))
     return Span(
         trace_id=row["trace_id"], span_id=row["span_id"], parent_id=row["parent_id"], name=row["name"],
         kind=row["kind"], framework=row["framework"], start_ns=row["start_ns"], end_ns=row["end_ns"],
-        status=row["status"], error=error, input=_loads(row["input"]), output=_loads(row["output"]),
-        model=model, usage=usage, cost=cost, completion_start_ns=row["completion_start_ns"],
-        attributes=_loads(row["attributes"]), trace=trace, truncated=bool(row["truncated"]),
+        status=row["status"], input=detail.get("input"), output=detail.get("output"),
+        model=msgspec.convert(model, ModelInfo) if model is not None else None,
+        usage=msgspec.convert(usage, Usage) if usage is not None else None,
+        cost=msgspec.convert(cost, Cost) if cost is not None else None,
+        error=msgspec.convert(error, ErrorInfo) if error is not None else None,
+        completion_start_ns=detail.get("completion_start_ns"), attributes=detail.get("attributes"),
+        trace=msgspec.convert(trace, TraceAttributes) if trace is not None else None,
+        truncated=bool(detail.get("truncated", False)),
     )
 
 
@@ -277,9 +314,76 @@ def open_database(path: str | Path) -> sqlite3.Connection:
     if str(path) != ":memory:":
         target.parent.mkdir(parents=True, exist_ok=True)
     conn = _connect(str(target))
+    _check_schema_version(conn, str(target))
     conn.executescript(_SCHEMA)
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     return conn
+
+
+def _trace_numbers(conn: sqlite3.Connection, spans: Sequence[Span]) -> tuple[dict[str, int], set[str]]:
+    """Each trace's number (``traces.seq``), new traces numbered after the last one, and the known ones.
+
+    Spans are indexed by this number rather than the random trace id, so a batch appends to the end
+    of the index instead of dirtying pages all over it. Safe: the caller holds the write lock.
+    """
+    trace_ids = list(dict.fromkeys(s.trace_id for s in spans))
+    numbers = dict(conn.execute(_KNOWN_TRACES, (_json_encode(trace_ids).decode(),)).fetchall())
+    known = set(numbers)
+    if len(numbers) < len(trace_ids):
+        last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM traces").fetchone()[0]
+        for trace_id in trace_ids:
+            if trace_id not in numbers:
+                last += 1
+                numbers[trace_id] = last
+    return numbers, known
+
+
+def _unknown_spans(
+    conn: sqlite3.Connection, spans: Sequence[Span], numbers: dict[str, int], known_traces: set[str]
+) -> list[Span]:
+    """The spans of a batch not yet in the store (the last copy of a span sent twice in the batch)."""
+    by_key = {(s.trace_id, s.span_id): s for s in spans}
+    maybe_known = [[numbers[t], span_id] for t, span_id in by_key if t in known_traces]
+    if maybe_known:
+        for known in conn.execute(_KNOWN_SPANS, (_json_encode(maybe_known).decode(),)):
+            by_key.pop(known, None)
+    return list(by_key.values())
+
+
+def _trace_totals(spans: list[Span], numbers: dict[str, int]) -> list[tuple[Any, ...]]:
+    """One ``_ADD_TOTALS`` row per trace: the totals of these spans and their best root candidate."""
+    totals: dict[str, list[Any]] = {}
+    for s in spans:
+        usage, cost = s.usage, s.cost
+        rank = 0 if s.parent_id is None else 1
+        row = totals.get(s.trace_id)
+        if row is None:
+            totals[s.trace_id] = row = [s.start_ns, s.end_ns, 0, 0, 0, 0, 0, 0, None, [], rank, s.start_ns, s]
+        else:
+            row[0] = min(row[0], s.start_ns)
+            row[1] = max(row[1], s.end_ns)
+            if (rank, s.start_ns) < (row[10], row[11]):
+                row[10], row[11], row[12] = rank, s.start_ns, s
+        row[2] += 1
+        row[3] += s.status == "error"
+        row[4] += s.kind == "llm"
+        if usage is not None:
+            row[5] += usage.input_tokens
+            row[6] += usage.output_tokens
+            row[7] += usage.total_tokens
+        if cost is not None and cost.total is not None:
+            row[8] = cost.total if row[8] is None else row[8] + cost.total
+        if s.model is not None and s.model.name and s.model.name not in row[9]:
+            row[9].append(s.model.name)
+    out = []
+    for trace_id, (start, end, count, errors, llm, tin, tout, ttotal, cost_total, models, rank, root_start,
+                   root) in totals.items():
+        out.append((
+            numbers[trace_id], trace_id, root.name, root.span_id, start, end,
+            "error" if root.status == "error" else "ok", count, errors, llm, tin, tout, ttotal, cost_total,
+            ",".join(models) or None, root.framework, root.name, rank, root_start,
+        ))
+    return out
 
 
 def write_batch(conn: sqlite3.Connection, spans: Sequence[Span], scores: Sequence[Score]) -> None:
@@ -287,17 +391,16 @@ def write_batch(conn: sqlite3.Connection, spans: Sequence[Span], scores: Sequenc
     conn.execute("BEGIN IMMEDIATE")
     try:
         if spans:
-            conn.executemany(_INSERT_SPAN, [_span_row(s) for s in spans])
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS touched (trace_id TEXT PRIMARY KEY)")
-            conn.execute("DELETE FROM temp.touched")
+            numbers, known_traces = _trace_numbers(conn, spans)
+            # a replayed span is neither stored nor counted twice
+            new_spans = _unknown_spans(conn, spans, numbers, known_traces)
+            if new_spans:
+                conn.executemany(_INSERT_SPAN, [_span_row(s, numbers[s.trace_id]) for s in new_spans])
+                conn.executemany(_ADD_TOTALS, _trace_totals(new_spans, numbers))
             fields: dict[str, TraceAttributes] = {}
             for s in spans:
                 if s.trace is not None:
                     fields[s.trace_id] = s.trace
-            conn.executemany(
-                "INSERT OR IGNORE INTO temp.touched VALUES (?)", [(t,) for t in {s.trace_id for s in spans}]
-            )
-            conn.execute(_SUMMARIZE)
             if fields:
                 conn.executemany(_SET_TRACE_FIELDS, [
                     (t.name, t.user_id, t.session_id, _json(list(t.tags)) if t.tags else None,
@@ -361,6 +464,7 @@ class LocalStore:
             raise FileNotFoundError(f"no spanmux store at {self.path}")
         self._conn = _connect(self.path)
         self._conn.row_factory = sqlite3.Row
+        _check_schema_version(self._conn, self.path)
         self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -442,7 +546,7 @@ class LocalStore:
 
     def get_trace(self, trace_id: str) -> list[Span]:
         """The spans of one trace, parents before children, siblings by start time."""
-        rows = self._conn.execute("SELECT * FROM spans WHERE trace_id = ? ORDER BY start_ns", (trace_id,)).fetchall()
+        rows = self._conn.execute(_SPANS_OF_TRACE, (trace_id,)).fetchall()
         spans = [_row_to_span(r) for r in rows]
         return order_tree(spans)
 
@@ -465,8 +569,8 @@ class LocalStore:
     def iter_spans(self, since_ns: int | None = None, batch: int = 1000) -> Iterator[list[Span]]:
         """All spans in batches, trace by trace (``spanmux replay``)."""
         sql = (
-            "SELECT * FROM spans WHERE trace_id IN (SELECT trace_id FROM traces WHERE start_ns >= ?)"
-            " ORDER BY trace_id"
+            "SELECT * FROM spans WHERE trace_seq IN (SELECT seq FROM traces WHERE start_ns >= ?)"
+            " ORDER BY trace_seq"
         )
         cursor = self._conn.execute(sql, (since_ns or 0,))
         while rows := cursor.fetchmany(batch):

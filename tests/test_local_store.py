@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from conftest import TracedStore
 
 import spanmux
-from spanmux.backends.local import LocalBackend, LocalStore, order_tree
+from spanmux.backend import BackendSetupError
+from spanmux.backends.local import LocalBackend, LocalStore, StoreSchemaError, order_tree
 from spanmux.config_schemas import LocalConfig
 from spanmux.model import Cost, ModelInfo, Span, TraceAttributes, Usage, make_score, new_span_id, new_trace_id
 
@@ -145,3 +148,37 @@ def test_scores_and_spans_round_trip_every_field(tmp_path: Path) -> None:
     with LocalStore(tmp_path / "r.db") as db:
         assert db.get_trace(span.trace_id) == [span]
         assert db.get_scores(span.trace_id) == [score]
+
+
+def test_root_and_trace_name_win_whatever_the_arrival_order(tmp_path: Path) -> None:
+    backend = LocalBackend(LocalConfig(path=str(tmp_path / "s.db")))
+    trace_id, root_id, t0 = new_trace_id(), new_span_id(), time.time_ns()
+    child = Span(trace_id=trace_id, span_id=new_span_id(), parent_id=root_id, name="step", kind="chain",
+                 framework="langchain", start_ns=t0 + 1, end_ns=t0 + 2, trace=TraceAttributes(name="checkout"))
+    root = Span(trace_id=trace_id, span_id=root_id, parent_id=None, name="agent", kind="agent", framework="manual",
+                start_ns=t0, end_ns=t0 + 10, status="error")
+    backend.export([child], [])  # the child alone: provisional root, the trace's own name already set
+    with LocalStore(tmp_path / "s.db") as db:
+        early = db.get_trace_summary(trace_id)
+        assert early is not None and early.root_span_id == child.span_id and early.name == "checkout"
+    backend.export([root, root], [])  # the real root (sent twice in one batch) takes over, the name stays
+    backend.shutdown(1)
+    with LocalStore(tmp_path / "s.db") as db:
+        summary = db.get_trace_summary(trace_id)
+        assert summary is not None and summary.root_span_id == root_id and summary.name == "checkout"
+        assert (summary.status, summary.framework, summary.span_count, summary.error_count) == ("error", "manual", 2, 1)
+        assert (summary.start_ns, summary.end_ns) == (t0, t0 + 10)
+        assert [s.span_id for s in db.get_trace(trace_id)] == [root_id, child.span_id]
+        assert db.count_spans() == 2
+
+
+def test_a_store_of_another_schema_version_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    conn.close()
+    with pytest.raises(BackendSetupError, match="schema version 1"):
+        LocalBackend(LocalConfig(path=str(path)))
+    with pytest.raises(StoreSchemaError, match="move the file away"):
+        LocalStore(path)
