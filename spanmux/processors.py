@@ -20,6 +20,22 @@ _ESTIMATED_KINDS = frozenset({"llm"})
 _LLM_PARENTS_KEPT = 10_000
 
 
+_SECRET_MARKERS = ("api_key", "apikey", "secret", "password", "authorization", "auth_token", "access_token",
+                   "credential", "cookie", "private_key")
+
+
+def without_secrets(params: dict[str, Any]) -> dict[str, Any]:
+    """Model parameters minus anything that looks like a credential: some frameworks hand the
+    client's settings (``api_key``, headers) along with temperature and max_tokens."""
+    clean: dict[str, Any] = {}
+    for key, value in params.items():
+        lowered = str(key).lower()
+        if any(marker in lowered for marker in _SECRET_MARKERS) or lowered in ("headers", "default_headers"):
+            continue
+        clean[key] = without_secrets(value) if isinstance(value, dict) else value
+    return clean
+
+
 def trace_is_sampled(trace_id: str, rate: float) -> bool:
     """Deterministic per trace id, so every span (and every process) of a trace agrees."""
     if rate >= 1.0:
@@ -68,7 +84,7 @@ class SpanProcessor:
             changes["attributes"], cut = to_jsonable(attributes, self.limit)
             truncated |= cut
         if span.model is not None and span.model.parameters:
-            params, _ = to_jsonable(span.model.parameters, 4096)
+            params, _ = to_jsonable(without_secrets(span.model.parameters), 4096)
             changes["model"] = ModelInfo(span.model.name, span.model.provider, params)
         if span.trace is not None and span.trace.metadata:
             meta, _ = to_jsonable(span.trace.metadata, 4096)

@@ -121,3 +121,13 @@ def test_ids_are_opentelemetry_compatible(traced: TracedStore) -> None:
         pass
     assert len(s.trace_id) == 32 and int(s.trace_id, 16) > 0
     assert len(s.span_id) == 16 and int(s.span_id, 16) > 0
+
+
+def test_credentials_in_model_parameters_never_reach_a_store(traced: TracedStore) -> None:
+    with spanmux.span("call", kind="llm") as s:
+        s.set_model("gpt-4o-mini", "openai", temperature=0.2, api_key="sk-LEAK", openai_api_key="sk-LEAK",
+                    default_headers={"Authorization": "Bearer sk-LEAK"}, extra={"client_secret": "sk-LEAK"})
+    (span,) = traced.only_trace()
+    assert span.model is not None and span.model.parameters == {"temperature": 0.2, "extra": {}}
+    with traced.store() as db:
+        assert "sk-LEAK" not in str(db.get_trace(span.trace_id))
