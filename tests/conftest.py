@@ -139,3 +139,23 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+# A ReAct episode with two tools, scripted for DSPy's DummyLM-style models (test_dspy, test_token_totals).
+REACT_QUESTION = "What is 2+3 and the weather in Paris?"
+REACT_ANSWERS: list[dict[str, Any]] = [
+    {"next_thought": "Add first.", "next_tool_name": "add", "next_tool_args": {"a": 2, "b": 3}},
+    {"next_thought": "Now the weather.", "next_tool_name": "weather", "next_tool_args": {"city": "Paris"}},
+    {"next_thought": "Done.", "next_tool_name": "finish", "next_tool_args": {}},
+    {"reasoning": "Both known.", "answer": "5, sunny in Paris"},
+]
+
+
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+def weather(city: str) -> str:
+    """Current weather in a city."""
+    return f"sunny in {city}"

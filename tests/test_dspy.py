@@ -20,7 +20,7 @@ import pytest
 os.environ.setdefault("DSPY_CACHEDIR", os.path.join(tempfile.gettempdir(), "spanmux-tests-dspy-cache"))
 dspy = pytest.importorskip("dspy")
 
-from conftest import TracedStore, tree  # noqa: E402
+from conftest import REACT_ANSWERS, REACT_QUESTION, TracedStore, add, tree, weather  # noqa: E402
 from dspy.clients.engines.dummy_engine import AsyncDummyEngine, DummyEngine  # noqa: E402
 from dspy.utils import DummyLM  # noqa: E402
 
@@ -176,22 +176,9 @@ def test_chain_of_thought_tree(traced: TracedStore) -> None:
 
 
 def test_react_with_two_tools(traced: TracedStore) -> None:
-    def add(a: int, b: int) -> int:
-        """Add two numbers."""
-        return a + b
-
-    def weather(city: str) -> str:
-        """Current weather in a city."""
-        return f"sunny in {city}"
-
-    lm = DummyLM([
-        {"next_thought": "Add first.", "next_tool_name": "add", "next_tool_args": {"a": 2, "b": 3}},
-        {"next_thought": "Now the weather.", "next_tool_name": "weather", "next_tool_args": {"city": "Paris"}},
-        {"next_thought": "Done.", "next_tool_name": "finish", "next_tool_args": {}},
-        {"reasoning": "Both known.", "answer": "5, sunny in Paris"},
-    ])
+    lm = DummyLM(REACT_ANSWERS)
     with dspy.context(lm=lm, callbacks=[Callback()]):
-        result = dspy.ReAct(QA, tools=[add, weather])(question="What is 2+3 and the weather in Paris?")
+        result = dspy.ReAct(QA, tools=[add, weather])(question=REACT_QUESTION)
     assert result.answer == "5, sunny in Paris"
 
     spans = traced.only_trace()

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from conftest import TracedStore
+from conftest import REACT_ANSWERS, REACT_QUESTION, TracedStore, add, weather
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
@@ -223,22 +223,9 @@ def test_dspy_react_four_calls(traced: TracedStore) -> None:
         question: str = dspy.InputField()
         answer: str = dspy.OutputField()
 
-    def add(a: int, b: int) -> int:
-        """Add two numbers."""
-        return a + b
-
-    def weather(city: str) -> str:
-        """Current weather in a city."""
-        return f"sunny in {city}"
-
-    lm = LM([
-        {"next_thought": "Add first.", "next_tool_name": "add", "next_tool_args": {"a": 2, "b": 3}},
-        {"next_thought": "Now the weather.", "next_tool_name": "weather", "next_tool_args": {"city": "Paris"}},
-        {"next_thought": "Done.", "next_tool_name": "finish", "next_tool_args": {}},
-        {"reasoning": "Both known.", "answer": "5, sunny in Paris"},
-    ])
+    lm = LM(REACT_ANSWERS)
     with dspy.context(lm=lm, callbacks=[Callback()]):
-        result = dspy.ReAct(QA, tools=[add, weather])(question="What is 2+3 and the weather in Paris?")
+        result = dspy.ReAct(QA, tools=[add, weather])(question=REACT_QUESTION)
     assert result.answer == "5, sunny in Paris"
     assert len(returned) == 4
     spans = assert_exact_totals(traced, returned, model="gpt-4o-mini", provider="openai")
