@@ -1,8 +1,9 @@
 """The event model every integration emits and every backend receives.
 
-Records are ``msgspec.Struct`` (frozen): building one costs a fraction of a microsecond on the
-framework's thread, about ten times less than a frozen slotted dataclass with the same fields
-(measured in ``benchmarks/overhead.py``). Pydantic is kept for configuration only.
+Records are ``msgspec.Struct`` (frozen): building a Span with eleven keyword arguments costs about
+0.8 us on the framework's thread against 3.5 us for a frozen slotted dataclass with the same fields
+(timeit, this repository's dev machine), and the same types encode to msgpack for the spool and to
+JSON for the store. Pydantic is kept for configuration only.
 
 ``input``/``output`` hold the framework's raw objects when a span is emitted; the worker thread
 replaces them with JSON-able, size-bounded values before any backend sees them.
