@@ -40,6 +40,16 @@ class LoadedConfig:
     def line_of(self, path: Path_) -> int | None:
         return _nearest_line(self.lines, self.block_path + path)
 
+    def is_written(self, path: Path_) -> bool:
+        """Whether the file itself has this key (as opposed to a default filled in for it)."""
+        return self.block_path + path in self.lines
+
+    def problem(self, path: Path_, message: str, line_path: Path_ | None = None) -> ConfigProblem:
+        """A problem at ``path`` inside the block, pointing at the line of ``line_path`` (default:
+        the same path, or its nearest written ancestor)."""
+        where = path if line_path is None else line_path
+        return ConfigProblem(format_path(self.block_path + path), message, self.line_of(where))
+
 
 def format_path(path: Path_) -> str:
     out = ""
@@ -65,9 +75,8 @@ def _line_map(node: yaml.Node | None, path: Path_ = (), out: dict[Path_, int] | 
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value
-            out[path + (key,)] = key_node.start_mark.line + 1
             _line_map(value_node, path + (key,), out)
-            out[path + (key,)] = key_node.start_mark.line + 1
+            out[path + (key,)] = key_node.start_mark.line + 1  # the key's line, not its value's
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _line_map(item, path + (index,), out)
@@ -209,7 +218,5 @@ def validate_section(
         return model.model_validate(section or {}), problems
     except ValidationError as exc:
         for error in exc.errors(include_input=False, include_url=False):
-            full = path + tuple(error["loc"])
-            where = format_path(loaded.block_path + full)
-            problems.append(ConfigProblem(where, _describe(error), loaded.line_of(full)))
+            problems.append(loaded.problem(path + tuple(error["loc"]), _describe(error)))
         return None, problems

@@ -68,18 +68,14 @@ def build_backends(loaded: LoadedConfig) -> list[tuple[str, Backend]]:
         try:
             factory = load_factory(name)
         except Exception as exc:  # a broken plugin: report it like any other problem
-            problems.append(ConfigProblem(
-                _fmt(loaded, key_path), f"backend {name!r} could not be loaded: {exc}", loaded.line_of(key_path)
-            ))
+            problems.append(loaded.problem(key_path, f"backend {name!r} could not be loaded: {exc}"))
             continue
         missing = _missing_modules(factory)
         if missing:
             extra = getattr(factory, "extra", None)
             hint = f'pip install "spanmux[{extra}]"' if extra else f"pip install {' '.join(missing)}"
-            problems.append(ConfigProblem(
-                _fmt(loaded, key_path),
-                f"backend {name!r} needs {', '.join(missing)}, which is not installed: run {hint}",
-                loaded.line_of(key_path),
+            problems.append(loaded.problem(
+                key_path, f"backend {name!r} needs {', '.join(missing)}, which is not installed: run {hint}"
             ))
             continue
         section_path: tuple[str | int, ...] = (name,)
@@ -98,12 +94,10 @@ def build_backends(loaded: LoadedConfig) -> list[tuple[str, Backend]]:
             built.append((name, factory(section, settings)))
         except BackendSetupError as exc:
             path = section_path + ((exc.key,) if exc.key else ())
-            line = loaded.line_of(path) if name in _explicit_sections(loaded) else loaded.line_of(key_path)
-            problems.append(ConfigProblem(_fmt(loaded, path), str(exc), line))
+            # no section in the file: point at the backend's entry in `backends:` instead
+            problems.append(loaded.problem(path, str(exc), None if loaded.is_written(section_path) else key_path))
         except Exception as exc:
-            problems.append(ConfigProblem(
-                _fmt(loaded, section_path), f"backend {name!r} could not start: {exc}", loaded.line_of(key_path)
-            ))
+            problems.append(loaded.problem(section_path, f"backend {name!r} could not start: {exc}", key_path))
     if problems:
         for _, backend in built:
             try:
@@ -112,14 +106,3 @@ def build_backends(loaded: LoadedConfig) -> list[tuple[str, Backend]]:
                 pass
         raise ConfigurationError(loaded.source, problems)
     return built
-
-
-def _explicit_sections(loaded: LoadedConfig) -> set[str]:
-    return {str(path[len(loaded.block_path)]) for path in loaded.lines
-            if len(path) > len(loaded.block_path) and path[: len(loaded.block_path)] == loaded.block_path}
-
-
-def _fmt(loaded: LoadedConfig, path: tuple[str | int, ...]) -> str:
-    from spanmux.config import format_path  # noqa: PLC0415
-
-    return format_path(loaded.block_path + path)
