@@ -144,35 +144,25 @@ def test_failed_call_without_output_is_not_estimated(traced: TracedStore) -> Non
     assert span.status == "error" and span.usage is None
 
 
-def test_estimate_tokens_false_turns_it_off(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
-    spanmux.configure({"backends": ["local"], "local": {"path": str(path)}, "spool_dir": str(tmp_path / "spool"),
-                       "estimate_tokens": False})
+def local_llm_call(traced: TracedStore, **settings: Any) -> Any:
+    """Reconfigure the fixture's store with ``settings``, record one local-model call, read it back."""
+    spanmux.configure({"local": {"path": str(traced.path)}, "spool_dir": "spool", **settings})
     with spanmux.span("call", kind="llm", input=MESSAGES) as llm:
         llm.set_model("llama3.1", "ollama")
         llm.set_output(ANSWER)
-    assert spanmux.flush(timeout=30)
-    from spanmux.backends.local import LocalStore
+    [span] = traced.only_trace()
+    return span
 
-    with LocalStore(path) as db:
-        [span] = db.get_trace(llm.trace_id)
+
+def test_estimate_tokens_false_turns_it_off(traced: TracedStore) -> None:
+    span = local_llm_call(traced, estimate_tokens=False)
     assert span.usage is None
     assert spanmux.stats()["estimated_usage_spans"] == 0
 
 
-def test_estimate_without_captured_content(tmp_path: Path) -> None:
+def test_estimate_without_captured_content(traced: TracedStore) -> None:
     """capture_content: false drops the text but still counts it (then forgets it)."""
-    path = tmp_path / "store.db"
-    spanmux.configure({"backends": ["local"], "local": {"path": str(path)}, "spool_dir": str(tmp_path / "spool"),
-                       "capture_content": False})
-    with spanmux.span("call", kind="llm", input=MESSAGES) as llm:
-        llm.set_model("llama3.1", "ollama")
-        llm.set_output(ANSWER)
-    assert spanmux.flush(timeout=30)
-    from spanmux.backends.local import LocalStore
-
-    with LocalStore(path) as db:
-        [span] = db.get_trace(llm.trace_id)
+    span = local_llm_call(traced, capture_content=False)
     assert span.input is None and span.output is None
     assert span.usage == estimate_usage(MESSAGES, ANSWER)
 
