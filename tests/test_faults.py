@@ -151,6 +151,14 @@ def emit_traces(count: int, prefix: str = "job") -> tuple[list[str], list[str]]:
     return span_ids, trace_ids
 
 
+def next_run_delivers_exactly(tmp_path: Path, langfuse_server: Any, span_ids: list[str], scores: int) -> None:
+    """A new configuration with a working Langfuse sends exactly what waited in its spool."""
+    spanmux.configure(base_config(tmp_path, ["langfuse"], langfuse=langfuse_section(langfuse_server)))
+    flush_until_spools_empty("langfuse")
+    assert sorted(o.span_id for o in langfuse_server.all_observations()) == sorted(span_ids)
+    assert len(langfuse_server.all_scores()) == scores
+
+
 def base_config(tmp_path: Path, backends: list[str], **extra: Any) -> dict[str, Any]:
     return {
         "backends": backends,
@@ -205,11 +213,7 @@ def test_wrong_langfuse_key_is_reported_once_and_kept_until_fixed(
     assert sorted(waiting_spans) == sorted(span_ids) and len(waiting_scores) == 5
     spanmux.shutdown(5)
 
-    # the key is fixed: the next run sends exactly what waited
-    spanmux.configure(base_config(tmp_path, ["langfuse"], langfuse=langfuse_section(langfuse_server)))
-    flush_until_spools_empty("langfuse")
-    assert sorted(o.span_id for o in langfuse_server.all_observations()) == sorted(span_ids)
-    assert len(langfuse_server.all_scores()) == 5
+    next_run_delivers_exactly(tmp_path, langfuse_server, span_ids, 5)  # the key is fixed
     assert spooled(tmp_path / "spool" / "langfuse") == ([], [])
 
 
@@ -283,10 +287,7 @@ def test_langfuse_timing_out_keeps_records_and_local_keeps_receiving(
     assert sorted(waiting_spans) == sorted(span_ids) and len(waiting_scores) == 20
     spanmux.shutdown(5)
 
-    spanmux.configure(base_config(tmp_path, ["langfuse"], langfuse=langfuse_section(langfuse_server)))
-    flush_until_spools_empty("langfuse")
-    assert sorted(o.span_id for o in langfuse_server.all_observations()) == sorted(span_ids)
-    assert len(langfuse_server.all_scores()) == 20
+    next_run_delivers_exactly(tmp_path, langfuse_server, span_ids, 20)
 
 
 # ---------------------------------------------------------------- every backend down, 100,000 spans
