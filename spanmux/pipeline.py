@@ -241,7 +241,7 @@ class Lane:
         self._to_spool(item)  # without a spool it is counted as dropped
 
     def _spool_has_work(self) -> bool:
-        return self.spool is not None and self.spool.pending() > 0
+        return self.spool is not None and self.spool.has_pending()
 
     def _run(self) -> None:
         if self.spool is not None:
@@ -541,7 +541,7 @@ class Pipeline:
     def _replay_overflow(self) -> None:
         self._write_overflow()  # what callers parked since the last turn: on disk, then in order
         spool = self._overflow_spool
-        if spool is None or not spool.pending():
+        if spool is None or not spool.has_pending():
             return
         while len(self._queue) < self._queue_size // 2:
             claimed = spool.claim_oldest()

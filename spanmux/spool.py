@@ -95,6 +95,13 @@ class Spool:
         """Number of batch files waiting (not counting ones another process is sending)."""
         return len(self._files())
 
+    def has_pending(self) -> bool:
+        """Whether any batch waits: stops at the first file, without listing and sorting them all
+        (the lanes ask before every batch, and a long outage leaves thousands of files)."""
+        if not self.folder.is_dir():
+            return False
+        return any(path.name.endswith(self.SUFFIX) for path in self.folder.iterdir())
+
     def append(self, spans: list[Span], scores: list[Score], encoded: bytes | None = None) -> bool:
         """Write one batch (``encoded``: its ``encode_batch`` bytes, when already made for another
         backend's spool); False (and counted as dropped) when the bound is reached."""
