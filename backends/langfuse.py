@@ -32,6 +32,7 @@ import msgspec
 from spanmux.backend import BackendSetupError, ExportError
 from spanmux.config_schemas import LangfuseConfig
 from spanmux.model import Cost, Score, Span, Usage
+from spanmux.usage import is_model_call
 
 log = logging.getLogger("spanmux.backends.langfuse")
 
@@ -141,6 +142,8 @@ def observation_attributes(
     """The OTel attributes of one observation, named as the Langfuse SDK names them
     (``langfuse/_client/attributes.py``)."""
     otype = observation_type(span.kind)
+    if span.kind == "llm" and not is_model_call(span):
+        otype = "span"  # a delegating wrapper: Langfuse counts generations as model calls
     attrs: dict[str, Any] = {"langfuse.observation.type": otype}
     if span.input is not None:
         attrs["langfuse.observation.input"] = _text(span.input)

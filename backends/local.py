@@ -25,6 +25,7 @@ import msgspec
 
 from spanmux.backend import BackendSetupError
 from spanmux.model import Cost, ErrorInfo, ModelInfo, Score, Span, TraceAttributes, Usage
+from spanmux.usage import is_model_call
 
 log = logging.getLogger("spanmux.backends.local")
 
@@ -366,7 +367,7 @@ def _trace_totals(spans: list[Span], numbers: dict[str, int]) -> list[tuple[Any,
                 row[10], row[11], row[12] = rank, s.start_ns, s
         row[2] += 1
         row[3] += s.status == "error"
-        row[4] += s.kind == "llm"
+        row[4] += is_model_call(s)  # a delegating wrapper (LlamaIndex predict over complete) is no call
         if usage is not None:
             row[5] += usage.input_tokens
             row[6] += usage.output_tokens

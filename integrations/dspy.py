@@ -38,7 +38,7 @@ from spanmux import attributes as attr
 from spanmux import runtime
 from spanmux.context import SpanContext, current_context, current_trace_attributes, register_provider
 from spanmux.model import Cost, ErrorInfo, ModelInfo, Span, Usage, new_span_id, new_trace_id
-from spanmux.tracer import error_info
+from spanmux.tracer import error_info, hook_failures
 from spanmux.usage import normalize_usage
 
 log = logging.getLogger("spanmux.integrations.dspy")
@@ -72,8 +72,6 @@ class _OpenSpan:
 
 _lock = threading.Lock()
 _open: dict[str, _OpenSpan] = {}
-_failures = 0
-_logged_hooks: set[str] = set()
 
 
 def _active_context() -> SpanContext | None:
@@ -89,18 +87,17 @@ def _active_context() -> SpanContext | None:
 register_provider(_active_context)
 
 
+_failures = hook_failures("dspy", log)
+
+
 def _failed(hook: str) -> None:
-    """Count a hook failure; log the first one of each hook with its traceback."""
-    global _failures
-    _failures += 1
-    if hook not in _logged_hooks:
-        _logged_hooks.add(hook)
-        log.warning("spanmux DSPy callback %s failed; the span may be incomplete", hook, exc_info=True)
+    """Count a hook failure; log the first one of each hook and error type with its traceback."""
+    _failures.record(hook)
 
 
 def failure_count() -> int:
-    """How many hook calls failed in this process (tests and diagnostics)."""
-    return _failures
+    """How many hook calls failed in this process (also in ``spanmux.stats()``)."""
+    return _failures.total
 
 
 # -- naming and shaping (cheap: attribute reads, shallow copies) ------------------------------

@@ -26,7 +26,7 @@ from spanmux import attributes as attr
 from spanmux import runtime
 from spanmux.context import CURRENT_SPAN, SpanContext, current_context, current_trace_attributes, register_provider
 from spanmux.model import Cost, ErrorInfo, ModelInfo, Span, TraceAttributes, Usage, new_span_id, new_trace_id
-from spanmux.tracer import error_info
+from spanmux.tracer import error_info, hook_failures
 from spanmux.usage import normalize_usage
 
 __all__ = ["CallbackHandler", "instrument", "uninstrument"]
@@ -52,16 +52,13 @@ _RESPONSE_MODEL_KEYS: Final = ("model_name", "model", "model_id")
 _REQUEST_MODEL_KEYS: Final = ("model", "model_name", "model_id")
 _AGENT_INTEGRATIONS: Final = ("langchain_create_agent", "langgraph_create_react_agent")
 
-_reported_failures: set[str] = set()
+_failures = hook_failures("langchain", log)
 
 
 def _hook_failed(hook: str) -> None:
-    """A hook broke on what it was handed: log once per hook with the traceback, never raise."""
-    if hook not in _reported_failures:
-        _reported_failures.add(hook)
-        log.warning("spanmux: LangChain callback %s failed; the run goes on untraced", hook, exc_info=True)
-    else:
-        log.debug("spanmux: LangChain callback %s failed again", hook, exc_info=True)
+    """A hook broke on what it was handed: counted, logged once per hook and error type with the
+    traceback, never raised."""
+    _failures.record(hook)
 
 
 class _Run:
@@ -217,23 +214,41 @@ def _provider_cost(message: Any, response: Any) -> Cost | None:
     return None
 
 
-def _model_info(run: _Run, message: Any) -> ModelInfo | None:
+def _requested_model(run: _Run) -> str | None:
+    """The model the caller asked for: ``ls_model_name``, else the invocation parameters."""
     meta = run.metadata if isinstance(run.metadata, dict) else {}
-    params = run.params if isinstance(run.params, dict) else {}
-    name: str | None = None
+    name = _text(meta.get("ls_model_name"))
+    if name is None and isinstance(run.params, dict):
+        for key in _REQUEST_MODEL_KEYS:
+            name = _text(run.params.get(key))
+            if name:
+                break
+    return name
+
+
+def _response_model(message: Any) -> str | None:
+    """The model the provider says answered (``response_metadata["model_name"]`` and kin)."""
     response_metadata = getattr(message, "response_metadata", None)
     if isinstance(response_metadata, dict):
         for key in _RESPONSE_MODEL_KEYS:
             name = _text(response_metadata.get(key))
             if name:
-                break
-    if name is None:
-        name = _text(meta.get("ls_model_name"))
-    if name is None:
-        for key in _REQUEST_MODEL_KEYS:
-            name = _text(params.get(key))
-            if name:
-                break
+                return name
+    return None
+
+
+def _model_info(run: _Run, message: Any) -> ModelInfo | None:
+    """Model, provider and parameters; the requested and the response model are recorded side by
+    side as ``gen_ai.request.model`` / ``gen_ai.response.model`` and the worker derives
+    ``model.name`` from them (one rule for every framework, see ``spanmux.processors``)."""
+    meta = run.metadata if isinstance(run.metadata, dict) else {}
+    params = run.params if isinstance(run.params, dict) else {}
+    requested, response = _requested_model(run), _response_model(message)
+    if requested:
+        run.set(attr.GEN_AI_REQUEST_MODEL, requested)
+    if response:
+        run.set(attr.GEN_AI_RESPONSE_MODEL, response)
+    name = requested or response
     provider = _text(meta.get("ls_provider"))
     parameters = {key: value for key in _PARAMETER_KEYS if (value := params.get(key)) is not None}
     if "temperature" not in parameters and meta.get("ls_temperature") is not None:

@@ -17,9 +17,15 @@ Why it is built this way:
   lazily while such a generator runs (the LLM call behind a streaming query, ``stream_chat`` behind
   ``astream_chat``) are parented to the span that returned the generator, found by looking for the
   generator's frame on the current stack.
-- Usage is counted once: an LLM span only keeps usage when no nested LLM span reported it
-  (``achat`` wrapping ``chat`` would otherwise double the trace's tokens and cost).
-- LlamaIndex swallows handler exceptions silently, so every hook catches and logs by itself.
+- Usage is counted once: an LLM span with a nested LLM span (``predict`` over ``complete``,
+  ``achat`` over ``chat``) only delegates. It is marked ``spanmux.delegates`` and the worker gives
+  it no usage and no cost and does not count it as an LLM call; the same holds for embedding
+  wrappers (``get_query_embedding`` over ``_get_query_embedding``), whose inner spans inherit the
+  model of the event fired on the outer one.
+- Models: ``gen_ai.request.model`` from the event's ``model_dict``, ``gen_ai.response.model`` from
+  the response's ``raw``; the worker picks ``model.name`` from them (README, "Models").
+- LlamaIndex swallows handler exceptions silently, so every hook catches, counts and logs by
+  itself (once per hook and error type, see ``spanmux.tracer.HookFailures``).
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ from typing import Any
 
 from spanmux import runtime
 from spanmux.attributes import (
+    DELEGATES,
     GEN_AI_OPERATION_NAME,
+    GEN_AI_REQUEST_MODEL,
     GEN_AI_RESPONSE_MODEL,
     GEN_AI_TOOL_NAME,
     METADATA,
@@ -52,7 +60,7 @@ from spanmux.context import (
     register_provider,
 )
 from spanmux.model import ErrorInfo, ModelInfo, Span, TraceAttributes, Usage, new_span_id, new_trace_id
-from spanmux.tracer import error_info
+from spanmux.tracer import error_info, hook_failures
 from spanmux.usage import normalize_usage
 
 __all__ = ["instrument", "is_instrumented", "uninstrument"]
@@ -117,6 +125,22 @@ class _Record:
         if self.attributes is None:
             self.attributes = {}
         self.attributes[key] = value
+
+    def mark_delegating(self) -> None:
+        """This span wraps a call of its own kind: it is not a model call itself."""
+        if self.attributes is None or self.attributes.get(DELEGATES) is not True:
+            self.set_attribute(DELEGATES, True)
+
+    def wrapping_llms(self) -> list[_Record]:
+        """Every open LLM span above this one, also across chains between them
+        (``structured_predict`` > program > ``chat``): all of them only delegate to this call."""
+        out = []
+        parent = self.parent
+        while parent is not None:
+            if parent.kind == "llm":
+                out.append(parent)
+            parent = parent.parent
+        return out
 
     def llm_ancestors(self) -> list[_Record]:
         """Enclosing LLM spans (``predict`` over ``complete``, ``achat`` over ``chat``)."""
@@ -327,7 +351,7 @@ class LlamaIndexTracer:
         self.streams: dict[int, _Stream] = {}
         self.classifier = _Classifier()
         self.enabled = True
-        self.failures = 0
+        self.failure_counter = hook_failures("llamaindex", log)
         self.events: dict[str, Callable[[_Record, Any], None]] = {
             "LLMChatStartEvent": self._on_llm_start,
             "LLMCompletionStartEvent": self._on_llm_start,
@@ -341,10 +365,13 @@ class LlamaIndexTracer:
             "ExceptionEvent": self._on_exception,
         }
 
+    @property
+    def failures(self) -> int:
+        """Hook failures of this process (also in ``spanmux.stats()["integration_failures"]``)."""
+        return self.failure_counter.total
+
     def _failed(self, where: str) -> None:
-        self.failures += 1
-        if self.failures == 1:
-            log.exception("spanmux LlamaIndex handler failed in %s (further failures are counted only)", where)
+        self.failure_counter.record(where)
 
     # -- span handler
     def enter(self, li_id: str, bound_args: Any, instance: Any, parent_li_id: str | None,
@@ -364,6 +391,7 @@ class LlamaIndexTracer:
                                       _inputs(arguments) if arguments is not None else None)
             if kind == "tool":
                 record.set_attribute(GEN_AI_TOOL_NAME, name)
+            self._nest_in_wrapper(record)
             if tags:
                 record.set_attribute(METADATA, dict(tags))
             record.li_id = li_id
@@ -371,6 +399,26 @@ class LlamaIndexTracer:
                 self.open[li_id] = record
         except Exception:
             self._failed("new_span")
+
+    @staticmethod
+    def _nest_in_wrapper(record: _Record) -> None:
+        """An LLM or embedding span inside one of its kind: the outer one only delegates. An inner
+        embedding span (``_get_query_embedding``) fires no event of its own: it takes the model
+        the outer one's event named."""
+        parent = record.parent
+        if record.kind == "llm":
+            for ancestor in record.wrapping_llms():
+                ancestor.mark_delegating()
+            return
+        if parent is None or parent.kind != record.kind or record.kind != "embedding":
+            return
+        parent.mark_delegating()
+        if parent.model is not None:
+            record.model = parent.model
+            requested = (parent.attributes or {}).get(GEN_AI_REQUEST_MODEL)
+            if requested:
+                record.set_attribute(GEN_AI_REQUEST_MODEL, requested)
+            record.set_attribute(GEN_AI_OPERATION_NAME, "embeddings")
 
     def _new_record(self, parent_li_id: str | None, name: str, kind: str, start_ns: int, inputs: Any) -> _Record:
         parent = self.open.get(parent_li_id) if parent_li_id else None
@@ -556,11 +604,18 @@ class LlamaIndexTracer:
         operation = "chat" if type(event).__name__ == "LLMChatStartEvent" else "text_completion"
         record.set_attribute(GEN_AI_OPERATION_NAME, operation)
         model = _model_info(event.model_dict, getattr(event, "additional_kwargs", None))
+        for wrapper in record.wrapping_llms():
+            wrapper.mark_delegating()
+        ancestors = record.llm_ancestors()
         if model is not None:
             record.model = model
-            for ancestor in record.llm_ancestors():
+            if model.name:
+                record.set_attribute(GEN_AI_REQUEST_MODEL, model.name)
+            for ancestor in ancestors:
                 if ancestor.model is None:
                     ancestor.model = model
+                    if model.name:
+                        ancestor.set_attribute(GEN_AI_REQUEST_MODEL, model.name)
 
     def _on_llm_progress(self, record: _Record, event: Any) -> None:
         if record.completion_start_ns is None:
@@ -583,11 +638,10 @@ class LlamaIndexTracer:
                         ancestor.usage_below = True
             response_model = _response_model(response)
             if response_model:
+                # model.name follows from request and response on the worker (one rule for all)
                 record.set_attribute(GEN_AI_RESPONSE_MODEL, response_model)
-                if record.model is None or record.model.name is None:
-                    old = record.model
-                    record.model = ModelInfo(response_model, old.provider if old else None,
-                                             old.parameters if old else None)
+                for ancestor in record.llm_ancestors():
+                    ancestor.set_attribute(GEN_AI_RESPONSE_MODEL, response_model)
         if record.exited and not record.pending_children:  # a stream that has just ended
             record.end_ns = time.time_ns()
             self._finish(record)
@@ -596,6 +650,8 @@ class LlamaIndexTracer:
         model = _model_info(event.model_dict, None)
         if model is not None:
             record.model = model
+            if model.name:
+                record.set_attribute(GEN_AI_REQUEST_MODEL, model.name)
         record.set_attribute(GEN_AI_OPERATION_NAME, "embeddings")
 
     def _on_rerank_start(self, record: _Record, event: Any) -> None:

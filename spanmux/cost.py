@@ -11,6 +11,10 @@ style ``openai/gpt-4o-mini``, OpenRouter style ``openrouter/anthropic/claude-3.5
 leading ``provider/`` is tried as the provider id; the name alone is tried last. Models served
 by a local runtime (``ollama/...``, provider ``ollama``) are never priced from the table, since a
 cloud price for the same weights would be wrong; give them a ``pricing:`` entry instead.
+
+The name priced is ``model.name``, which is the model the response names when it names one
+(``gen_ai.response.model``, e.g. ``gpt-4o-mini-2024-07-18``), else the requested one; when the
+table does not know that name, the requested model (``gen_ai.request.model``) is tried next.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from spanmux.attributes import GEN_AI_REQUEST_MODEL
 from spanmux.config_schemas import ObservabilityConfig
 from spanmux.model import Cost, Span, Usage
 
@@ -170,37 +175,52 @@ class CostCalculator:
         self.no_model = 0
 
     def apply(self, span: Span) -> Span:
-        """The span with its cost filled in when it can be priced (else unchanged)."""
+        """The span with its cost filled in when it can be priced (else unchanged). The name
+        priced is ``model.name`` (the response model when the response names one); when the
+        table does not know it, the requested model (``gen_ai.request.model``) is tried."""
         if span.kind not in PRICED_KINDS or span.usage is None:
             return span
         if span.cost is not None:
             self._count_priced(span.cost.source)
             return span
-        if span.model is None or not span.model.name:
+        requested = (span.attributes or {}).get(GEN_AI_REQUEST_MODEL)
+        requested = requested if isinstance(requested, str) and requested else None
+        name = span.model.name if span.model is not None and span.model.name else requested
+        if not name:
             with self._lock:
                 self.no_model += 1
             return span
-        cost = self.price(span.model.name, span.model.provider, span.usage)
+        provider = span.model.provider if span.model is not None else None
+        alternatives = (requested,) if requested and requested != name else ()
+        cost = self.price(name, provider, span.usage, alternatives=alternatives)
         if cost is None:
             return span
         self._count_priced(cost.source)
         return msgspec.structs.replace(span, cost=cost)
 
-    def price(self, model: str, provider: str | None, usage: Usage) -> Cost | None:
-        """Cost of ``usage`` on ``model``: config override, else price table, else None (counted)."""
+    def price(
+        self, model: str, provider: str | None, usage: Usage, *, alternatives: tuple[str, ...] = (),
+    ) -> Cost | None:
+        """Cost of ``usage`` on ``model`` (else on the first alternative name that resolves):
+        config override, else price table, else None (counted once, under ``model``)."""
+        for candidate in (model, *alternatives):
+            cost = self._price_once(candidate, provider, usage)
+            if cost is not None:
+                return cost
+        with self._lock:
+            self.unpriced += 1
+            if model in self.unknown_models or len(self.unknown_models) < _UNKNOWN_NAMES_LIMIT:
+                self.unknown_models[model] = self.unknown_models.get(model, 0) + 1
+        return None
+
+    def _price_once(self, model: str, provider: str | None, usage: Usage) -> Cost | None:
         override = self._override(model)
         if override is not None:
             cached = min(usage.cache_read_tokens, usage.input_tokens) if override.cache_read is not None else 0
             input_cost = ((usage.input_tokens - cached) * override.input + cached * (override.cache_read or 0.0)) / 1e6
             output_cost = usage.output_tokens * override.output / 1e6
             return Cost(input_cost, output_cost, input_cost + output_cost, "config")
-        cost = self._from_table(model, provider, usage)
-        if cost is None:
-            with self._lock:
-                self.unpriced += 1
-                if model in self.unknown_models or len(self.unknown_models) < _UNKNOWN_NAMES_LIMIT:
-                    self.unknown_models[model] = self.unknown_models.get(model, 0) + 1
-        return cost
+        return self._from_table(model, provider, usage)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -9,15 +9,23 @@ from typing import Any
 
 import msgspec
 
+from spanmux.attributes import (
+    DELEGATES,
+    FRAMEWORK_EVENT,
+    GEN_AI_REQUEST_MODEL,
+    GEN_AI_RESPONSE_MODEL,
+    is_content_key,
+)
 from spanmux.config_schemas import ObservabilityConfig
-from spanmux.model import ModelInfo, Span, Usage
+from spanmux.model import ErrorInfo, ModelInfo, Span, Usage
 from spanmux.serialize import to_jsonable
+from spanmux.usage import is_model_call
 
 log = logging.getLogger("spanmux.processors")
 
-_CONTENT_ATTRIBUTES = ("retrieval.documents", "llm.messages", "event")
 _ESTIMATED_KINDS = frozenset({"llm"})
-_LLM_PARENTS_KEPT = 10_000
+_WRAPPABLE_KINDS = frozenset({"llm", "embedding"})
+_PARENTS_KEPT = 10_000
 
 
 _SECRET_MARKERS = ("api_key", "apikey", "secret", "password", "authorization", "auth_token", "access_token",
@@ -59,7 +67,9 @@ class SpanProcessor:
         self.limit = settings.max_content_bytes
         self.estimate_tokens = settings.estimate_tokens
         self.estimated_spans = 0
-        self._llm_parents: dict[str, None] = {}  # recent parents of llm spans (insertion-ordered)
+        self.llm_calls = 0
+        self.delegating_spans = 0
+        self._wrapped: dict[str, str] = {}  # recent parents of llm/embedding spans -> child kind (insertion-ordered)
         self.costs = CostCalculator(settings)
 
     def __call__(self, span: Span) -> Span | None:
@@ -77,40 +87,63 @@ class SpanProcessor:
         else:
             changes["input"] = None
             changes["output"] = None
-        if span.attributes:
-            attributes = span.attributes
+            if span.error is not None:
+                changes["error"] = _error_without_content(span.error)
+        attributes = span.attributes
+        delegates = self._delegates(span)
+        if delegates and not (attributes or {}).get(DELEGATES):
+            attributes = {**(attributes or {}), DELEGATES: True}
+        if attributes:
             if not self.capture_content:
-                attributes = {k: v for k, v in attributes.items() if k not in _CONTENT_ATTRIBUTES}
+                attributes = _without_content(attributes)
             changes["attributes"], cut = to_jsonable(attributes, self.limit)
             truncated |= cut
-        if span.model is not None and span.model.parameters:
-            params, _ = to_jsonable(without_secrets(span.model.parameters), 4096)
-            changes["model"] = ModelInfo(span.model.name, span.model.provider, params)
+        model = _resolved_model(span.model, attributes)
+        if model is not None and model.parameters:
+            params, _ = to_jsonable(without_secrets(model.parameters), 4096)
+            model = ModelInfo(model.name, model.provider, params)
+        if model is not span.model:
+            changes["model"] = model
         if span.trace is not None and span.trace.metadata:
             meta, _ = to_jsonable(span.trace.metadata, 4096)
             changes["trace"] = msgspec.structs.replace(span.trace, metadata=meta)
         if truncated:
             changes["truncated"] = True
-        if self.estimate_tokens and span.kind in _ESTIMATED_KINDS:
+        if delegates:
+            # a wrapper is not a model call: the call it wraps carries the tokens and the cost
+            self.delegating_spans += 1
+            changes["usage"] = None
+            changes["cost"] = None
+        elif self.estimate_tokens and span.kind in _ESTIMATED_KINDS:
             billed = span.status == "ok" or span.output is not None  # a failed call without output
-            if span.usage is None and billed and not self._delegates(span):
+            if span.usage is None and billed:
                 changes["usage"] = self._estimate(span, changes)
-            if span.parent_id:
-                self._remember_llm_parent(span.parent_id)
+        if span.parent_id and span.kind in _WRAPPABLE_KINDS:
+            self._remember_wrapped(span.parent_id, span.kind)
         span = msgspec.structs.replace(span, **changes)
+        if delegates:
+            return span
+        if is_model_call(span):
+            self.llm_calls += 1
         return self.costs.apply(span)
 
     def _delegates(self, span: Span) -> bool:
-        """An llm span with an llm child (LlamaIndex ``achat`` over ``chat``) only wraps it: its
-        tokens are the child's, so estimating it would count them twice. Children end, and are
-        emitted, before their parent."""
-        return span.span_id in self._llm_parents
+        """Whether a span only wraps a model call of its kind: the integration says so
+        (``spanmux.delegates``), or an llm/embedding span without usage of its own had a child of
+        its kind (a manual ``llm`` span around a framework call). Children end, and are emitted,
+        before their parent; a span with its own reported usage stays a call."""
+        if span.kind not in _WRAPPABLE_KINDS:
+            return False
+        if (span.attributes or {}).get(DELEGATES) is True:
+            return True
+        own_usage = span.usage is not None and not span.usage.estimated
+        return not own_usage and self._wrapped.get(span.span_id) == span.kind
 
-    def _remember_llm_parent(self, parent_id: str) -> None:
-        parents = self._llm_parents
-        parents[parent_id] = None
-        if len(parents) > _LLM_PARENTS_KEPT:
-            del parents[next(iter(parents))]
+    def _remember_wrapped(self, parent_id: str, kind: str) -> None:
+        wrapped = self._wrapped
+        wrapped[parent_id] = kind
+        if len(wrapped) > _PARENTS_KEPT:
+            del wrapped[next(iter(wrapped))]
 
     def _estimate(self, span: Span, changes: dict[str, Any]) -> Usage | None:
         """Token estimate from the serialized input/output (serialized here when content is not
@@ -128,5 +161,51 @@ class SpanProcessor:
         return usage
 
     def stats(self) -> dict[str, Any]:
-        """Counters for ``spanmux.stats()``: estimated spans and how costs were found."""
-        return {"estimated_usage_spans": self.estimated_spans, "costs": self.costs.stats()}
+        """Counters for ``spanmux.stats()``: model calls, delegating wrappers (not counted as
+        calls), estimated spans and how costs were found."""
+        return {"llm_calls": self.llm_calls, "delegating_llm_spans": self.delegating_spans,
+                "estimated_usage_spans": self.estimated_spans, "costs": self.costs.stats()}
+
+
+def _resolved_model(model: ModelInfo | None, attributes: dict[str, Any] | None) -> ModelInfo | None:
+    """The one rule for ``model.name`` (and so for pricing, grouping and every backend's model
+    field): the model the response names (``gen_ai.response.model``) when it names one, else the
+    requested model. Both stay on the span as ``gen_ai.request.model`` / ``gen_ai.response.model``."""
+    attrs = attributes or {}
+    response = attrs.get(GEN_AI_RESPONSE_MODEL)
+    if not isinstance(response, str) or not response:
+        if model is None or model.name:
+            return model
+        requested = attrs.get(GEN_AI_REQUEST_MODEL)
+        if not isinstance(requested, str) or not requested:
+            return model
+        return ModelInfo(requested, model.provider, model.parameters)
+    if model is None:
+        return ModelInfo(response)
+    if model.name == response:
+        return model
+    return ModelInfo(response, model.provider, model.parameters)
+
+
+def _without_content(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Attributes minus every content key (``spanmux.attributes.CONTENT_ATTRIBUTES``); custom
+    events keep their name and time, not their data."""
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if key == FRAMEWORK_EVENT and isinstance(value, list):
+            out[key] = [{k: v for k, v in event.items() if k in ("name", "time_ns")}
+                        for event in value if isinstance(event, dict)]
+        elif not is_content_key(str(key)):
+            out[key] = value
+    return out
+
+
+def _error_without_content(error: ErrorInfo) -> ErrorInfo:
+    """An error's type and where it happened, not its message: messages of parse and validation
+    errors quote the model's output or the user's input. Of the traceback only the
+    ``File "...", line N, in f`` lines stay (source lines may hold literal prompts)."""
+    frames = None
+    if error.traceback:
+        kept = [line for line in error.traceback.splitlines() if line.lstrip(" |").startswith('File "')]
+        frames = "\n".join(kept) or None
+    return ErrorInfo(error.type, "", frames)

@@ -133,9 +133,12 @@ def reset() -> None:
 
 def stats() -> dict[str, Any]:
     pipeline = _pipeline
+    from spanmux.tracer import integration_failures  # noqa: PLC0415 - tracer imports this module
+
     base: dict[str, Any] = {"enabled": pipeline is not None, "source": _source}
     if pipeline is not None:
         base.update(pipeline.stats())
+    base["integration_failures"] = integration_failures()
     return base
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +34,9 @@ log = logging.getLogger("spanmux")
 P = ParamSpec("P")
 R = TypeVar("R")
 
+MAX_YIELDED_ITEMS = 1000
+"""Items of a traced generator kept as the span's output (the worker also bounds their size)."""
+
 
 def error_info(exc: BaseException) -> ErrorInfo:
     try:
@@ -40,6 +45,63 @@ def error_info(exc: BaseException) -> ErrorInfo:
     except Exception:
         tb, message = None, f"<{type(exc).__name__}>"
     return ErrorInfo(type(exc).__name__, message, tb)
+
+
+class HookFailures:
+    """Failures of one integration's hooks. Frameworks swallow (LlamaIndex) or must never see
+    (LangChain, DSPy) a hook's exception, so each one is counted here, and the first of each
+    (hook, error type) is logged with its traceback: a second, different bug in another hook
+    is not hidden behind the first one. Totals are in ``spanmux.stats()["integration_failures"]``."""
+
+    def __init__(self, integration: str, logger: logging.Logger) -> None:
+        self.integration = integration
+        self.logger = logger
+        self.total = 0
+        self.by_hook: dict[str, int] = {}
+        self._logged: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def record(self, hook: str) -> None:
+        """Call inside the ``except`` block of a hook."""
+        error = sys.exc_info()[1]
+        error_type = type(error).__name__ if error is not None else "unknown"
+        key = (hook, error_type)
+        with self._lock:
+            self.total += 1
+            self.by_hook[hook] = self.by_hook.get(hook, 0) + 1
+            first = key not in self._logged and len(self._logged) < 1000
+            if first:
+                self._logged.add(key)
+        if first:
+            self.logger.warning("spanmux %s hook %s failed with %s; the span may be incomplete (later %s "
+                                "failures there are only counted, see spanmux.stats())", self.integration, hook,
+                                error_type, error_type, exc_info=True)
+        else:
+            self.logger.debug("spanmux %s hook %s failed again", self.integration, hook, exc_info=True)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"total": self.total, "by_hook": dict(self.by_hook)}
+
+
+_hook_failures: dict[str, HookFailures] = {}
+_hook_failures_lock = threading.Lock()
+
+
+def hook_failures(integration: str, logger: logging.Logger) -> HookFailures:
+    """The process-wide failure counter of an integration (created on first use)."""
+    with _hook_failures_lock:
+        found = _hook_failures.get(integration)
+        if found is None:
+            found = _hook_failures[integration] = HookFailures(integration, logger)
+        return found
+
+
+def integration_failures() -> dict[str, dict[str, Any]]:
+    """``{integration: {"total": n, "by_hook": {hook: n}}}`` for ``spanmux.stats()``."""
+    with _hook_failures_lock:
+        counters = list(_hook_failures.values())
+    return {c.integration: c.stats() for c in counters if c.total}
 
 
 class ManualSpan:
@@ -183,7 +245,9 @@ def observe(
     func: Callable[P, R] | None = None, *, name: str | None = None, kind: str = "span",
     capture_input: bool = True, capture_output: bool = True,
 ) -> Any:
-    """Trace every call of a function (sync, async, generator): ``@spanmux.observe(kind="tool")``."""
+    """Trace every call of a function (sync, async, generator, async generator):
+    ``@spanmux.observe(kind="tool")``. A generator's span lasts until it is exhausted or closed
+    and records the first ``MAX_YIELDED_ITEMS`` items it yielded."""
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
@@ -219,15 +283,44 @@ def observe(
                 items: list[Any] = []
                 try:
                     for item in fn(*args, **kwargs):  # type: ignore[attr-defined]
-                        if capture_output and len(items) < 1000:
+                        if capture_output and len(items) < MAX_YIELDED_ITEMS:
                             items.append(item)
                         yield item
+                except GeneratorExit:  # the consumer stopped early: not an error of the function
+                    s.output = items if capture_output else None
+                    s.end()
+                    raise
                 except BaseException as exc:
+                    s.output = items if capture_output else None
                     s.end(exc)
                     raise
                 s.output = items if capture_output else None
                 s.end()
             return gen_wrapper  # type: ignore[return-value]
+
+        if inspect.isasyncgenfunction(fn):
+            @functools.wraps(fn)
+            async def async_gen_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                # an async generator function: the span covers the iteration, not the call that
+                # only builds the generator object
+                s = open_span(args, kwargs)
+                items: list[Any] = []
+                try:
+                    async for item in fn(*args, **kwargs):  # type: ignore[attr-defined]
+                        if capture_output and len(items) < MAX_YIELDED_ITEMS:
+                            items.append(item)
+                        yield item
+                except GeneratorExit:  # aclose() or a consumer that broke out of ``async for``
+                    s.output = items if capture_output else None
+                    s.end()
+                    raise
+                except BaseException as exc:
+                    s.output = items if capture_output else None
+                    s.end(exc)
+                    raise
+                s.output = items if capture_output else None
+                s.end()
+            return async_gen_wrapper  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:

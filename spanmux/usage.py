@@ -30,7 +30,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from spanmux.model import Usage
+from spanmux.attributes import DELEGATES
+from spanmux.model import Span, Usage
 
 _WRAPPERS = ("usage", "usage_metadata", "token_usage", "usageMetadata", "meta", "billed_units", "llm_output",
              "response_metadata", "raw", "additional_kwargs")
@@ -188,3 +189,10 @@ def add_usage(a: Usage | None, b: Usage | None) -> Usage | None:
         cache_write_tokens=a.cache_write_tokens + b.cache_write_tokens,
         reasoning_tokens=a.reasoning_tokens + b.reasoning_tokens, estimated=a.estimated or b.estimated,
     )
+
+
+def is_model_call(span: Span) -> bool:
+    """Whether a span is one call to a model, the unit of every ``llm_calls`` count (store,
+    ``spanmux.stats()``, MLflow, Langfuse): an ``llm`` span that is not a delegating wrapper
+    (``spanmux.delegates``, set by integrations and by the worker)."""
+    return span.kind == "llm" and not (span.attributes is not None and span.attributes.get(DELEGATES) is True)

@@ -110,7 +110,9 @@ def assert_predict_branch(spans: list[Span], predict: Span, n: int, *, usage: bo
         assert (lm.usage.input_tokens, lm.usage.output_tokens, lm.usage.total_tokens) == (prompt, completion, total)
         assert lm.cost is not None and lm.cost.source == "provider"
         assert lm.cost.total == pytest.approx(expected_cost(n))
-        assert lm.model is not None and (lm.model.name, lm.model.provider) == ("gpt-4o-mini", "openai")
+        # both models kept; model.name is the one that answered (README, "Models")
+        assert lm.model is not None and (lm.model.name, lm.model.provider) == ("gpt-4o-mini-2024-07-18", "openai")
+        assert lm.attributes["gen_ai.request.model"] == "openai/gpt-4o-mini"
         assert lm.attributes["gen_ai.response.model"] == "gpt-4o-mini-2024-07-18"
         assert predict.usage is None and predict.cost is None  # tokens live on the LM span only
 
@@ -316,7 +318,7 @@ def test_lm_usage_and_cost_on_the_exact_lm_span(traced: TracedStore) -> None:
     assert summary.input_tokens == 102 + 105 and summary.output_tokens == 12 + 15
     assert summary.total_tokens == 114 + 120
     assert summary.cost_total == pytest.approx(expected_cost(2) + expected_cost(5))
-    assert summary.models == ["gpt-4o-mini"]
+    assert summary.models == ["gpt-4o-mini-2024-07-18"]
 
 
 def test_usage_found_when_lm_history_is_off(traced: TracedStore) -> None:

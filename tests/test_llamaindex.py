@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("llama_index.core")
 
 from conftest import TracedStore, tree  # noqa: E402
+from langfuse_server import LangfuseContractServer  # noqa: E402
 from llama_index.core import Document, VectorStoreIndex  # noqa: E402
 from llama_index.core.agent.workflow import FunctionAgent  # noqa: E402
 from llama_index.core.base.llms.types import (  # noqa: E402
@@ -28,6 +29,7 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.llms import CustomLLM, MockFunctionCallingLLM, MockLLM  # noqa: E402
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback  # noqa: E402
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
+from llama_index.core.prompts import PromptTemplate  # noqa: E402
 from llama_index.core.schema import NodeWithScore, QueryBundle  # noqa: E402
 from llama_index.core.tools import FunctionTool  # noqa: E402
 from llama_index.core.workflow import StartEvent, StopEvent, Workflow, step  # noqa: E402
@@ -76,6 +78,7 @@ class UsageLLM(CustomLLM):
 
     usage_shape: str = "anthropic"
     model: str = "claude-3-5-haiku-latest"
+    response_model: str | None = None  # what the provider says answered (raw["model"])
     fail: bool = False
 
     @property
@@ -84,7 +87,10 @@ class UsageLLM(CustomLLM):
 
     def _usage(self) -> tuple[Any, dict[str, Any]]:
         if self.usage_shape == "anthropic":
-            return {"id": "msg_1", "usage": {"input_tokens": 11, "output_tokens": 7}}, {}
+            raw: dict[str, Any] = {"id": "msg_1", "usage": {"input_tokens": 11, "output_tokens": 7}}
+            if self.response_model:
+                raw["model"] = self.response_model
+            return raw, {}
         if self.usage_shape == "gemini":
             return {"usage_metadata": {"prompt_token_count": 11, "candidates_token_count": 7,
                                        "total_token_count": 18}}, {}
@@ -567,3 +573,151 @@ def test_example_program_runs_offline(tmp_path: Any) -> None:
         found = db.list_traces(limit=10)
     assert sorted(t.name for t in found) == ["RetrieverQueryEngine.query", "norway-guide"]
     assert all(t.status == "ok" and t.total_tokens > 0 and t.models == ["gpt-4o-mini"] for t in found)
+
+
+# -- one model call is one LLM call everywhere; requested and response model side by side ------------
+
+class CompletionLLM(UsageLLM):
+    """A completion (not chat) model: ``predict`` delegates to ``complete``."""
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name=self.model, num_output=64, is_chat_model=False)
+
+
+def _store_and_langfuse(server: LangfuseContractServer, tmp_path: Any) -> TracedStore:
+    path = tmp_path / "store" / "spanmux.db"
+    spanmux.configure({
+        "backends": ["local", "langfuse"],
+        "local": {"path": str(path)},
+        "langfuse": {"public_key": server.public_key, "secret_key": server.secret_key, "host": server.url},
+        "spool_dir": str(tmp_path / "spool"),
+        "flush_interval": 0.05,
+    })
+    return TracedStore(path)
+
+
+def test_predict_over_complete_is_one_model_call_in_store_stats_and_langfuse(
+        langfuse_server: LangfuseContractServer, tmp_path: Any, instrumented: Any) -> None:
+    store = _store_and_langfuse(langfuse_server, tmp_path)
+    llm = CompletionLLM()
+    assert llm.predict(PromptTemplate("Capital of {country}?"), country="France") == "Paris."
+
+    spans = store.only_trace()
+    assert tree(spans) == [(0, "llm", "CompletionLLM.predict"), (1, "llm", "CompletionLLM.complete")]
+    predict, complete = spans
+    assert predict.attributes[attr.DELEGATES] is True
+    assert predict.usage is None and predict.cost is None
+    assert complete.usage is not None and complete.usage.total_tokens == 18
+    assert complete.cost is not None and complete.cost.total > 0
+    assert attr.DELEGATES not in (complete.attributes or {})
+    summary = store.traces()[0]
+    assert summary.llm_calls == 1, "predict wrapping complete is one model call"
+    assert summary.total_tokens == 18 and summary.cost_total == pytest.approx(complete.cost.total)
+    numbers = spanmux.stats()
+    assert numbers["llm_calls"] == 1 and numbers["delegating_llm_spans"] == 1
+
+    observations = langfuse_server.trace(complete.trace_id)
+    generations = [o for o in observations if o.type == "generation"]
+    assert [o.name for o in generations] == ["CompletionLLM.complete"]
+    wrapper = langfuse_server.by_name("CompletionLLM.predict")
+    assert wrapper.type == "span" and wrapper.usage is None and wrapper.cost is None
+    assert wrapper.metadata()["kind"] == "llm"
+    assert sum(o.cost["total"] for o in generations) == pytest.approx(summary.cost_total)
+
+
+async def test_wrappers_across_a_chain_delegate_too(traced: TracedStore, instrumented: Any) -> None:
+    """``astructured_predict`` > program > ``achat`` > ``chat``: one call, three wrappers."""
+    from pydantic import BaseModel  # noqa: PLC0415
+
+    class City(BaseModel):
+        name: str
+
+    class JsonLLM(UsageLLM):
+        @llm_chat_callback()
+        def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+            raw, extra = self._usage()
+            return ChatResponse(message=ChatMessage(role="assistant", content='{"name": "Paris"}'), raw=raw,
+                                additional_kwargs=extra)
+
+    llm = JsonLLM()
+    city = await llm.astructured_predict(City, PromptTemplate("Capital of {country}?"), country="France")
+    assert city.name == "Paris"
+
+    spans = traced.only_trace()
+    calls = [s for s in spans if s.kind == "llm" and attr.DELEGATES not in (s.attributes or {})]
+    assert [s.name for s in calls] == ["JsonLLM.chat"]
+    assert all(s.usage is None and s.cost is None for s in spans if s.kind == "llm" and s not in calls)
+    summary = traced.traces()[0]
+    assert summary.llm_calls == 1 and summary.total_tokens == 18
+
+
+class NamedEmbedding(MockEmbedding):
+    """MockEmbedding reporting a real model name (``model_name`` is what its event carries)."""
+
+    model_name: str = "text-embedding-3-small"
+
+
+async def test_requested_and_response_model_kept_and_embeddings_carry_their_model(
+        langfuse_server: LangfuseContractServer, tmp_path: Any, instrumented: Any) -> None:
+    store = _store_and_langfuse(langfuse_server, tmp_path)
+    llm = UsageLLM(model="claude-3-5-haiku-latest", response_model="claude-3-5-haiku-20241022")
+    with spanmux.span("ask"):
+        await llm.achat([ChatMessage(role="user", content="Capital of France?")])
+        NamedEmbedding(embed_dim=4).get_query_embedding("Capital of France?")
+
+    spans = store.only_trace()
+    assert tree(spans) == [
+        (0, "span", "ask"), (1, "llm", "UsageLLM.achat"), (2, "llm", "UsageLLM.chat"),
+        (1, "embedding", "NamedEmbedding.get_query_embedding"), (2, "embedding", "NamedEmbedding._get_query_embedding"),
+    ]
+    achat, chat = one(spans, "UsageLLM.achat"), one(spans, "UsageLLM.chat")
+    for s in (achat, chat):
+        assert s.attributes[attr.GEN_AI_REQUEST_MODEL] == "claude-3-5-haiku-latest"
+        assert s.attributes[attr.GEN_AI_RESPONSE_MODEL] == "claude-3-5-haiku-20241022"
+        assert s.model is not None and s.model.name == "claude-3-5-haiku-20241022"  # the model that answered
+    assert chat.cost is not None and chat.cost.total > 0  # priced under the response model
+    assert store.traces()[0].models == ["claude-3-5-haiku-20241022", "text-embedding-3-small"]
+    for name in ("NamedEmbedding.get_query_embedding", "NamedEmbedding._get_query_embedding"):
+        embedding = one(spans, name)
+        assert embedding.model is not None and embedding.model.name == "text-embedding-3-small", name
+        assert embedding.attributes[attr.GEN_AI_REQUEST_MODEL] == "text-embedding-3-small"
+
+    generation = langfuse_server.by_name("UsageLLM.chat")
+    assert generation.type == "generation" and generation.model == "claude-3-5-haiku-20241022"
+    assert generation.metadata()[attr.GEN_AI_REQUEST_MODEL] == "claude-3-5-haiku-latest"
+    assert generation.metadata()[attr.GEN_AI_RESPONSE_MODEL] == "claude-3-5-haiku-20241022"
+    assert langfuse_server.by_name("NamedEmbedding._get_query_embedding").model == "text-embedding-3-small"
+
+
+class _Hostile:
+    """Raises a chosen error from every attribute read: a hook handed it fails inside."""
+
+    def __init__(self, error: type[Exception]) -> None:
+        object.__setattr__(self, "error", error)
+
+    def __getattr__(self, name: str) -> Any:
+        raise object.__getattribute__(self, "error")(f"no {name}")
+
+
+def test_handler_failures_logged_once_per_hook_and_error_type_and_all_counted(
+        traced: TracedStore, instrumented: li.LlamaIndexTracer, caplog: pytest.LogCaptureFixture) -> None:
+    tracer = instrumented
+    before = spanmux.stats()["integration_failures"].get("llamaindex", {"total": 0, "by_hook": {}})
+    caplog.set_level("DEBUG", logger="spanmux.integrations.llamaindex")
+    for _ in range(3):
+        tracer.enter("A.call-1", _Hostile(RuntimeError), None, None, None)  # new_span, RuntimeError
+    tracer.enter("B.call-2", _Hostile(KeyError), None, None, None)  # new_span, another error type
+    tracer.enter("C.call-3", None, None, None, None)
+    tracer.exit("C.call-3", _Hostile(ValueError))  # another hook
+    tracer.exit("C.call-3", None)
+
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "failed" in r.getMessage()]
+    assert [(r.args[1], r.args[2]) for r in warnings] == [  # type: ignore[index]
+        ("new_span", "RuntimeError"), ("new_span", "KeyError"), ("prepare_to_exit_span", "ValueError")]
+    assert all(r.exc_info for r in warnings), "each first failure is logged with its traceback"
+    after = spanmux.stats()["integration_failures"]["llamaindex"]
+    assert after["total"] - before["total"] == 5
+    assert after["by_hook"]["new_span"] - before["by_hook"].get("new_span", 0) == 4
+    assert tracer.failures == after["total"]
+    assert tree(traced.only_trace()) == [(0, "chain", "C.call")]
