@@ -47,6 +47,15 @@ def error_info(exc: BaseException) -> ErrorInfo:
     return ErrorInfo(type(exc).__name__, message, tb)
 
 
+def _consumer_stopped(thrown: BaseException) -> bool:
+    """An exception thrown into an async generator at ``yield`` that only means its consumer
+    stopped (closed it, or was cancelled): not an error of the generator."""
+    if isinstance(thrown, GeneratorExit):
+        return True
+    asyncio = sys.modules.get("asyncio")  # never imported here: an async generator runs under it
+    return asyncio is not None and isinstance(thrown, asyncio.CancelledError)
+
+
 class HookFailures:
     """Failures of one integration's hooks. Frameworks swallow (LlamaIndex) or must never see
     (LangChain, DSPy) a hook's exception, so each one is counted here, and the first of each
@@ -281,18 +290,19 @@ def observe(
             def gen_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 s = open_span(args, kwargs)
                 items: list[Any] = []
+                stopped = False
                 try:
                     for item in fn(*args, **kwargs):  # type: ignore[attr-defined]
                         if capture_output and len(items) < MAX_YIELDED_ITEMS:
                             items.append(item)
-                        yield item
-                except GeneratorExit:  # the consumer stopped early: not an error of the function
-                    s.output = items if capture_output else None
-                    s.end()
-                    raise
+                        try:
+                            yield item
+                        except GeneratorExit:  # the consumer stopped early: not an error of the function
+                            stopped = True
+                            raise
                 except BaseException as exc:
                     s.output = items if capture_output else None
-                    s.end(exc)
+                    s.end(None if stopped else exc)
                     raise
                 s.output = items if capture_output else None
                 s.end()
@@ -301,22 +311,24 @@ def observe(
         if inspect.isasyncgenfunction(fn):
             @functools.wraps(fn)
             async def async_gen_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                # an async generator function: the span covers the iteration, not the call that
-                # only builds the generator object
+                # the span covers the iteration, not the call that only builds the generator
                 s = open_span(args, kwargs)
                 items: list[Any] = []
+                stopped = False
                 try:
                     async for item in fn(*args, **kwargs):  # type: ignore[attr-defined]
                         if capture_output and len(items) < MAX_YIELDED_ITEMS:
                             items.append(item)
-                        yield item
-                except GeneratorExit:  # aclose() or a consumer that broke out of ``async for``
-                    s.output = items if capture_output else None
-                    s.end()
-                    raise
+                        try:
+                            yield item
+                        except BaseException as thrown:
+                            # aclose(), a consumer that broke out of ``async for`` (closed later by
+                            # the event loop, cancelled if the loop is shutting down)
+                            stopped = _consumer_stopped(thrown)
+                            raise
                 except BaseException as exc:
                     s.output = items if capture_output else None
-                    s.end(exc)
+                    s.end(None if stopped else exc)
                     raise
                 s.output = items if capture_output else None
                 s.end()

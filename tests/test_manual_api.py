@@ -131,3 +131,75 @@ def test_credentials_in_model_parameters_never_reach_a_store(traced: TracedStore
     assert span.model is not None and span.model.parameters == {"temperature": 0.2, "extra": {}}
     with traced.store() as db:
         assert "sk-LEAK" not in str(db.get_trace(span.trace_id))
+
+
+def test_observe_async_generator_spans_the_iteration_and_records_what_it_yielded(traced: TracedStore) -> None:
+    @spanmux.observe(kind="chain")
+    async def tokens(n: int):  # type: ignore[no-untyped-def]
+        for i in range(n):
+            await asyncio.sleep(0.01)
+            with spanmux.span(f"step-{i}"):  # work inside the generator nests under its span
+                pass
+            yield f"t{i}"
+
+    @spanmux.observe
+    async def many():  # type: ignore[no-untyped-def]
+        for i in range(spanmux.tracer.MAX_YIELDED_ITEMS + 5):
+            yield i
+
+    async def main() -> tuple[list[str], int, list[str]]:
+        with spanmux.span("root"):
+            got = [t async for t in tokens(3)]
+            count = len([i async for i in many()])
+            early = []
+            async for t in tokens(5):
+                early.append(t)
+                if len(early) == 2:
+                    break  # the consumer stops: the span ends, without an error
+        return got, count, early
+
+    got, count, early = asyncio.run(main())
+    assert got == ["t0", "t1", "t2"] and count == spanmux.tracer.MAX_YIELDED_ITEMS + 5 and early == ["t0", "t1"]
+    spans = traced.only_trace()
+    assert tree(spans) == [
+        (0, "span", "root"),
+        (1, "chain", "tokens"), (2, "span", "step-0"), (2, "span", "step-1"), (2, "span", "step-2"),
+        (1, "span", "many"),
+        (1, "chain", "tokens"), (2, "span", "step-0"), (2, "span", "step-1"),
+    ]
+    full, bounded, closed = (s for s in spans if s.name in ("tokens", "many"))
+    assert full.input == {"n": 3} and full.output == ["t0", "t1", "t2"] and full.status == "ok"
+    assert full.duration_ms >= 25, "the span covers the iteration, not the call that built the generator"
+    assert bounded.output == list(range(spanmux.tracer.MAX_YIELDED_ITEMS))
+    assert closed.output == ["t0", "t1"] and closed.status == "ok"
+
+
+def test_observe_async_generator_error_is_recorded(traced: TracedStore) -> None:
+    @spanmux.observe
+    async def failing():  # type: ignore[no-untyped-def]
+        yield 1
+        raise ValueError("stream broke")
+
+    async def main() -> list[int]:
+        out = []
+        with pytest.raises(ValueError, match="stream broke"):
+            async for item in failing():
+                out.append(item)
+        return out
+
+    assert asyncio.run(main()) == [1]
+    (span,) = traced.only_trace()
+    assert span.status == "error" and span.error is not None and span.error.type == "ValueError"
+    assert span.output == [1]
+
+
+def test_sync_generator_closed_early_is_not_an_error(traced: TracedStore) -> None:
+    @spanmux.observe
+    def numbers():  # type: ignore[no-untyped-def]
+        yield from range(10)
+
+    for i in numbers():
+        if i == 2:
+            break
+    (span,) = traced.only_trace()
+    assert span.status == "ok" and span.output == [0, 1, 2]
