@@ -528,3 +528,55 @@ def test_legacy_text_llm_and_graph_interrupt(traced: TracedStore) -> None:
     resumed = traced.trace(second.trace_id)
     assert tree(resumed) == [(0, "agent", "LangGraph"), (1, "chain", "ask_human"), (2, "llm", "FakeListLLM")]
     assert resumed[2].input == "the meaning of life" and resumed[2].output == "forty-two"
+
+
+# ---- requested vs response model ------------------------------------------------------------------
+
+class ConfiguredChat(FakeChat):
+    """Configured as ``gpt-4o-mini`` (LangChain reports it as ``ls_model_name``), answers as the
+    dated snapshot, like OpenAI does."""
+
+    model: str = "gpt-4o-mini"
+
+
+def test_requested_and_response_model_reach_store_langfuse_and_mlflow(
+        tmp_path: Path, langfuse_server: Any, mlflow_server: str) -> None:
+    from mlflow.tracing.client import TracingClient  # noqa: PLC0415
+
+    from spanmux.backends.local import LocalStore  # noqa: PLC0415
+
+    experiment = f"models-{uuid.uuid4().hex[:8]}"
+    spanmux.configure({
+        "backends": ["local", "langfuse", "mlflow"],
+        "local": {"path": str(tmp_path / "store.db")},
+        "langfuse": {"public_key": langfuse_server.public_key, "secret_key": langfuse_server.secret_key,
+                     "host": langfuse_server.url},
+        "mlflow": {"tracking_uri": mlflow_server, "experiment_name": experiment},
+        "spool_dir": str(tmp_path / "spool"),
+        "flush_interval": 0.05,
+    })
+    reply = AIMessage("Paris", usage_metadata=dict(USAGE), response_metadata={"model_name": "gpt-4o-mini-2024-07-18"})
+    chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | ConfiguredChat(responses=[reply])
+    chain.invoke({"q": "Capital of France?"}, config={"callbacks": [CallbackHandler()]})
+    assert spanmux.flush(timeout=60)
+
+    with LocalStore(tmp_path / "store.db") as db:
+        (summary,) = db.list_traces()
+        llm = next(s for s in db.get_trace(summary.trace_id) if s.kind == "llm")
+    assert llm.attributes is not None
+    assert llm.attributes["gen_ai.request.model"] == "gpt-4o-mini"
+    assert llm.attributes["gen_ai.response.model"] == "gpt-4o-mini-2024-07-18"
+    assert llm.model is not None and llm.model.name == "gpt-4o-mini-2024-07-18"  # the model that answered
+    assert llm.cost is not None and llm.cost.total > 0
+    assert summary.models == ["gpt-4o-mini-2024-07-18"]
+
+    generation = langfuse_server.by_name("ConfiguredChat")
+    assert generation.model == "gpt-4o-mini-2024-07-18"
+    assert generation.metadata()["gen_ai.request.model"] == "gpt-4o-mini"
+
+    spanmux.shutdown()
+    trace = TracingClient(mlflow_server).get_trace(f"tr-{summary.trace_id}")
+    (chat,) = [s for s in trace.data.spans if s.name == "ConfiguredChat"]
+    assert chat.attributes["gen_ai.request.model"] == "gpt-4o-mini"
+    assert chat.attributes["gen_ai.response.model"] == "gpt-4o-mini-2024-07-18"
+    assert chat.attributes["mlflow.llm.model"] == "gpt-4o-mini-2024-07-18"
