@@ -27,7 +27,7 @@ from typing import Any
 
 from spanmux.backend import Backend, ExportError
 from spanmux.model import Score, Span
-from spanmux.spool import Spool, encode_batch
+from spanmux.spool import EncodedRecords, Spool, SpooledBatch, encode_records
 
 log = logging.getLogger("spanmux.pipeline")
 
@@ -35,18 +35,24 @@ Processor = Callable[[Span], Span | None]
 
 
 class _Marker:
-    """A flush request travelling through the queues behind the records emitted before it."""
+    """A flush request travelling through the queues behind the records emitted before it. Each
+    lane arrives once it delivered everything before the marker (its spool included) or gave up
+    at ``deadline``; ``undelivered`` names the lanes that gave up."""
 
-    __slots__ = ("done", "remaining")
+    __slots__ = ("deadline", "done", "remaining", "undelivered")
 
-    def __init__(self, parties: int) -> None:
+    def __init__(self, parties: int, deadline: float) -> None:
         self.done = threading.Event()
         self.remaining = parties
+        self.deadline = deadline
+        self.undelivered: list[str] = []
         if parties == 0:
             self.done.set()
 
-    def arrive(self, lock: threading.Lock) -> None:
+    def arrive(self, lock: threading.Lock, undelivered: str | None = None) -> None:
         with lock:
+            if undelivered is not None:
+                self.undelivered.append(undelivered)
             self.remaining -= 1
             if self.remaining <= 0:
                 self.done.set()
@@ -77,11 +83,11 @@ class LaneStats:
 class _Batch:
     spans: list[Span] = field(default_factory=list)
     scores: list[Score] = field(default_factory=list)
-    encoded: bytes | None = None  # the spool encoding, made once for every lane that spools it
+    encoded: EncodedRecords | None = None  # the spool encoding, made once for every lane that spools it
 
-    def encode(self) -> bytes:
+    def encode(self) -> EncodedRecords:
         if self.encoded is None:
-            self.encoded = encode_batch(self.spans, self.scores)
+            self.encoded = encode_records(self.spans, self.scores)
         return self.encoded
 
 
@@ -101,11 +107,14 @@ class Lane:
         self._count_lock = threading.Lock()  # the worker and the lane both touch these counters
         self._inflight: _Batch | None = None  # the fresh batch being exported (spilled if the lane hangs)
         self._wake = threading.Event()
+        self._halt = threading.Event()  # the exit deadline passed: stop waiting between retries
         self._stop = False
         self._healthy = True
         self._backoff = 0.0
         self._retry_at = 0.0
         self._reported: set[str] = set()
+        self._gave_up = False  # the last failure was not retryable: a flush does not wait for it
+        self._origin = _origin_of(name, backend)
         self._thread = threading.Thread(target=self._run, name=f"spanmux-lane-{name}", daemon=True)
         self._thread.start()
 
@@ -143,6 +152,7 @@ class Lane:
         memory, including the batch in flight, in the spool for the next run. A batch that the
         hanging export delivers after all is then sent twice, which idempotent backends absorb."""
         spilled = 0
+        self._halt.set()
         inflight, self._inflight = self._inflight, None
         if inflight is not None:
             self._to_spool(inflight)
@@ -153,7 +163,7 @@ class Lane:
             except IndexError:
                 return spilled
             if isinstance(item, _Marker):
-                item.arrive(_MARKER_LOCK)
+                item.arrive(_MARKER_LOCK, self.name)
                 continue
             self._forget(item)
             self._to_spool(item)
@@ -167,7 +177,7 @@ class Lane:
         if self.spool is None:
             self._lost(batch)
             return
-        if self.spool.append(batch.spans, batch.scores, batch.encode()):
+        if self.spool.append(batch.spans, batch.scores, batch.encode(), self._origin):
             with self._count_lock:
                 self.stats.spooled_spans += len(batch.spans)
                 self.stats.spooled_scores += len(batch.scores)
@@ -192,40 +202,77 @@ class Lane:
                 self.name, "will retry" if retryable else "not retryable", message, then,
             )
 
-    def _export(self, spans: Sequence[Span], scores: Sequence[Score]) -> bool:
+    def _export(self, spans: Sequence[Span], scores: Sequence[Score], spooled: SpooledBatch | None = None) -> bool:
+        """One delivery attempt. A batch from the spool goes to ``export_spooled`` with the origin
+        it was written with, when the backend cares where a record came from."""
         try:
-            self.backend.export(spans, scores)
+            export_spooled = getattr(self.backend, "export_spooled", None) if spooled is not None else None
+            if export_spooled is not None and spooled is not None:
+                export_spooled(spans, scores, spooled.origin)
+            else:
+                self.backend.export(spans, scores)
         except Exception as exc:  # any failure of a backend is contained here
             self.stats.export_errors += 1
             self._report(exc)
             self._healthy = False
             delay = getattr(exc, "retry_after", None)
             self._backoff = min(self.MAX_BACKOFF, max(0.25, self._backoff * 2))
-            if isinstance(exc, ExportError) and not exc.retryable:
+            self._gave_up = isinstance(exc, ExportError) and not exc.retryable
+            if self._gave_up:
                 self._backoff = self.MAX_BACKOFF
             self._retry_at = time.monotonic() + (delay if delay else self._backoff)
             return False
         self._healthy = True
+        self._gave_up = False
         self._backoff = 0.0
         self.stats.exported_spans += len(spans)
         self.stats.exported_scores += len(scores)
         return True
 
-    def _replay_spool(self, force: bool) -> None:
-        """Send spooled batches oldest first while the backend takes them."""
-        if self.spool is None or (not force and time.monotonic() < self._retry_at):
-            return
+    def _replay_spool(self, force: bool) -> bool:
+        """Send spooled batches oldest first while the backend takes them; True once none waits."""
+        if self.spool is None:
+            return True
+        if not force and time.monotonic() < self._retry_at:
+            return False
         while True:
             claimed = self.spool.claim_oldest()
             if claimed is None:
-                return
+                return True
             path, batch = claimed
-            if self._export(batch.spans, batch.scores):
+            if self._export(batch.spans, batch.scores, batch):
                 self.spool.done(path)
                 self.stats.replayed_batches += 1
             else:
                 self.spool.release(path)
-                return
+                return False
+
+    def _settle(self, marker: _Marker) -> None:
+        """A flush reached this lane: everything before it was delivered or spooled; now retry the
+        spool with the lane's backoff (honouring ``Retry-After``) until it is empty or the flush's
+        deadline comes. Waiting here holds only this lane, never the caller or other backends."""
+        self._backoff = 0.0  # a flush starts a fresh series of attempts
+        delivered = self._replay_spool(force=True)
+        while not delivered and not self._gave_up:
+            now = time.monotonic()
+            if now >= marker.deadline:
+                break
+            self._halt.wait(min(self._retry_at, marker.deadline) - now)
+            if self._halt.is_set() or time.monotonic() >= marker.deadline:
+                break
+            delivered = self._replay_spool(force=True)
+        if delivered:
+            try:
+                self.backend.force_flush(max(0.1, min(5.0, marker.deadline - time.monotonic())))
+            except Exception as exc:
+                self._report(exc)
+                delivered = False
+        if not delivered:
+            waiting = self.spool.describe() if self.spool is not None else {"spans": 0, "scores": 0}
+            log.warning("flush: backend %r did not take everything in time; %d spans and %d scores wait in "
+                        "its spool %s (delivered at the next flush or run, or with `spanmux replay`)",
+                        self.name, waiting["spans"], waiting["scores"], self.spool.folder if self.spool else "")
+        marker.arrive(_MARKER_LOCK, None if delivered else self.name)
 
     def _deliver(self, item: _Batch) -> None:
         self._forget(item)
@@ -257,12 +304,7 @@ class Lane:
                 while self._pending:
                     item = self._pending.popleft()
                     if isinstance(item, _Marker):
-                        self._replay_spool(force=True)
-                        try:
-                            self.backend.force_flush(5.0)
-                        except Exception as exc:
-                            self._report(exc)
-                        item.arrive(_MARKER_LOCK)
+                        self._settle(item)
                     else:
                         self._deliver(item)
                 if not self._stop:
@@ -362,13 +404,18 @@ class Pipeline:
                 self._write_overflow_locked()
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything emitted before this call reached every backend (or its spool)."""
+        """Wait until every backend took everything emitted before this call, its spool included,
+        retrying within ``timeout``. False when time ran out first (the rest stays spooled)."""
         if self._stopped or self._worker is None:
             return True
-        marker = _Marker(1)
+        marker = _Marker(1, time.monotonic() + timeout)
         self._queue.append(marker)
         self._wake.set()
-        return marker.done.wait(timeout)
+        # a lane gives up at the deadline by itself; the grace covers its last attempt's answer
+        arrived = marker.done.wait(timeout + self.FLUSH_GRACE)
+        return arrived and not marker.undelivered
+
+    FLUSH_GRACE = 0.5
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Deliver what it can within ``timeout``; what is left goes to the spools, never lost
@@ -409,6 +456,7 @@ class Pipeline:
             except IndexError:
                 break
             if isinstance(item, _Marker):
+                item.undelivered.append("queue")
                 item.done.set()
             elif isinstance(item, Span):
                 processed = self._process(item)  # the overflow spool holds processed spans
@@ -524,7 +572,8 @@ class Pipeline:
             out = self._processor(span)
         except Exception:
             self.processor_errors += 1
-            log.exception("spanmux could not process span %r; kept unprocessed", span.name)
+            log.exception("spanmux could not process span %r; it is dropped (counted as processor_errors)",
+                          span.name)
             return None
         if out is None:
             self.sampled_out += 1
@@ -552,6 +601,19 @@ class Pipeline:
             self._taken += len(batch.spans) + len(batch.scores)
             self._send(_Batch(list(batch.spans), list(batch.scores)))
             spool.done(path)
+
+
+def _origin_of(name: str, backend: Backend) -> dict[str, str] | None:
+    """The backend's description of this producing session, written with each batch it spools."""
+    describe = getattr(backend, "origin", None)
+    if not callable(describe):
+        return None
+    try:
+        found = describe()
+    except Exception:
+        log.warning("backend %r: origin() failed; its spooled batches carry none", name, exc_info=True)
+        return None
+    return {str(k): str(v) for k, v in found.items()} if found else None
 
 
 def register_fork_handler(get: Callable[[], Pipeline | None]) -> None:

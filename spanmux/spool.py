@@ -25,6 +25,19 @@ log = logging.getLogger("spanmux.spool")
 class SpooledBatch(msgspec.Struct):
     spans: list[Span]
     scores: list[Score]
+    origin: dict[str, str] | None = None
+    """Who produced the batch, as the backend described itself (``Backend.origin()``), so a batch
+    delivered later, by another process, still lands where its producer meant it to (MLflow's
+    run of that session). Files of spanmux 0.1 have none."""
+
+
+class _SpoolFile(msgspec.Struct):
+    """The on-disk layout of a ``SpooledBatch`` with its records already encoded: the records are
+    encoded once per batch, the small origin once per backend that spools it."""
+
+    spans: msgspec.Raw
+    scores: msgspec.Raw
+    origin: dict[str, str] | None = None
 
 
 def _plain(value: object) -> object:
@@ -43,8 +56,25 @@ def _plain(value: object) -> object:
 _encoder = msgspec.msgpack.Encoder(enc_hook=_plain)
 
 
-def encode_batch(spans: list[Span], scores: list[Score]) -> bytes:
-    return _encoder.encode(SpooledBatch(spans, scores))
+class EncodedRecords(msgspec.Struct, frozen=True):
+    """A batch's spans and scores in their spool encoding, made once for every lane that spools it."""
+
+    spans: bytes
+    scores: bytes
+
+
+def encode_records(spans: list[Span], scores: list[Score]) -> EncodedRecords:
+    return EncodedRecords(_encoder.encode(spans), _encoder.encode(scores))
+
+
+def encode_batch(
+    spans: list[Span], scores: list[Score], origin: dict[str, str] | None = None,
+    records: EncodedRecords | None = None,
+) -> bytes:
+    records = records if records is not None else encode_records(spans, scores)
+    return _encoder.encode(_SpoolFile(msgspec.Raw(records.spans), msgspec.Raw(records.scores), origin))
+
+
 _decoder = msgspec.msgpack.Decoder(SpooledBatch)
 
 
@@ -102,10 +132,13 @@ class Spool:
             return False
         return any(path.name.endswith(self.SUFFIX) for path in self.folder.iterdir())
 
-    def append(self, spans: list[Span], scores: list[Score], encoded: bytes | None = None) -> bool:
-        """Write one batch (``encoded``: its ``encode_batch`` bytes, when already made for another
-        backend's spool); False (and counted as dropped) when the bound is reached."""
-        data = encoded if encoded is not None else encode_batch(spans, scores)
+    def append(
+        self, spans: list[Span], scores: list[Score], records: EncodedRecords | None = None,
+        origin: dict[str, str] | None = None,
+    ) -> bool:
+        """Write one batch (``records``: its encoding, when already made for another backend's
+        spool; ``origin``: its producer); False (and counted as dropped) when the bound is reached."""
+        data = encode_batch(spans, scores, origin, records)
         with self._lock:
             if self.size_bytes() + len(data) > self.max_bytes:
                 self.dropped_spans += len(spans)

@@ -26,6 +26,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     monkeypatch.delenv("SPANMUX_CONFIG", raising=False)
     yield
     runtime.uninstrument()
+    runtime.shutdown(timeout=1.0)  # a backend a test left down is not retried for the default 10 s
     runtime.reset()
 
 

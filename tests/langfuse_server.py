@@ -24,6 +24,7 @@ import gzip
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -256,6 +257,7 @@ class LangfuseContractServer:
         self.spans_received = 0
         self.auth_failures = 0
         self._fail: list[tuple[int, float | None]] = []
+        self._down_until = 0.0  # time.monotonic() before which every request gets a 503
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -289,8 +291,15 @@ class LangfuseContractServer:
         with self.lock:
             self._fail.extend([(status, retry_after)] * count)
 
+    def fail_for(self, seconds: float) -> None:
+        """An outage of ``seconds`` from now: every authenticated request meanwhile gets a 503."""
+        with self.lock:
+            self._down_until = time.monotonic() + seconds
+
     def _take_failure(self) -> tuple[int, float | None] | None:
         with self.lock:
+            if time.monotonic() < self._down_until:
+                return (503, None)
             return self._fail.pop(0) if self._fail else None
 
     # -- reading what arrived

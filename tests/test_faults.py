@@ -205,7 +205,9 @@ def test_wrong_langfuse_key_is_reported_once_and_kept_until_fixed(
                                   langfuse=langfuse_section(langfuse_server, secret_key="sk-lf-WRONG")))
     span_ids, _ = emit_traces(5)
     for _ in range(3):
-        assert spanmux.flush(timeout=30)
+        started = time.monotonic()
+        assert not spanmux.flush(timeout=30)  # not delivered, and retrying cannot fix a wrong key
+        assert time.monotonic() - started < 10
     reports = [r.getMessage() for r in caplog.records if "HTTP 401" in r.getMessage()]
     assert len(reports) == 1 and "not retryable" in reports[0], reports
     assert not langfuse_server.all_observations()
@@ -278,7 +280,7 @@ def test_langfuse_timing_out_keeps_records_and_local_keeps_receiving(
     section = {"public_key": "pk-lf-contract", "secret_key": "sk-lf-contract", "host": silent_server, "timeout": 0.3}
     spanmux.configure(base_config(tmp_path, ["local", "langfuse"], langfuse=section))
     span_ids, _ = emit_traces(20)
-    assert spanmux.flush(timeout=30)
+    assert not spanmux.flush(timeout=1)  # Langfuse never answered: flush says so
     stored, scores = local_counts(tmp_path)
     assert sorted(stored) == sorted(span_ids) and scores == 20
     stats = lane_stats("langfuse")
@@ -343,7 +345,7 @@ def test_100k_spans_while_every_backend_is_down(test_backends: None, tmp_path: P
     gc.collect()
     with RssPeak() as rss:
         down = _per_call_seconds(100_000)
-        assert spanmux.flush(timeout=60)
+        assert not spanmux.flush(timeout=1)  # everything is spooled, nothing delivered
     peak = rss.peak_delta
     ratio = down / normal
     logging.getLogger(__name__).warning(
@@ -377,7 +379,7 @@ KILLED_SCRIPT = """
         with spanmux.span(f"early-{n}") as s:
             pass
         spanmux.score(s.trace_id, "n", n)
-    assert spanmux.flush(30)
+    assert not spanmux.flush(1)  # the backend refuses connections: all of it waits in the spool
     print("spooled", flush=True)
     n = 0
     while True:  # keeps tracing (and retrying the dead backend) until killed
@@ -567,7 +569,7 @@ def test_mlflow_server_stopped_mid_run_then_restarted(tmp_path: Path, monkeypatc
         server.stop()  # the outage: spans keep coming, MLflow is gone
         outage_started = time.monotonic()
         during_spans, during = emit_traces(6, "during")
-        assert spanmux.flush(timeout=30)
+        assert not spanmux.flush(timeout=2)  # MLflow is gone: not delivered, and flush says so
         lane = lane_stats("mlflow")
         assert lane["export_errors"] >= 1 and lane["spool_pending_batches"] >= 1
         waiting_spans, waiting_scores = spooled(tmp_path / "spool" / "mlflow")

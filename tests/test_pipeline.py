@@ -51,13 +51,13 @@ def test_a_failing_backend_never_stops_the_others(tmp_path: Path) -> None:
     p = pipeline(tmp_path, good, bad)
     for _ in range(50):
         p.emit(make_span())
-    assert p.flush(10)
+    assert not p.flush(1)  # the failing backend did not take them: flush says so
     stats = p.stats()["backends"]
     assert len(good.spans) == 50
     assert stats["b1"]["export_errors"] >= 1
     assert stats["b1"]["spooled_spans"] == 50  # kept on disk, not lost
     assert stats["b0"]["exported_spans"] == 50
-    p.shutdown(2)
+    p.shutdown(0.5)
 
 
 def test_a_backend_that_comes_back_gets_everything_exactly_once(tmp_path: Path) -> None:
@@ -79,7 +79,7 @@ def test_spool_is_replayed_by_the_next_process(tmp_path: Path) -> None:
     spans = [make_span() for _ in range(20)]
     for s in spans:
         first.emit(s)
-    first.shutdown(5)
+    first.shutdown(0.5)  # the backend stays down past the exit deadline
     assert list((tmp_path / "spool" / "b0").glob("*.batch")), "undelivered batches must wait on disk"
     back = MemoryBackend()
     second = pipeline(tmp_path, back)
