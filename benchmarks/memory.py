@@ -94,10 +94,10 @@ def memory_backend_down(total: int, spool_mb: int) -> dict[str, Any]:
             if emitted % 100_000 == 0 or emitted == total:
                 samples.append((emitted, now))
         emit_s = time.perf_counter() - started
-        pipeline.flush(5)  # cannot deliver; bounded wait
+        pipeline.flush(0.5)  # cannot deliver: returns False at its deadline
         stats = pipeline.stats()
         spool_bytes = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
-        pipeline.shutdown(5)
+        pipeline.shutdown(0.5)
         end_rss = rss_kb()
         peak = max(peak, end_rss)
     lane = stats.get("backends", {}).get("down", stats.get("lanes", {}).get("down", {}))
