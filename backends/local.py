@@ -456,17 +456,75 @@ class LocalBackend:
             self._conn.close()
 
 
+class StoreReadError(sqlite3.DatabaseError):
+    """The store file exists but cannot be read (permissions, not a database, no spanmux tables)."""
+
+
+def _uri_connect(uri: str, timeout: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file for real
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect_readonly(path: str, timeout: float = 30.0) -> sqlite3.Connection:
+    """A connection that never writes: the CLI reads stores it may not write to.
+
+    ``mode=ro`` reads beside a live writer in WAL mode (it uses the writer's ``-shm`` index). In a
+    read-only folder whose writer closed cleanly there is no ``-shm`` and none can be created, so
+    SQLite refuses even a read-only open; no one can be writing there then, and the file is read
+    as ``immutable``. Raises ``StoreReadError`` with the reason where the file really cannot be read.
+    """
+    file = Path(path)
+    uri = file.absolute().as_uri()
+    try:
+        return _uri_connect(uri + "?mode=ro", timeout)
+    except sqlite3.DatabaseError as exc:
+        first = exc
+    if not os.access(file, os.R_OK):
+        raise StoreReadError(f"cannot read the spanmux store at {path}: permission denied") from None
+    if isinstance(first, sqlite3.OperationalError):
+        try:
+            conn = _uri_connect(uri + "?immutable=1", timeout)
+        except sqlite3.DatabaseError:
+            pass
+        else:
+            wal = Path(f"{path}-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                log.warning("the store %s is read without its write-ahead log (%s is not readable here): the "
+                            "newest records may be missing", path, wal.name)
+            return conn
+    reason = str(first)
+    if "not a database" in reason:
+        reason = "not a SQLite database"
+    raise StoreReadError(f"cannot read the spanmux store at {path}: {reason}") from None
+
+
 class LocalStore:
-    """Read access to a store file (the CLI, the tests, ``spanmux replay``)."""
+    """Read access to a store file (the CLI, the tests, ``spanmux replay``).
+
+    Opened read-only (``connect_readonly``): reading never creates, migrates or locks the file, so
+    it works on a read-only store and beside a program that is writing to it.
+    """
 
     def __init__(self, path: str | Path = DEFAULT_PATH) -> None:
         self.path = str(path)
         if not Path(self.path).exists():
             raise FileNotFoundError(f"no spanmux store at {self.path}")
-        self._conn = _connect(self.path)
+        if Path(self.path).is_dir():
+            raise StoreReadError(f"cannot read the spanmux store at {self.path}: it is a folder")
+        self._conn = connect_readonly(self.path)
         self._conn.row_factory = sqlite3.Row
         _check_schema_version(self._conn, self.path)
-        self._conn.executescript(_SCHEMA)
+        tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"traces", "spans", "scores"} <= tables:
+            self._conn.close()
+            raise StoreReadError(f"cannot read the spanmux store at {self.path}: it holds no spanmux tables"
+                                 " (not a spanmux store, or one still being created)")
 
     def close(self) -> None:
         self._conn.close()
@@ -538,12 +596,19 @@ class LocalStore:
         return _row_to_summary(row) if row else None
 
     def find_trace_id(self, prefix: str) -> str | None:
-        """Resolve an abbreviated trace id (as the CLI shows them)."""
+        """Resolve an abbreviated trace id (as the CLI shows them); None when none or several match."""
+        matches = self.find_trace_ids(prefix, limit=2)
+        return matches[0] if len(matches) == 1 else None
+
+    def find_trace_ids(self, prefix: str, limit: int = 20) -> list[str]:
+        """The ids starting with ``prefix`` (``tr-`` and case ignored), in id order, at most ``limit``:
+        an ambiguous prefix can be shown with its matches instead of as "no trace"."""
         prefix = prefix.lower().removeprefix("tr-")
         rows = self._conn.execute(
-            "SELECT trace_id FROM traces WHERE trace_id >= ? AND trace_id < ? LIMIT 2", (prefix, prefix + "g")
+            "SELECT trace_id FROM traces WHERE trace_id >= ? AND trace_id < ? ORDER BY trace_id LIMIT ?",
+            (prefix, prefix + "g", limit),
         ).fetchall()
-        return rows[0][0] if len(rows) == 1 else None
+        return [row[0] for row in rows]
 
     def get_trace(self, trace_id: str) -> list[Span]:
         """The spans of one trace, parents before children, siblings by start time."""

@@ -24,7 +24,7 @@ from dspy.lm15 import Usage  # noqa: E402
 from dspy.utils import DummyLM  # noqa: E402
 
 import spanmux  # noqa: E402
-from spanmux.cli import print_recent  # noqa: E402
+from spanmux.cli import explore_hint, print_recent  # noqa: E402
 from spanmux.integrations.dspy import Callback  # noqa: E402
 
 # 1. Where traces go: the observability block, here as a dict (a YAML file works the same).
@@ -101,4 +101,5 @@ store = settings.local.path
 print()
 print_recent(store, since_ns=started_ns)  # `spanmux traces`, then `spanmux show ID` for each
 
-print(f"\nStored in {store}. Explore it with: spanmux traces   |   spanmux show <trace id>")
+print()
+print(explore_hint(str(store)))  # `.venv/bin/spanmux traces` unless the venv is activated

@@ -17,7 +17,7 @@ from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.llms import MockLLM
 
 import spanmux
-from spanmux.cli import print_recent
+from spanmux.cli import explore_hint, print_recent
 from spanmux.integrations.llamaindex import instrument
 
 # 1. Where traces go: the observability block, here as a dict (a YAML file works the same).
@@ -70,4 +70,5 @@ store = settings.local.path
 print()
 print_recent(store, since_ns=started_ns)  # `spanmux traces`, then `spanmux show ID` for each
 
-print(f"\nStored in {store}. Explore it with: spanmux traces   |   spanmux show <trace id>")
+print()
+print(explore_hint(str(store)))  # `.venv/bin/spanmux traces` unless the venv is activated

@@ -20,7 +20,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tools import tool
 
 import spanmux
-from spanmux.cli import print_recent
+from spanmux.cli import explore_hint, print_recent
 from spanmux.integrations.langchain import CallbackHandler
 
 # 1. One YAML block says where traces go. agent.yaml is a SuperOptiX-style playbook whose
@@ -87,4 +87,5 @@ store = settings.local.path
 print()
 print_recent(store, since_ns=started_ns)  # `spanmux traces`, then `spanmux show ID` for each
 
-print(f"\nStored in {store}. Explore it with: spanmux traces   |   spanmux show <trace id>")
+print()
+print(explore_hint(str(store)))  # `.venv/bin/spanmux traces` unless the venv is activated

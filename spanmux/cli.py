@@ -5,20 +5,28 @@ Every listing prints a rich table, or JSON with ``--json`` (for scripts and test
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import shlex
+import shutil
+import sqlite3
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import msgspec
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
 from spanmux.errors import ConfigurationError
+from spanmux.model import Status
 
 app = typer.Typer(help="spanmux: traces of your LLM agents, in the observability tool you already use.",
                   no_args_is_help=True, add_completion=False)
@@ -35,12 +43,34 @@ class _LazyConsole:
     def __init__(self, stderr: bool = False) -> None:
         self.stderr = stderr
 
-    def print(self, *objects: Any) -> None:
-        Console(stderr=self.stderr, width=_width(), highlight=False).print(*objects)
+    def print(self, *objects: Any, soft_wrap: bool | None = None) -> None:
+        Console(stderr=self.stderr, width=_width(), highlight=False).print(*objects, soft_wrap=soft_wrap)
 
 
 console = _LazyConsole()
 err_console = _LazyConsole(stderr=True)
+
+
+def _error(message: object, colour: str = "red") -> None:
+    """A message on stderr, printed as written: rich markup would eat ``[mlflow]`` in
+    ``pip install "spanmux[mlflow]"`` (or any bracket in a name or an error)."""
+    err_console.print(f"[{colour}]{escape(str(message))}[/{colour}]", soft_wrap=True)  # a long path stays on its line
+
+
+def _version(value: bool) -> None:
+    if value:
+        from spanmux import __version__  # noqa: PLC0415
+
+        sys.stdout.write(f"spanmux {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
+                                                 help="Print the version and exit.")] = None,
+) -> None:
+    """spanmux: traces of your LLM agents, in the observability tool you already use."""
 
 StoreOption = Annotated[
     str | None, typer.Option("--store", "-s", help="Store file (default: from ./spanmux.yaml or .spanmux/spanmux.db)")
@@ -59,15 +89,50 @@ def _store_path(store: str | None) -> str:
         return ".spanmux/spanmux.db"
 
 
-def _open_store(store: str | None) -> Any:
+@contextmanager
+def _open_store(store: str | None) -> Iterator[Any]:
+    """The store opened read-only, or a one-line error (never a traceback) where it cannot be read."""
     from spanmux.backends.local import LocalStore  # noqa: PLC0415
 
     path = _store_path(store)
     try:
-        return LocalStore(path)
+        db = LocalStore(path)
     except FileNotFoundError:
-        err_console.print(f"[red]no spanmux store at {path}[/red] (run a traced program first, or pass --store)")
+        _error(f"no spanmux store at {path} (run a traced program first, or pass --store)")
         raise typer.Exit(1) from None
+    except sqlite3.Error as exc:  # StoreReadError, StoreSchemaError: their message names the file
+        _error(exc)
+        raise typer.Exit(1) from None
+    try:
+        with db:
+            yield db
+    except sqlite3.Error as exc:
+        _error(f"cannot read the spanmux store at {path}: {exc}")
+        raise typer.Exit(1) from None
+
+
+STATUSES: tuple[str, ...] = get_args(Status)
+_STATUS_SYNONYMS = {"failed": "error", "fail": "error", "failure": "error", "failing": "error", "err": "error",
+                    "errors": "error", "exception": "error", "crashed": "error", "success": "ok",
+                    "succeeded": "ok", "successful": "ok", "passed": "ok", "pass": "ok", "okay": "ok",
+                    "good": "ok"}
+
+
+def did_you_mean(value: str, choices: list[str] | tuple[str, ...], synonyms: dict[str, str] | None = None) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or an empty string."""
+    guess = (synonyms or {}).get(value.lower())
+    if guess is None:
+        close = difflib.get_close_matches(value.lower(), choices, n=1, cutoff=0.6)
+        guess = close[0] if close else None
+    return f" (did you mean {guess!r}?)" if guess else ""
+
+
+def _check_status(status: str | None) -> str | None:
+    """A trace status filter must be one of the statuses the store writes: a typo would list nothing."""
+    if status is None or status in STATUSES:
+        return status
+    raise typer.BadParameter(f"unknown status {status!r}; valid statuses: {', '.join(STATUSES)}"
+                             + did_you_mean(status, STATUSES, _STATUS_SYNONYMS), param_hint="--status")
 
 
 def _print_json(value: Any) -> None:
@@ -122,28 +187,30 @@ def traces(
     as_json: JsonOption = False,
 ) -> None:
     """List the newest traces with duration, tokens and cost."""
+    status = _check_status(status)
     with _open_store(store) as db:
         rows = db.list_traces(limit=limit, since_ns=_parse_since(since), status=status, user_id=user,
                               session_id=session, tag=tag, metadata=_metadata_filters(metadata))
     if as_json:
         _print_json([{**msgspec.to_builtins(r), "duration_ms": r.duration_ms} for r in rows])
         return
-    table = Table(title=f"{len(rows)} newest traces", title_justify="left")
+    title = "newest trace" if len(rows) == 1 else f"{len(rows)} newest traces"
+    table = Table(title=title, title_justify="left")
     for column in ("trace", "started", "name", "status", "spans", "duration", "tokens", "cost", "models", "user"):
         table.add_column(column, overflow="fold")
     for r in rows:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.start_ns / 1e9))
-        status_text = "[green]ok[/green]" if r.status == "ok" else f"[red]{r.status}[/red]"
-        table.add_row(r.trace_id[:12], started, r.name or "-", status_text, str(r.span_count),
+        status_text = "[green]ok[/green]" if r.status == "ok" else f"[red]{escape(r.status)}[/red]"
+        table.add_row(r.trace_id[:12], started, escape(r.name or "-"), status_text, str(r.span_count),
                       _fmt_ms(r.duration_ms), str(r.total_tokens), _fmt_cost(r.cost_total),
-                      ", ".join(r.models) or "-", r.user_id or "-")
+                      escape(", ".join(r.models) or "-"), escape(r.user_id or "-"))
     console.print(table)
 
 
 def _span_label(span: Any) -> str:
-    parts = [f"[bold]{span.name}[/bold]", f"[cyan]{span.kind}[/cyan]", _fmt_ms(span.duration_ms)]
+    parts = [f"[bold]{escape(span.name)}[/bold]", f"[cyan]{escape(span.kind)}[/cyan]", _fmt_ms(span.duration_ms)]
     if span.model is not None and span.model.name:
-        parts.append(f"[magenta]{span.model.name}[/magenta]")
+        parts.append(f"[magenta]{escape(span.model.name)}[/magenta]")
     if span.usage is not None:
         estimate = "~" if span.usage.estimated else ""
         parts.append(f"{estimate}{span.usage.input_tokens}→{span.usage.output_tokens} tok")
@@ -151,7 +218,7 @@ def _span_label(span: Any) -> str:
         parts.append(_fmt_cost(span.cost.total))
     if span.status == "error":
         message = span.error.message if span.error else ""
-        parts.append(f"[red]error: {span.error.type if span.error else ''} {message[:120]}[/red]")
+        parts.append(f"[red]error: {escape(span.error.type if span.error else '')} {escape(message[:120])}[/red]")
     return "  ".join(parts)
 
 
@@ -161,14 +228,19 @@ def show(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show one trace as a tree: kind, duration, model, tokens, cost, errors."""
+    """Show one trace as a tree: kind, duration, model, tokens, cost, errors; its user, session,
+    tags, metadata and scores."""
     with _open_store(store) as db:
-        full_id = db.find_trace_id(trace_id) or trace_id.removeprefix("tr-")
+        matches = db.find_trace_ids(trace_id, limit=_MAX_MATCHES + 1)
+        if len(matches) > 1:
+            summaries = [db.get_trace_summary(m) for m in matches[:_MAX_MATCHES]]
+            _ambiguous(trace_id, matches, summaries)
+        full_id = matches[0] if matches else trace_id.lower().removeprefix("tr-")
         spans = db.get_trace(full_id)
         summary = db.get_trace_summary(full_id)
         scores = db.get_scores(full_id)
     if not spans:
-        err_console.print(f"[red]no trace {trace_id!r} in the store[/red]")
+        _error(f"no trace {trace_id!r} in the store")
         raise typer.Exit(1)
     if as_json:
         _print_json({"trace": summary, "spans": spans, "scores": scores})
@@ -183,8 +255,43 @@ def show(
         parent = nodes.get(span.parent_id, tree) if span.parent_id else tree
         nodes[span.span_id] = parent.add(_span_label(span))
     console.print(tree)
+    if summary is not None:
+        for line in _trace_fields(summary):
+            console.print(line)
     for sc in scores:
-        console.print(f"  score [bold]{sc.name}[/bold] = {sc.value!r} ({sc.source}) {sc.comment or ''}")
+        console.print(f"  score [bold]{escape(sc.name)}[/bold] = {escape(repr(sc.value))} ({escape(sc.source)})"
+                      f" {escape(sc.comment or '')}")
+
+
+_MAX_MATCHES = 20
+
+
+def _ambiguous(prefix: str, matches: list[str], summaries: list[Any]) -> None:
+    """An id prefix shared by several traces: list them (instead of "no trace") and exit 1."""
+    more = "+" if len(matches) > _MAX_MATCHES else ""
+    _error(f"trace id prefix {prefix!r} is ambiguous: {min(len(matches), _MAX_MATCHES)}{more} traces match;"
+           " give more characters", colour="yellow")
+    for full_id, summary in zip(matches, summaries, strict=False):
+        if summary is None:
+            err_console.print(f"  {full_id}")
+            continue
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(summary.start_ns / 1e9))
+        err_console.print(f"  {full_id}  {started}  {escape(summary.name or '-')}  {escape(summary.status)}")
+    if more:
+        err_console.print("  ...")
+    raise typer.Exit(1)
+
+
+def _trace_fields(summary: Any) -> list[str]:
+    """The trace's user, session, tags and metadata, one line each (only those set)."""
+    lines = []
+    for label, value in (("user", summary.user_id), ("session", summary.session_id),
+                         ("tags", ", ".join(summary.tags)),
+                         ("metadata", json.dumps(summary.metadata, ensure_ascii=False, default=repr)
+                          if summary.metadata else "")):
+        if value:
+            lines.append(f"  {label}: {escape(str(value))}")
+    return lines
 
 
 @app.command()
@@ -250,6 +357,7 @@ def stats(
         check_grouping(by)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--by") from None
+    status = _check_status(status)
     filters = {"since_ns": _parse_since(since), "name": name, "status": status, "user_id": user,
                "session_id": session, "tag": tag, "model": model, "metadata": _metadata_filters(metadata)}
     with _open_store(store) as db:
@@ -258,17 +366,29 @@ def stats(
         _print_json({"by": by, "groups": groups})
         return
     score_names = sorted({score for g in groups for score in g.scores})
-    table = Table(title=f"{sum(g.traces for g in groups)} traces by {by}", title_justify="left")
+    total = sum(g.traces for g in groups)
+    table = Table(title=f"{total} trace{'' if total == 1 else 's'} by {by}", title_justify="left")
     for column in ("group", "traces", "errors", "p50", "p95", "llm calls", "tokens (mean)", "cost total",
-                   "cost mean", *score_names):
-        table.add_column(column, overflow="fold")
+                   "cost mean (priced)", *score_names):
+        table.add_column(escape(column), overflow="fold")
     for g in groups:
         table.add_row(
-            g.group, str(g.traces), f"{g.errors} ({g.error_rate:.0%})", _fmt_ms(g.p50_ms), _fmt_ms(g.p95_ms),
-            f"{g.mean_llm_calls:.1f}", f"{g.mean_total_tokens:.1f}", _fmt_cost(g.total_cost), _fmt_cost(g.mean_cost),
-            *(_fmt_score(g.scores[n]) if n in g.scores else "-" for n in score_names),
+            escape(g.group), str(g.traces), f"{g.errors} ({g.error_rate:.0%})", _fmt_ms(g.p50_ms), _fmt_ms(g.p95_ms),
+            f"{g.mean_llm_calls:.1f}", f"{g.mean_total_tokens:.1f}", _fmt_cost(g.total_cost), _fmt_mean_cost(g),
+            *(escape(_fmt_score(g.scores[n])) if n in g.scores else "-" for n in score_names),
         )
     console.print(table)
+    if any(g.priced_traces < g.traces for g in groups):
+        console.print("cost mean divides by the priced traces only; traces whose models have no price"
+                      " (no provider cost, no pricing: entry, not in the price table) are left out of it")
+
+
+def _fmt_mean_cost(group: Any) -> str:
+    """The mean over priced traces, saying over how many when some traces have no price."""
+    text = _fmt_cost(group.mean_cost)
+    if group.priced_traces < group.traces:
+        text += f" ({group.priced_traces} of {group.traces} priced)"
+    return text
 
 
 ConfigOption = Annotated[
@@ -284,7 +404,7 @@ def _load(config: Path | None) -> Any:
     try:
         return load_config(config, known_backends())
     except ConfigurationError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        _error(exc)
         raise typer.Exit(1) from None
 
 
@@ -298,20 +418,49 @@ def _build_backend(loaded: Any, name: str) -> Any:
     return build_backends(only)[0][1]
 
 
-def _export_with_retries(backend: Any, spans: list[Any], scores: list[Any], attempts: int = 5) -> None:
-    """Send one batch; retry what the backend calls retryable, honouring its Retry-After."""
+def _export_with_retries(backend: Any, spans: list[Any], scores: list[Any], attempts: int = 5,
+                         origin: dict[str, str] | None = None, spooled: bool = False) -> None:
+    """Send one batch; retry what the backend calls retryable, honouring its Retry-After. A batch
+    from the target's own spool goes to ``export_spooled`` with the origin it was written with."""
     from spanmux.backend import ExportError  # noqa: PLC0415
 
+    send = getattr(backend, "export_spooled", None) if spooled else None
     delay = 0.5
     for attempt in range(attempts):
         try:
-            backend.export(spans, scores)
+            if send is not None:
+                send(spans, scores, origin)
+            else:
+                backend.export(spans, scores)
             return
         except ExportError as exc:
             if not exc.retryable or attempt == attempts - 1:
                 raise
             time.sleep(exc.retry_after or delay)
             delay = min(delay * 2, 10.0)
+        except Exception as exc:  # a backend bug or a local disk error: one line, not a traceback
+            raise ExportError(f"{type(exc).__name__}: {exc}", retryable=False) from exc
+
+
+def _config_hint(loaded: Any) -> str:
+    """`` -c FILE`` for the commands doctor suggests (nothing for the defaults)."""
+    source = str(loaded.source)
+    return "" if source.startswith("<") else f" -c {shlex.quote(source)}"
+
+
+def _refuse_implicit_mlflow(loaded: Any, to: str) -> None:
+    """``replay --to mlflow`` without a tracking URI would write a new ./mlflow.db nobody looks at:
+    replay is a deliberate copy, so it refuses instead of picking MLflow's default store."""
+    if to != "mlflow":
+        return
+    section = getattr(loaded.settings, "mlflow", None)
+    if getattr(section, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI"):
+        return
+    where = "the file" if str(loaded.source).startswith("<") else str(loaded.source)
+    _error(f"replay --to mlflow: no tracking URI (mlflow.tracking_uri in {where}, or $MLFLOW_TRACKING_URI);"
+           " replay does not fall back to ./mlflow.db. Set one, e.g. http://127.0.0.1:5001, or"
+           " sqlite:///mlflow.db to write that file on purpose")
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -320,34 +469,64 @@ def replay(
     since: Annotated[str | None, typer.Option(help="Only traces newer than 15m, 2h, 7d or an ISO date.")] = None,
     config: ConfigOption = None,
     store: StoreOption = None,
+    from_spool: Annotated[str | None, typer.Option(
+        "--from-spool", metavar="NAME",
+        help="Send what waits in the spool folder NAME (spool_dir/NAME, e.g. a backend no longer configured)"
+             " instead of the store; each batch file is deleted once the target took it.")] = None,
+    spool_dir: Annotated[str | None, typer.Option(
+        "--spool-dir", help="Spool folder (default: spool_dir of the configuration).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Records per export call.")] = 500,
 ) -> None:
-    """Send what the built-in store holds to another backend (switching backend keeps history).
-    Idempotent: backends upsert by span and score id, so replaying twice duplicates nothing."""
-    from spanmux.backend import ExportError  # noqa: PLC0415
-    from spanmux.backends.local import LocalStore  # noqa: PLC0415
+    """Send what the built-in store holds (or, with --from-spool, what waits in a spool) to another
+    backend: switching backend keeps history. Idempotent: backends upsert by span and score id,
+    so replaying twice duplicates nothing."""
     from spanmux.registry import known_backends  # noqa: PLC0415
 
     loaded = _load(config)
     if to not in known_backends():
-        raise typer.BadParameter(f"unknown backend {to!r}; known: {', '.join(sorted(known_backends()))}",
-                                 param_hint="--to")
+        raise typer.BadParameter(f"unknown backend {to!r}; known: {', '.join(sorted(known_backends()))}"
+                                 + did_you_mean(to, sorted(known_backends())), param_hint="--to")
+    if from_spool is not None:
+        if since is not None or store is not None:
+            raise typer.BadParameter("--from-spool sends whole spooled batches: it takes no --since or --store",
+                                     param_hint="--from-spool")
+        folder = _spool_folder(loaded, from_spool, spool_dir)
+        _refuse_implicit_mlflow(loaded, to)
+        _replay_spool(loaded, folder, to)
+        return
     path = store or (str(loaded.settings.local.path) if config else _store_path(None))
     if not Path(path).exists():
-        err_console.print(f"[red]no spanmux store at {path}[/red] (pass --store)")
+        _error(f"no spanmux store at {path} (pass --store)")
         raise typer.Exit(1)
     target_path = getattr(getattr(loaded.settings, to, None), "path", None)
     if to in ("local", "superoptix") and target_path and Path(target_path).resolve() == Path(path).resolve():
         raise typer.BadParameter(f"the {to} backend writes to {path}, the store being replayed", param_hint="--to")
+    _refuse_implicit_mlflow(loaded, to)
+    _replay_store(loaded, path, to, _parse_since(since), batch_size)
+
+
+def _target(loaded: Any, to: str) -> Any:
     try:
-        backend = _build_backend(loaded, to)
+        return _build_backend(loaded, to)
     except ConfigurationError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        _error(exc)
         raise typer.Exit(1) from None
-    since_ns = _parse_since(since)
+
+
+def _close(backend: Any, to: str) -> None:
+    try:
+        backend.shutdown(10.0)
+    except Exception as exc:
+        _error(f"backend {to} did not close cleanly: {exc}", colour="yellow")
+
+
+def _replay_store(loaded: Any, path: str, to: str, since_ns: int | None, batch_size: int) -> None:
+    from spanmux.backend import ExportError  # noqa: PLC0415
+
+    backend = _target(loaded, to)
     sent_spans = sent_scores = 0
     try:
-        with LocalStore(path) as db:
+        with _open_store(path) as db:
             for spans in db.iter_spans(since_ns=since_ns, batch=batch_size):
                 _export_with_retries(backend, spans, [])
                 sent_spans += len(spans)
@@ -363,15 +542,77 @@ def replay(
                 sent_scores += len(scores)
         backend.force_flush(30.0)
     except ExportError as exc:
-        err_console.print(f"[red]replay to {to} stopped after {sent_spans} spans and {sent_scores} scores: {exc}[/red]"
-                          "\nrun it again once the backend answers: nothing is duplicated")
+        _error(f"replay to {to} stopped after {sent_spans} spans and {sent_scores} scores: {exc}"
+               "\nrun it again once the backend answers: nothing is duplicated")
         raise typer.Exit(1) from None
     finally:
-        try:
-            backend.shutdown(10.0)
-        except Exception as exc:
-            err_console.print(f"[yellow]backend {to} did not close cleanly: {exc}[/yellow]")
-    console.print(f"[green]sent[/green] {sent_spans} spans and {sent_scores} scores from {path} to {to}")
+        _close(backend, to)
+    console.print(f"[green]sent[/green] {sent_spans} spans and {sent_scores} scores from {escape(path)} to {to}")
+
+
+def _spool_root(loaded: Any, spool_dir: str | None = None) -> Path:
+    return Path(spool_dir or loaded.settings.spool_dir)
+
+
+def _spool_folders(root: Path) -> list[Path]:
+    """Every spool folder under ``root``, configured or not (a backend removed from ``backends:``
+    leaves its folder behind, with whatever still waited in it)."""
+    try:
+        return sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError:
+        return []
+
+
+def _spool_folder(loaded: Any, name: str, spool_dir: str | None) -> Path:
+    root = _spool_root(loaded, spool_dir)
+    folder = root / name
+    if name in ("", ".", "..") or Path(name).name != name or not folder.is_dir():
+        found = [p.name for p in _spool_folders(root)]
+        listed = f"; spool folders there: {', '.join(found)}" if found else "; there is none"
+        raise typer.BadParameter(f"no spool folder {name!r} in {root}{listed}"
+                                 + did_you_mean(name, found), param_hint="--from-spool")
+    return folder
+
+
+def _replay_spool(loaded: Any, folder: Path, to: str) -> None:
+    """Send a spool's batches oldest first. Each file is claimed (renamed) before sending, as the
+    delivery lanes do, so a running program draining the same spool never sends a batch twice; a
+    file is deleted only once the target took its batch, and put back when sending fails."""
+    from spanmux.backend import ExportError  # noqa: PLC0415
+    from spanmux.spool import Spool  # noqa: PLC0415
+
+    spool = Spool(folder, loaded.settings.spool_max_bytes)
+    backend = _target(loaded, to)
+    own = folder.name == to  # the target's own spool: the origin recorded with each batch applies
+    batches = sent_spans = sent_scores = 0
+    try:
+        spool.recover_orphans()  # batches claimed by a process that died
+        while (claimed := spool.claim_oldest()) is not None:
+            path, batch = claimed
+            try:
+                _export_with_retries(backend, list(batch.spans), list(batch.scores),
+                                     origin=getattr(batch, "origin", None), spooled=own)
+            except BaseException:
+                spool.release(path)
+                raise
+            spool.done(path)
+            batches += 1
+            sent_spans += len(batch.spans)
+            sent_scores += len(batch.scores)
+        backend.force_flush(30.0)
+    except ExportError as exc:
+        _error(f"replay from spool {folder} to {to} stopped after {batches} batches ({sent_spans} spans,"
+               f" {sent_scores} scores): {exc}\nthe rest stays in the spool; run it again once the backend answers")
+        raise typer.Exit(1) from None
+    finally:
+        _close(backend, to)
+    left = spool.describe()
+    tail = ""
+    if left["batches"] or left["claimed"] or left["corrupt"]:
+        tail = (f"; still there: {left['batches']} batches, {left['claimed']} being sent by another process,"
+                f" {left['corrupt']} unreadable")
+    console.print(f"[green]sent[/green] {sent_spans} spans and {sent_scores} scores ({batches} batches) from spool"
+                  f" {escape(str(folder))} to {to}{escape(tail)}")
 
 
 def _doctor_row(loaded: Any, name: str, timeout: float) -> dict[str, Any]:
@@ -402,41 +643,99 @@ def _doctor_row(loaded: Any, name: str, timeout: float) -> dict[str, Any]:
     return row
 
 
+OVERFLOW_SPOOL = "_overflow"
+
+
+def _spool_report(loaded: Any) -> list[dict[str, Any]]:
+    """Every folder under the spool dir with what waits in it and how to deliver it."""
+    from spanmux.spool import Spool  # noqa: PLC0415
+
+    settings = loaded.settings
+    configured = list(settings.backends)
+    cfg = _config_hint(loaded)
+    targets = [b for b in configured if b not in ("local", "superoptix")] or configured
+    out = []
+    for folder in _spool_folders(Path(settings.spool_dir)):
+        name = folder.name
+        waiting = Spool(folder, settings.spool_max_bytes).describe()
+        has_work = bool(waiting["batches"] or waiting["claimed"])
+        if name == OVERFLOW_SPOOL:
+            deliver = (f"{name} (records parked while the queue was full): the next traced run delivers them to"
+                       " every configured backend" if has_work else "nothing waits")
+        elif not has_work:
+            deliver = "nothing waits"
+        elif name in configured:
+            deliver = (f"{name}: sent by the next traced run once it answers, or now: "
+                       f"spanmux replay --from-spool {name} --to {name}{cfg}")
+        else:
+            to = targets[0] if len(targets) == 1 else "BACKEND"
+            choice = "" if len(targets) == 1 else f" (BACKEND: {', '.join(targets) or 'a configured backend'})"
+            deliver = (f"{name} is not in backends: send it elsewhere with "
+                       f"spanmux replay --from-spool {name} --to {to}{cfg}{choice}, or list {name} in backends again")
+        if waiting["corrupt"]:
+            note = f"{waiting['corrupt']} unreadable files (*.corrupt) are never sent"
+            deliver = f"{deliver}; {note}" if has_work else f"{name}: {note}"
+        out.append({"name": name, "folder": str(folder), "configured": name in configured,
+                    **waiting, "deliver": deliver})
+    return out
+
+
 @app.command()
 def doctor(
-    file: Annotated[Path, typer.Argument(help="A YAML file with an observability block.")],
+    file: Annotated[Path | None, typer.Argument(
+        help="A YAML file with an observability block (default: $SPANMUX_CONFIG, else ./spanmux.yaml).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each backend.")] = 5.0,
     as_json: JsonOption = False,
 ) -> None:
     """Configure each backend (sending nothing), check reachability and credentials, show what waits
-    in the spools. Exits 1 when a backend is unreachable, refuses the keys or is misconfigured."""
-    from spanmux.spool import Spool  # noqa: PLC0415
-
+    in every spool folder (configured or not) and how to deliver it. Exits 1 when a backend is
+    unreachable, refuses the keys or is misconfigured."""
     loaded = _load(file)
     settings = loaded.settings
     rows = [_doctor_row(loaded, name, timeout) for name in settings.backends]
-    overflow = Spool(Path(settings.spool_dir) / "_overflow", settings.spool_max_bytes).describe()
+    spools = _spool_report(loaded)
+    overflow = next((s for s in spools if s["name"] == OVERFLOW_SPOOL), None)
+    overflow_counts = {k: (overflow or {}).get(k, 0) for k in ("batches", "bytes", "spans", "scores", "claimed",
+                                                               "corrupt")}
     healthy = all(row["ok"] for row in rows)
     if as_json:
         _print_json({"ok": healthy, "source": loaded.source, "enabled": settings.enabled,
-                     "spool_dir": settings.spool_dir, "backends": rows, "overflow_spool": overflow})
+                     "spool_dir": settings.spool_dir, "backends": rows, "overflow_spool": overflow_counts,
+                     "spools": spools})
     else:
-        table = Table(title=f"{file}: spool in {settings.spool_dir}", title_justify="left")
-        for column in ("backend", "status", "detail", "spooled batches", "spans", "scores", "bytes"):
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            colour = "green" if row["ok"] else "red"
-            spool = row["spool"]
-            table.add_row(row["backend"], f"[{colour}]{row['status']}[/{colour}]", row["detail"],
-                          str(spool["batches"] + spool["claimed"]), str(spool["spans"]), str(spool["scores"]),
-                          str(spool["bytes"]))
-        console.print(table)
-        if overflow["batches"] or overflow["claimed"]:
-            console.print(f"queue overflow spool: {overflow['spans']} spans, {overflow['scores']} scores waiting")
-        if not settings.enabled:
-            console.print("[yellow]tracing is disabled in this file (enabled: false)[/yellow]")
+        _print_doctor(loaded, rows, spools)
     if not healthy:
         raise typer.Exit(1)
+
+
+def _print_doctor(loaded: Any, rows: list[dict[str, Any]], spools: list[dict[str, Any]]) -> None:
+    settings = loaded.settings
+    table = Table(title=escape(f"{loaded.source}: spool in {settings.spool_dir}"), title_justify="left")
+    for column in ("backend", "status", "detail", "spooled batches", "spans", "scores", "bytes"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        colour = "green" if row["ok"] else "red"
+        spool = row["spool"]
+        table.add_row(escape(row["backend"]), f"[{colour}]{escape(row['status'])}[/{colour}]", escape(row["detail"]),
+                      str(spool["batches"] + spool["claimed"]), str(spool["spans"]), str(spool["scores"]),
+                      str(spool["bytes"]))
+    console.print(table)
+    if spools:
+        found = Table(title=escape(f"spool folders in {settings.spool_dir}"), title_justify="left")
+        for column in ("folder", "configured", "batches", "spans", "scores", "bytes", "unreadable"):
+            found.add_column(column, overflow="fold")
+        for spool in spools:
+            found.add_row(escape(spool["name"]), "yes" if spool["configured"] else "no",
+                          str(spool["batches"] + spool["claimed"]), str(spool["spans"]), str(spool["scores"]),
+                          str(spool["bytes"]), str(spool["corrupt"]))
+        console.print(found)
+        for spool in spools:  # on their own lines, so a command can be copied as it is
+            if spool["batches"] or spool["claimed"] or spool["corrupt"]:
+                stranded = not spool["configured"] and spool["name"] != OVERFLOW_SPOOL
+                colour = "yellow" if stranded else "default"
+                console.print(f"[{colour}]{escape(spool['deliver'])}[/{colour}]", soft_wrap=True)
+    if not settings.enabled:
+        console.print("[yellow]tracing is disabled in this file (enabled: false)[/yellow]")
 
 
 def print_recent(store: str, since_ns: int | None = None, limit: int = 10) -> None:
@@ -449,6 +748,34 @@ def print_recent(store: str, since_ns: int | None = None, limit: int = 10) -> No
     app(["traces", "--store", store, "--limit", str(max(1, len(recent)))], standalone_mode=False)
     for trace in reversed(recent):
         app(["show", trace.trace_id, "--store", store], standalone_mode=False)
+
+
+def command_path() -> str:
+    """How to run ``spanmux`` from the current folder, for programs that tell their user: plain
+    ``spanmux`` when that is the one on PATH, else the script installed beside this interpreter
+    (``.venv/bin/spanmux`` for an unactivated venv), else ``python -m spanmux.cli``."""
+    script = Path(sys.executable).parent / ("spanmux.exe" if os.name == "nt" else "spanmux")
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m spanmux.cli"
+    on_path = shutil.which("spanmux")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "spanmux"
+    relative = os.path.relpath(script)
+    if relative.startswith(".."):
+        relative = str(script.absolute())
+    elif os.sep not in relative:
+        relative = os.curdir + os.sep + relative  # a bare name would be looked up on PATH
+    return shlex.quote(relative)
+
+
+def explore_hint(store: str) -> str:
+    """The line the examples end with: commands that work from here, whether or not the venv is
+    activated (``--store`` only when the store is not where the CLI looks by default)."""
+    from spanmux.backends.local import DEFAULT_PATH  # noqa: PLC0415
+
+    command = command_path()
+    option = "" if os.path.normpath(store) == os.path.normpath(DEFAULT_PATH) else f" --store {shlex.quote(store)}"
+    return f"Stored in {store}. Explore it with:  {command} traces{option}   |   {command} show <trace id>{option}"
 
 
 def main() -> None:

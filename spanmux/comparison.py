@@ -40,6 +40,10 @@ class ScoreStats(msgspec.Struct, frozen=True):
 
 
 class GroupStats(msgspec.Struct, frozen=True):
+    """One group's figures. ``mean_cost`` is ``total_cost / priced_traces``: a trace whose models
+    have no price has no cost (not a cost of 0), so it is left out of the mean rather than pulling
+    it down; ``priced_traces < traces`` says how many were left out."""
+
     group: str
     traces: int
     errors: int

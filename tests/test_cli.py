@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import TracedStore
@@ -13,6 +18,11 @@ from spanmux.cli import app
 
 runner = CliRunner()
 CONFIGS = Path(__file__).parent / "configs"
+
+
+def flat(output: str) -> str:
+    """CLI output with rich's panel borders and line wrapping taken out, for substring checks."""
+    return " ".join(re.sub("[│╭╮╰╯─]", " ", output).split())
 
 
 def seed(traced: TracedStore) -> str:
@@ -79,3 +89,97 @@ def test_schema_prints_the_committed_json_schema() -> None:
     result = runner.invoke(app, ["schema"])
     assert result.exit_code == 0
     assert json.loads(result.stdout)["title"] == "spanmux observability block"
+
+
+def test_status_filter_typo_names_the_valid_statuses(traced: TracedStore) -> None:
+    seed(traced)
+    store = ["--store", str(traced.path)]
+    result = runner.invoke(app, ["traces", *store, "--status", "failed"])
+    assert result.exit_code == 2  # a usage error, not an empty listing
+    assert "valid statuses: ok, error" in flat(result.output) and "did you mean 'error'" in flat(result.output)
+    typo = runner.invoke(app, ["stats", *store, "--status", "eror"])
+    assert typo.exit_code == 2 and "did you mean 'error'" in flat(typo.output)
+    ok = runner.invoke(app, ["traces", *store, "--status", "ok", "--json"])
+    assert ok.exit_code == 0 and len(json.loads(ok.stdout)) == 1
+
+
+def many_traces(traced: TracedStore, count: int = 17) -> list[str]:
+    ids = []
+    for n in range(count):
+        with spanmux.span(f"job-{n}") as s:
+            pass
+        ids.append(s.trace_id)
+    traced.flush()
+    return ids
+
+
+def test_ambiguous_id_prefix_lists_the_matching_traces(traced: TracedStore) -> None:
+    ids = many_traces(traced)  # 17 ids, 16 hex digits: two share their first digit
+    first = next(c for c in "0123456789abcdef" if sum(i.startswith(c) for i in ids) >= 2)
+    matching = sorted(i for i in ids if i.startswith(first))
+    result = runner.invoke(app, ["show", first, "--store", str(traced.path)])
+    assert result.exit_code == 1
+    assert "ambiguous" in result.output and "no trace" not in result.output
+    for trace_id in matching:
+        assert trace_id in result.output
+    unique = runner.invoke(app, ["show", f"tr-{matching[0][:20]}", "--store", str(traced.path)])
+    assert unique.exit_code == 0 and matching[0] in unique.output
+
+
+def test_show_prints_user_session_tags_and_metadata(traced: TracedStore) -> None:
+    with spanmux.trace_context(user_id="alice", session_id="sess-42", tags=["prod", "beta"],
+                               metadata={"variant": "B", "region": "eu"}):
+        with spanmux.span("agent[v2]", kind="agent") as root:  # brackets are not rich markup
+            pass
+    traced.flush()
+    result = runner.invoke(app, ["show", root.trace_id, "--store", str(traced.path)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "agent[v2]" in out
+    assert "user: alice" in out and "session: sess-42" in out and "tags: prod, beta" in out
+    assert '"variant": "B"' in out and '"region": "eu"' in out
+
+
+def test_version_option() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"spanmux {spanmux.__version__}"
+
+
+def test_listing_titles_agree_in_number(traced: TracedStore) -> None:
+    seed(traced)
+    store = ["--store", str(traced.path)]
+    listing = runner.invoke(app, ["traces", *store])
+    assert "newest trace" in listing.output and "1 newest traces" not in listing.output
+    stats = runner.invoke(app, ["stats", *store])
+    assert "1 trace by model" in stats.output
+
+
+def test_stats_says_the_mean_cost_is_over_priced_traces_only(traced: TracedStore) -> None:
+    for model in ("gpt-4o-mini", "house-model-without-a-price"):
+        with spanmux.span("agent", kind="agent"), spanmux.span("llm", kind="llm", model=model) as llm:
+            llm.set_usage(input_tokens=1000, output_tokens=100)
+    traced.flush()
+    result = runner.invoke(app, ["stats", "--by", "name", "--store", str(traced.path)])
+    assert result.exit_code == 0, result.output
+    assert "cost mean (priced)" in result.output and "1 of 2 priced" in result.output
+    assert "divides by the priced traces only" in result.output
+    (group,) = json.loads(runner.invoke(app, ["stats", "--by", "name", "--store", str(traced.path),
+                                              "--json"]).stdout)["groups"]
+    assert group["priced_traces"] == 1 and group["mean_cost"] == group["total_cost"]
+
+
+def test_example_ends_with_a_spanmux_command_that_works(tmp_path: Path) -> None:
+    """The venv is not activated: the path the example prints must run as printed."""
+    example = Path(__file__).resolve().parent.parent / "examples" / "quickstart.py"
+    env = {**os.environ, "PATH": os.defpath}
+    done = subprocess.run([sys.executable, str(example)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert "Explore it with:" in last, last
+    command = last.split("Explore it with:", 1)[1].split("|")[0].strip()
+    assert command.endswith(" traces"), command
+    listed = subprocess.run(shlex.split(command), cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert "newest traces" in listed.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ def test_wrong_keys_and_spooled_records_are_shown(langfuse_server: Any, tmp_path
         with spanmux.span(f"job-{n}") as s:
             pass
         s.score("ok", True)
-    assert spanmux.flush(10)
+    spanmux.flush(10)  # langfuse refuses the key: flush reports not everything was delivered
     spanmux.shutdown(5)  # the three spans and scores now wait in the langfuse spool
 
     result = runner.invoke(app, ["doctor", str(config), "--json"])
@@ -100,3 +101,56 @@ def test_mlflow_server_is_checked(mlflow_server: str, tmp_path: Path) -> None:
     code, report = doctor(config)
     assert code == 0, report
     assert report["backends"][0]["status"] == "ok" and mlflow_server in report["backends"][0]["detail"]
+
+
+def spool_langfuse_records(langfuse_server: Any, tmp_path: Path, count: int = 3) -> None:
+    """Run a program whose Langfuse refuses the key: its records wait in spool/langfuse."""
+    config = write_config(tmp_path, ["local", "langfuse"],
+                          langfuse=langfuse(langfuse_server, secret_key="sk-lf-BAD"), flush_interval=0.05)
+    spanmux.configure(config)
+    for n in range(count):
+        with spanmux.span(f"job-{n}") as s:
+            pass
+        s.score("ok", True)
+    spanmux.flush(5)
+    spanmux.shutdown(5)
+
+
+def test_spool_of_a_backend_no_longer_configured_is_listed_with_how_to_deliver_it(
+        langfuse_server: Any, tmp_path: Path) -> None:
+    spool_langfuse_records(langfuse_server, tmp_path)
+    # the user switched away from Langfuse: it is gone from backends (and from the file)
+    config = write_config(tmp_path, ["local"])
+    code, report = doctor(config)
+    assert code == 0, report  # every configured backend is fine; the stranded records are reported
+    spools = {s["name"]: s for s in report["spools"]}
+    stranded = spools["langfuse"]
+    assert stranded["configured"] is False
+    assert stranded["spans"] == 3 and stranded["scores"] == 3 and stranded["batches"] >= 1
+    assert stranded["folder"] == str(tmp_path / "spool" / "langfuse")
+    assert "not in backends" in stranded["deliver"]
+    assert f"spanmux replay --from-spool langfuse --to local -c {config}" in stranded["deliver"]
+    table = runner.invoke(app, ["doctor", str(config)])
+    assert table.exit_code == 0
+    text = " ".join(table.output.replace("│", " ").split())
+    assert "spool folders in" in text and "langfuse" in text and "--from-spool langfuse" in text
+
+
+def test_doctor_without_a_file_reads_spanmux_yaml(tmp_path: Path) -> None:
+    write_config(tmp_path, ["local"]).rename(tmp_path / "spanmux.yaml")  # tests run in tmp_path
+    result = runner.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["source"] == "spanmux.yaml" and report["spool_dir"] == str(tmp_path / "spool")
+
+
+def test_a_missing_sdk_is_reported_with_the_install_command_and_its_extra(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if spanmux was installed without [mlflow]
+    config = write_config(tmp_path, ["local", "mlflow"], mlflow={"tracking_uri": "http://127.0.0.1:5001"})
+    result = runner.invoke(app, ["doctor", str(config)])
+    assert result.exit_code == 1
+    assert '"spanmux[mlflow]"' in result.output  # rich markup used to eat "[mlflow]"
+    code, report = doctor(config)
+    (row,) = [r for r in report["backends"] if r["backend"] == "mlflow"]
+    assert row["status"] == "misconfigured" and 'pip install "spanmux[mlflow]"' in row["detail"]

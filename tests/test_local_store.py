@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -182,3 +184,124 @@ def test_a_store_of_another_schema_version_is_refused_with_a_clear_message(tmp_p
         LocalBackend(LocalConfig(path=str(path)))
     with pytest.raises(StoreSchemaError, match="move the file away"):
         LocalStore(path)
+
+
+DROP_DAC = "-dac_override,-dac_read_search,-fowner"
+
+
+def unprivileged(command: list[str]) -> list[str]:
+    """``command`` as a process that file permissions apply to: root reads and writes anything, so
+    as root it runs without the capabilities that bypass them (setpriv)."""
+    if os.geteuid() != 0:
+        return command
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: file permissions cannot be enforced")
+    return [setpriv, "--bounding-set", DROP_DAC, "--inh-caps", DROP_DAC, *command]
+
+
+def skip_unless_denied(command: list[str]) -> None:
+    if subprocess.run(unprivileged(command), check=False, capture_output=True).returncode == 0:
+        pytest.skip("this environment ignores file permissions")
+
+
+def run_reader(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = unprivileged([sys.executable, "-m", "spanmux.cli", *args])
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def seed_store(folder: Path) -> tuple[Path, str]:
+    """A store with one scored trace, written and closed cleanly (no -wal/-shm left)."""
+    path = folder / "spanmux.db"
+    spanmux.configure({"local": {"path": str(path)}, "spool_dir": str(folder.parent / "spool"),
+                       "flush_interval": 0.05})
+    with spanmux.trace_context(user_id="alice"), spanmux.span("agent", kind="agent") as root:
+        with spanmux.span("llm", kind="llm", model="gpt-4o-mini") as llm:
+            llm.set_usage(input_tokens=10, output_tokens=5)
+    spanmux.score(root.trace_id, "quality", 0.5)
+    assert spanmux.flush(30)
+    spanmux.shutdown(5)
+    assert not Path(f"{path}-wal").exists()
+    return path, root.trace_id
+
+
+@pytest.mark.parametrize("read_only", ["folder", "folder and file"])
+def test_read_commands_work_on_a_read_only_store(tmp_path: Path, read_only: str) -> None:
+    folder = tmp_path / "store"
+    folder.mkdir()
+    path, trace_id = seed_store(folder)
+    if "file" in read_only:
+        path.chmod(0o444)
+    folder.chmod(0o555)
+    try:
+        skip_unless_denied(["touch", str(folder / "probe")])
+        store = ["--store", str(path)]
+        listing = run_reader(["traces", *store, "--json"], tmp_path)
+        assert listing.returncode == 0, listing.stderr
+        assert [row["trace_id"] for row in json.loads(listing.stdout)] == [trace_id]
+        shown = run_reader(["show", trace_id[:8], *store], tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert "llm" in shown.stdout and "quality" in shown.stdout and "user: alice" in shown.stdout
+        stats = run_reader(["stats", *store, "--json"], tmp_path)
+        assert stats.returncode == 0, stats.stderr
+        assert json.loads(stats.stdout)["groups"][0]["traces"] == 1
+        assert sorted(p.name for p in folder.iterdir()) == ["spanmux.db"]  # nothing created, nothing changed
+    finally:
+        folder.chmod(0o755)
+        path.chmod(0o644)
+
+
+def test_an_unreadable_store_is_a_one_line_error(tmp_path: Path) -> None:
+    folder = tmp_path / "store"
+    folder.mkdir()
+    path, _ = seed_store(folder)
+    path.chmod(0o000)
+    try:
+        skip_unless_denied(["cat", str(path)])
+        for command in ("traces", "stats"):
+            result = run_reader([command, "--store", str(path)], tmp_path)
+            assert result.returncode == 1
+            assert result.stderr.strip() == f"cannot read the spanmux store at {path}: permission denied"
+    finally:
+        path.chmod(0o644)
+    garbage = tmp_path / "notes.db"
+    garbage.write_text("not a database, just notes\n" * 100)
+    result = run_reader(["traces", "--store", str(garbage)], tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"cannot read the spanmux store at {garbage}: not a SQLite database"
+
+
+def test_reader_is_read_only_and_follows_a_live_writer(tmp_path: Path) -> None:
+    """The CLI reads while a program writes (WAL): it sees each committed batch, never blocks the
+    writer, and its connection cannot write."""
+    db = tmp_path / "live.db"
+    script = tmp_path / "writer.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        import spanmux
+        spanmux.configure({{"local": {{"path": {str(db)!r}}}, "flush_interval": 0.01}})
+        for line in sys.stdin:              # one trace per line the test sends, then acknowledge
+            with spanmux.span("job"):
+                pass
+            assert spanmux.flush(30)
+            print("written", flush=True)
+        spanmux.shutdown(5)
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    writer = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert writer.stdin is not None and writer.stdout is not None
+    try:
+        for expected in range(1, 6):
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            assert writer.stdout.readline().strip() == "written"
+            with LocalStore(db) as store:  # opened while the writer holds the file open
+                assert len(store.list_traces(limit=100)) == expected
+                with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                    store._conn.execute("DELETE FROM traces")
+    finally:
+        writer.stdin.close()
+        assert writer.wait(60) == 0
+    with LocalStore(db) as store:
+        assert len(store.list_traces(limit=100)) == 5

@@ -37,10 +37,13 @@ def test_builtin_backends_are_registered_as_entry_points() -> None:
 
 @pytest.mark.skipif(os.environ.get("SPANMUX_SKIP_WHEEL") == "1", reason="wheel build disabled")
 def test_wheel_contains_every_module_and_imports_them(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(tmp_path), str(ROOT)], check=True, capture_output=True, text=True)
+    assert "license" not in (built.stdout + built.stderr).lower()  # SPDX form: no setuptools deprecation warnings
     (wheel,) = tmp_path.glob("spanmux-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: Apache-2.0" in metadata
     expected = {f"spanmux/{p.relative_to(ROOT / 'spanmux')}" for p in (ROOT / "spanmux").glob("*.py")}
     for folder in ("integrations", "backends", "config_schemas"):
         expected |= {f"spanmux/{folder}/{p.name}" for p in (ROOT / folder).glob("*.py")}

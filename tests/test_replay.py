@@ -3,6 +3,10 @@ without duplicates (backends upsert by span and score id)."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ from typer.testing import CliRunner
 import spanmux
 from spanmux.backends.local import LocalStore
 from spanmux.cli import app
+from spanmux.model import Span, make_score
 
 runner = CliRunner()
 TRACES = "/api/public/otel/v1/traces"
@@ -38,8 +43,8 @@ def seed(traced: TracedStore, count: int = 12) -> tuple[list[str], list[str]]:
 
 def write_config(tmp_path: Path, **sections: Any) -> Path:
     path = tmp_path / "agent.yaml"
-    path.write_text(yaml.safe_dump({"observability": {"backends": ["local"], "spool_dir": str(tmp_path / "sp"),
-                                                      **sections}}))
+    block = {"backends": ["local"], "spool_dir": str(tmp_path / "sp"), **sections}
+    path.write_text(yaml.safe_dump({"observability": block}))
     return path
 
 
@@ -117,3 +122,121 @@ def test_replay_with_wrong_keys_fails_clearly_then_succeeds(traced: TracedStore,
     assert ok.exit_code == 0, ok.output
     assert sorted(o.span_id for o in langfuse_server.all_observations()) == sorted(span_ids)
     assert langfuse_server.statuses(TRACES).count(503) == 2
+
+
+def langfuse_section(server: Any, secret_key: str | None = None) -> dict[str, Any]:
+    return {"public_key": server.public_key, "secret_key": secret_key or server.secret_key, "host": server.url}
+
+
+def strand_in_langfuse_spool(server: Any, tmp_path: Path, count: int = 4) -> tuple[list[str], list[str]]:
+    """A program ran with Langfuse refusing its key: (span ids, trace ids) wait in sp/langfuse."""
+    config = write_config(tmp_path, backends=["langfuse"], langfuse=langfuse_section(server, "sk-lf-BAD"),
+                          flush_interval=0.05)
+    spanmux.configure(config)
+    span_ids, trace_ids = [], []
+    for n in range(count):
+        with spanmux.span(f"agent-{n}", kind="agent") as root, spanmux.span("llm", kind="llm",
+                                                                            model="gpt-4o-mini") as llm:
+            llm.set_usage(input_tokens=10, output_tokens=n)
+        root.score("quality", n / 10)
+        span_ids += [root.span_id, llm.span_id]
+        trace_ids.append(root.trace_id)
+    spanmux.flush(5)
+    spanmux.shutdown(5)
+    return span_ids, trace_ids
+
+
+def spool_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_replay_from_the_spool_of_a_removed_backend_to_another(langfuse_server: Any, tmp_path: Path) -> None:
+    span_ids, trace_ids = strand_in_langfuse_spool(langfuse_server, tmp_path)
+    folder = tmp_path / "sp" / "langfuse"
+    assert any(name.endswith(".batch") for name in spool_files(folder))
+    target = tmp_path / "elsewhere.db"
+    config = write_config(tmp_path, local={"path": str(target)})  # langfuse is gone from the file
+    result = replay("--from-spool", "langfuse", "--to", "local", "--config", str(config))
+    assert result.exit_code == 0, result.output
+    assert "sent 8 spans and 4 scores" in result.output
+    assert spool_files(folder) == []  # each file deleted once the target took it
+    with LocalStore(target) as db:
+        assert sorted(t.trace_id for t in db.list_traces(limit=100)) == sorted(trace_ids)
+        assert db.count_spans() == len(span_ids) and len(db.get_scores()) == 4
+    again = replay("--from-spool", "langfuse", "--to", "local", "--config", str(config))
+    assert again.exit_code == 0 and "sent 0 spans and 0 scores" in again.output
+
+
+def test_replay_from_spool_to_mlflow(langfuse_server: Any, mlflow_server: str, tmp_path: Path) -> None:
+    from mlflow.tracing.client import TracingClient
+
+    span_ids, trace_ids = strand_in_langfuse_spool(langfuse_server, tmp_path, count=2)
+    config = write_config(tmp_path, backends=["mlflow"],
+                          mlflow={"tracking_uri": mlflow_server, "experiment_name": f"from-spool-{tmp_path.name}"})
+    result = replay("--from-spool", "langfuse", "--to", "mlflow", "-c", str(config))
+    assert result.exit_code == 0, result.output
+    assert spool_files(tmp_path / "sp" / "langfuse") == []
+    for trace_id in trace_ids:
+        trace = TracingClient(mlflow_server).get_trace(f"tr-{trace_id}")
+        assert len(trace.data.spans) == 2
+        assert [a.name for a in trace.info.assessments] == ["quality"]
+
+
+def test_replay_from_spool_keeps_every_file_the_target_refuses(langfuse_server: Any, tmp_path: Path) -> None:
+    span_ids, _ = strand_in_langfuse_spool(langfuse_server, tmp_path)
+    folder = tmp_path / "sp" / "langfuse"
+    waiting = spool_files(folder)
+    still_bad = write_config(tmp_path, backends=["local"], langfuse=langfuse_section(langfuse_server, "sk-lf-BAD"))
+    failed = replay("--from-spool", "langfuse", "--to", "langfuse", "-c", str(still_bad))
+    assert failed.exit_code == 1 and "HTTP 401" in failed.output and "stays in the spool" in failed.output
+    assert spool_files(folder) == waiting  # released under their own names, nothing deleted or left claimed
+    fixed = write_config(tmp_path, backends=["local"], langfuse=langfuse_section(langfuse_server))
+    ok = replay("--from-spool", "langfuse", "--to", "langfuse", "-c", str(fixed))
+    assert ok.exit_code == 0, ok.output
+    assert sorted(o.span_id for o in langfuse_server.all_observations()) == sorted(span_ids)
+    assert spool_files(folder) == []
+
+
+def test_concurrent_replays_of_one_spool_send_each_batch_once(langfuse_server: Any, tmp_path: Path) -> None:
+    from spanmux.model import new_span_id, new_trace_id
+    from spanmux.spool import Spool
+
+    folder = tmp_path / "sp" / "langfuse"
+    spool = Spool(folder, 1 << 30)
+    for n in range(60):
+        trace_id = new_trace_id()
+        spans = [Span(trace_id=trace_id, span_id=new_span_id(), parent_id=None, name=f"job-{n}", kind="chain",
+                      framework="manual", start_ns=1_700_000_000_000_000_000 + n, end_ns=1_700_000_000_100_000_000)]
+        assert spool.append(spans, [make_score(trace_id, "ok", True)])
+    config = write_config(tmp_path, backends=["local"], langfuse=langfuse_section(langfuse_server))
+    command = [sys.executable, "-m", "spanmux.cli", "replay", "--from-spool", "langfuse", "--to", "langfuse",
+               "-c", str(config)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    sent = sum(int(re.search(r"sent (\d+) spans", out).group(1)) for out, _ in outputs)  # type: ignore[union-attr]
+    assert sent == 60 and langfuse_server.spans_received == 60  # no batch sent twice, none lost
+    assert len(langfuse_server.all_scores()) == 60
+    assert spool_files(folder) == []
+
+
+def test_replay_from_spool_names_the_folders_that_exist(langfuse_server: Any, tmp_path: Path) -> None:
+    strand_in_langfuse_spool(langfuse_server, tmp_path, count=1)
+    config = write_config(tmp_path)
+    result = replay("--from-spool", "langfus", "--to", "local", "-c", str(config))
+    assert result.exit_code == 2
+    text = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())
+    assert "no spool folder 'langfus'" in text and "langfuse" in text and "did you mean 'langfuse'" in text
+
+
+def test_replay_to_mlflow_without_a_tracking_uri_refuses(traced: TracedStore, tmp_path: Path,
+                                                         monkeypatch: Any) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    seed(traced, count=1)
+    config = write_config(tmp_path)
+    result = replay("--to", "mlflow", "--config", str(config), "--store", str(traced.path))
+    assert result.exit_code == 1
+    assert "no tracking URI" in result.output and "MLFLOW_TRACKING_URI" in result.output
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
