@@ -81,6 +81,10 @@ _PROVIDERS = (("azure", "azure"), ("openai", "openai"), ("anthropic", "anthropic
               ("groq", "groq"), ("cohere", "cohere"), ("deepseek", "deepseek"), ("ollama", "ollama"),
               ("together", "together"), ("fireworks", "fireworks"), ("xai", "x-ai"))
 _UNKNOWN_MODEL = ("", "unknown", None)
+_CONTENT_TAGS = frozenset({"llamaindex.step.input_summary"})
+"""Instrument tags that hold content: a workflow step's input event, repeated on every span the
+step starts. The step's span has that event as its input already (dropped with the input when
+``capture_content`` is false); as metadata it would survive on every span below it."""
 _CLOSED_MEMORY = 4096
 _STREAM_MEMORY = 1024
 
@@ -393,7 +397,9 @@ class LlamaIndexTracer:
                 record.set_attribute(GEN_AI_TOOL_NAME, name)
             self._nest_in_wrapper(record)
             if tags:
-                record.set_attribute(METADATA, dict(tags))
+                kept = {k: v for k, v in tags.items() if k not in _CONTENT_TAGS}
+                if kept:
+                    record.set_attribute(METADATA, kept)
             record.li_id = li_id
             with self.lock:
                 self.open[li_id] = record
