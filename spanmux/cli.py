@@ -67,8 +67,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
-                                                 help="Print the version and exit.")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
     """spanmux: traces of your LLM agents, in the observability tool you already use."""
 
@@ -228,8 +228,10 @@ def show(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show one trace as a tree: kind, duration, model, tokens, cost, errors; its user, session,
-    tags, metadata and scores."""
+    """Show one trace as a tree: kind, duration, model, tokens, cost, errors, scores.
+
+    Also prints the trace's user, session, tags and metadata. An id prefix that several traces share
+    lists them."""
     with _open_store(store) as db:
         matches = db.find_trace_ids(trace_id, limit=_MAX_MATCHES + 1)
         if len(matches) > 1:
@@ -477,9 +479,10 @@ def replay(
         "--spool-dir", help="Spool folder (default: spool_dir of the configuration).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Records per export call.")] = 500,
 ) -> None:
-    """Send what the built-in store holds (or, with --from-spool, what waits in a spool) to another
-    backend: switching backend keeps history. Idempotent: backends upsert by span and score id,
-    so replaying twice duplicates nothing."""
+    """Send the built-in store's history (or a spool, with --from-spool) to a backend.
+
+    Switching backend keeps history. Idempotent: backends upsert by span and score id, so replaying
+    twice duplicates nothing."""
     from spanmux.registry import known_backends  # noqa: PLC0415
 
     loaded = _load(config)
@@ -687,9 +690,11 @@ def doctor(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each backend.")] = 5.0,
     as_json: JsonOption = False,
 ) -> None:
-    """Configure each backend (sending nothing), check reachability and credentials, show what waits
-    in every spool folder (configured or not) and how to deliver it. Exits 1 when a backend is
-    unreachable, refuses the keys or is misconfigured."""
+    """Check each backend's reachability and keys, and what waits in every spool folder.
+
+    Configures each backend (sending nothing), lists every folder under spool_dir (configured or
+    not) with the command that delivers it. Exits 1 when a backend is unreachable, refuses the keys
+    or is misconfigured."""
     loaded = _load(file)
     settings = loaded.settings
     rows = [_doctor_row(loaded, name, timeout) for name in settings.backends]
