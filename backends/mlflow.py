@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from spanmux.backend import BackendSetupError, ExportError
 from spanmux.config_schemas.observability import MlflowConfig
 from spanmux.model import Score, Span
+from spanmux.usage import is_model_call
 
 log = logging.getLogger("spanmux.backends.mlflow")
 
@@ -156,7 +157,7 @@ class _TraceStats:
             usage.output_tokens if usage else 0,
             usage.total_tokens if usage else 0,
             cost.total if cost else 0.0,
-            span.kind == "llm",
+            is_model_call(span),  # a delegating wrapper (LlamaIndex predict over complete) is no call
         )
         if span.parent_id is None:
             self.root = span
