@@ -5,7 +5,9 @@ parents), models, token totals, streaming timing, errors and nesting with manual
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,7 +39,7 @@ from llama_index.core.workflow import StartEvent, StopEvent, Workflow, step  # n
 import spanmux  # noqa: E402
 from spanmux import attributes as attr  # noqa: E402
 from spanmux.integrations import llamaindex as li  # noqa: E402
-from spanmux.model import Span  # noqa: E402
+from spanmux.model import Span, new_span_id  # noqa: E402
 
 MODEL = "gpt-4o-mini"
 rerank_dispatcher = get_dispatcher(__name__)
@@ -585,21 +587,26 @@ class CompletionLLM(UsageLLM):
         return LLMMetadata(model_name=self.model, num_output=64, is_chat_model=False)
 
 
-def _store_and_langfuse(server: LangfuseContractServer, tmp_path: Any) -> TracedStore:
+def _store_and_langfuse(server: LangfuseContractServer, tmp_path: Any, mlflow_uri: str | None = None,
+                        ) -> TracedStore:
     path = tmp_path / "store" / "spanmux.db"
-    spanmux.configure({
+    config: dict[str, Any] = {
         "backends": ["local", "langfuse"],
         "local": {"path": str(path)},
         "langfuse": {"public_key": server.public_key, "secret_key": server.secret_key, "host": server.url},
         "spool_dir": str(tmp_path / "spool"),
         "flush_interval": 0.05,
-    })
+    }
+    if mlflow_uri is not None:
+        config["backends"].append("mlflow")
+        config["mlflow"] = {"tracking_uri": mlflow_uri, "experiment_name": f"wrappers-{new_span_id()}"}
+    spanmux.configure(config)
     return TracedStore(path)
 
 
-def test_predict_over_complete_is_one_model_call_in_store_stats_and_langfuse(
-        langfuse_server: LangfuseContractServer, tmp_path: Any, instrumented: Any) -> None:
-    store = _store_and_langfuse(langfuse_server, tmp_path)
+def test_predict_over_complete_is_one_model_call_in_store_stats_and_every_backend(
+        langfuse_server: LangfuseContractServer, mlflow_server: str, tmp_path: Any, instrumented: Any) -> None:
+    store = _store_and_langfuse(langfuse_server, tmp_path, mlflow_server)
     llm = CompletionLLM()
     assert llm.predict(PromptTemplate("Capital of {country}?"), country="France") == "Paris."
 
@@ -624,6 +631,23 @@ def test_predict_over_complete_is_one_model_call_in_store_stats_and_langfuse(
     assert wrapper.type == "span" and wrapper.usage is None and wrapper.cost is None
     assert wrapper.metadata()["kind"] == "llm"
     assert sum(o.cost["total"] for o in generations) == pytest.approx(summary.cost_total)
+
+    from mlflow.tracing.client import TracingClient  # noqa: PLC0415
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415
+
+    experiment = spanmux.runtime.settings().mlflow.experiment_name  # type: ignore[union-attr]
+    spanmux.shutdown()
+    trace = TracingClient(mlflow_server).get_trace(f"tr-{complete.trace_id}")
+    (mlflow_wrapper,) = [s for s in trace.data.spans if s.name == "CompletionLLM.predict"]
+    assert mlflow_wrapper.attributes[attr.DELEGATES] is True
+    assert "mlflow.chat.tokenUsage" not in mlflow_wrapper.attributes
+    assert trace.info.token_usage["total_tokens"] == 18
+    client = MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "spanmux/traces.json", str(tmp_path)))
+                       .read_text())
+    (row,) = [dict(zip(table["columns"], r, strict=True)) for r in table["data"]]
+    assert row["llm_calls"] == 1
 
 
 async def test_wrappers_across_a_chain_delegate_too(traced: TracedStore, instrumented: Any) -> None:
