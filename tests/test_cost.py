@@ -102,6 +102,28 @@ def test_unknown_and_local_models_get_no_cost_and_are_counted() -> None:
     assert stats["priced"] == {"provider": 0, "config": 0, "price-table": 0}
 
 
+def test_response_model_priced_first_then_the_requested_one(traced: TracedStore) -> None:
+    """The worker's one rule: ``model.name`` is the response model; a response name the table does
+    not know (an Azure deployment, a router) is priced under the requested model."""
+    usage = usage_of(input_tokens=1000, output_tokens=100)
+    with spanmux.span("agent", kind="agent") as root:
+        for request, response in (("gpt-4o-mini", "gpt-4o-mini-2024-07-18"), ("gpt-4o-mini", "my-azure-deployment"),
+                                  ("my-router", "also-unknown")):
+            runtime.emit(Span(
+                trace_id=root.trace_id, span_id=new_span_id(), parent_id=root.span_id, name=response, kind="llm",
+                framework="manual", start_ns=root.start_ns, end_ns=root.start_ns + 1, usage=usage,
+                model=spanmux.ModelInfo(request, "openai"),
+                attributes={"gen_ai.request.model": request, "gen_ai.response.model": response}))
+    spans = {s.name: s for s in traced.only_trace()}
+    dated, deployment, unknown = spans["gpt-4o-mini-2024-07-18"], spans["my-azure-deployment"], spans["also-unknown"]
+    assert dated.model.name == "gpt-4o-mini-2024-07-18" and deployment.model.name == "my-azure-deployment"
+    expected = library_figure("gpt-4o-mini", "openai", input_tokens=1000, output_tokens=100)[2]
+    assert dated.cost.total == pytest.approx(expected) and deployment.cost.total == pytest.approx(expected)
+    assert unknown.cost is None
+    costs = spanmux.stats()["costs"]
+    assert costs["unpriced"] == 1 and costs["unknown_models"] == {"also-unknown": 1}
+
+
 def test_provider_cost_wins() -> None:
     calculator = CostCalculator(ObservabilityConfig(pricing={"gpt-4o-mini": {"input": 100, "output": 100}}))
     reported = Cost(0.1, 0.2, 0.3, "provider")

@@ -202,3 +202,17 @@ def test_add_usage_sums_every_bucket() -> None:
     a, b = _u(10, 5, read=2, reasoning=1), _u(1, 1, write=3)
     assert add_usage(a, b) == _u(11, 6, read=2, write=3, reasoning=1)
     assert add_usage(None, b) is b and add_usage(a, None) is a
+
+
+def test_is_model_call_excludes_delegating_wrappers() -> None:
+    from spanmux.attributes import DELEGATES
+    from spanmux.model import Span
+    from spanmux.usage import is_model_call
+
+    def span(kind: str, attributes: dict[str, Any] | None = None) -> Span:
+        return Span(trace_id="0" * 32, span_id="1" * 16, parent_id=None, name="x", kind=kind, framework="manual",
+                    start_ns=1, end_ns=2, attributes=attributes)
+
+    assert is_model_call(span("llm")) and is_model_call(span("llm", {DELEGATES: False}))
+    assert not is_model_call(span("llm", {DELEGATES: True}))
+    assert not is_model_call(span("embedding")) and not is_model_call(span("chain"))
