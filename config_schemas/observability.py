@@ -10,9 +10,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 BUILTIN_BACKENDS: tuple[str, ...] = ("local", "superoptix", "console", "mlflow", "langfuse")
+SUPEROPTIX_KEYS: tuple[str, ...] = ("tracing", "logging", "metrics", "monitoring", "dashboard", "debugging")
+"""Keys of SuperOptiX's own observability block: accepted verbatim; only ``tracing`` (on/off) and
+``dashboard.port`` mean something to spanmux, the loader reports the rest in one info line."""
 
 
 class _Section(BaseModel):
@@ -73,6 +85,56 @@ class PriceConfig(_Section):
     cache_read: float | None = Field(None, ge=0, description="USD per 1M cached input tokens")
 
 
+class _SuperOptixSection(BaseModel):
+    """A SuperOptiX sub-block. Other keys are kept (SuperOptiX may add some); the loader warns
+    about them with the closest known key, so a typo in ``enabled`` is not silent."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class TracingConfig(_SuperOptixSection):
+    """SuperOptiX ``tracing:``; ``enabled: false`` turns spanmux off like ``enabled: false``."""
+
+    enabled: bool = Field(True, description="false: spanmux records nothing (same as the block's enabled: false).")
+    level: str | None = Field(None, description="SuperOptiX trace level; spanmux does not act on it.")
+    include_tools: bool | None = Field(None, description="SuperOptiX option; spanmux does not act on it.")
+    include_memory: bool | None = Field(None, description="SuperOptiX option; spanmux does not act on it.")
+    include_rag: bool | None = Field(None, description="SuperOptiX option; spanmux does not act on it.")
+
+
+class MonitoringConfig(_SuperOptixSection):
+    """SuperOptiX ``monitoring:``; spanmux does not act on it."""
+
+    enabled: bool | None = None
+    metrics: list[Any] | dict[str, Any] | bool | None = None
+    alerts: list[Any] | dict[str, Any] | bool | None = None
+
+
+class DashboardConfig(_SuperOptixSection):
+    """SuperOptiX ``dashboard:``; ``port`` is kept as the port of spanmux's UI, once there is one."""
+
+    enabled: bool | None = None
+    auto_open: bool | None = None
+    port: int | None = Field(None, ge=1, le=65535, description="Port of the trace UI.")
+
+
+_Free = bool | dict[str, Any] | list[Any] | str | None
+_BOOL = TypeAdapter(bool)
+
+
+def _is_off(value: Any) -> bool:
+    """Whether a ``tracing:`` value says off: ``false`` (also as the string a ``${VAR}`` gives)
+    or a mapping with ``enabled: false``. Anything unreadable is left to field validation."""
+    if isinstance(value, dict):
+        value = value.get("enabled", True)
+    if isinstance(value, BaseModel):
+        value = getattr(value, "enabled", True)
+    try:
+        return _BOOL.validate_python(value) is False
+    except ValidationError:
+        return False
+
+
 class ObservabilityConfig(BaseModel):
     """The whole ``observability:`` block."""
 
@@ -81,6 +143,7 @@ class ObservabilityConfig(BaseModel):
     enabled: bool = Field(True, description="false: every handler is a no-op.")
     backends: list[str] = Field(
         default_factory=lambda: ["local"],
+        min_length=1,
         description="local | superoptix (= local) | console | mlflow | langfuse | an installed plugin",
     )
     capture_content: bool = Field(True, description="false: inputs, outputs and messages are not recorded.")
@@ -103,6 +166,26 @@ class ObservabilityConfig(BaseModel):
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     mlflow: MlflowConfig | None = None
     langfuse: LangfuseConfig | None = None
+    tracing: bool | TracingConfig | None = Field(
+        None, description="SuperOptiX: true | false | {enabled, level, include_tools, include_memory, include_rag}; "
+        "false or enabled: false turns spanmux off."
+    )
+    logging: _Free = Field(None, description="SuperOptiX logging settings; spanmux does not act on them.")
+    metrics: _Free = Field(None, description="SuperOptiX metrics settings; spanmux does not act on them.")
+    monitoring: bool | MonitoringConfig | None = Field(
+        None, description="SuperOptiX {enabled, metrics, alerts}; spanmux does not act on it."
+    )
+    dashboard: DashboardConfig | None = Field(
+        None, description="SuperOptiX {enabled, auto_open, port}; port is kept for spanmux's UI."
+    )
+    debugging: _Free = Field(None, description="SuperOptiX debugging settings; spanmux does not act on them.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tracing_off_disables(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "tracing" in data and _is_off(data["tracing"]):
+            return {**data, "enabled": False}
+        return data
 
     @field_validator("backends")
     @classmethod

@@ -298,17 +298,26 @@ def _trace_fields(summary: Any) -> list[str]:
 
 @app.command()
 def validate(file: Annotated[Path, typer.Argument(help="A YAML file with an observability block.")]) -> None:
-    """Check a configuration file without starting anything."""
-    from spanmux.config import load_config  # noqa: PLC0415
-    from spanmux.registry import known_backends  # noqa: PLC0415
+    """Run the checks configure() runs (building the backends, connecting to none) and say what
+    they could not check."""
+    from rich.markup import escape  # noqa: PLC0415
+
+    from spanmux.registry import check_config  # noqa: PLC0415
 
     try:
-        loaded = load_config(file, known_backends())
+        checked = check_config(file, log_findings=False)
     except ConfigurationError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        err_console.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
-    settings = loaded.settings
+    checked.close()
+    loaded, settings = checked.loaded, checked.loaded.settings
+    for problem in loaded.warnings:
+        console.print(f"[yellow]warning[/yellow] {escape(str(problem))}")
+    if loaded.ignored_keys:
+        console.print(f"note: SuperOptiX keys spanmux accepts but does not act on: {', '.join(loaded.ignored_keys)}")
     console.print(f"[green]ok[/green] {file}: backends={', '.join(settings.backends)} enabled={settings.enabled}")
+    for item in checked.unchecked:
+        console.print(f"not checked: {escape(item)}")
 
 
 @app.command()

@@ -10,12 +10,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any
 
 from spanmux.backend import Backend, BackendSetupError
-from spanmux.config import LoadedConfig, validate_section
+from spanmux.config import LoadedConfig, load_config, validate_section
 from spanmux.errors import ConfigProblem, ConfigurationError
 
 log = logging.getLogger("spanmux.registry")
@@ -65,6 +68,9 @@ def build_backends(loaded: LoadedConfig) -> list[tuple[str, Backend]]:
     built: list[tuple[str, Backend]] = []
     for index, name in enumerate(settings.backends):
         key_path = ("backends", index)
+        if name in loaded.deferred:  # a section that was only a warning while its backend was not listed
+            problems.extend(loaded.deferred[name])
+            continue
         try:
             factory = load_factory(name)
         except Exception as exc:  # a broken plugin: report it like any other problem
@@ -106,3 +112,57 @@ def build_backends(loaded: LoadedConfig) -> list[tuple[str, Backend]]:
                 pass
         raise ConfigurationError(loaded.source, problems)
     return built
+
+
+@dataclass
+class CheckedConfig:
+    """What ``configure()`` starts from: the validated block and its backends, built but not
+    connected; plus what these checks cannot tell (for ``spanmux validate``)."""
+
+    loaded: LoadedConfig
+    backends: list[tuple[str, Backend]] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Release the backends (``spanmux validate`` builds them only to check them)."""
+        for _, backend in self.backends:
+            try:
+                backend.shutdown(1.0)
+            except Exception as exc:
+                log.debug("backend %s did not close: %s", backend, exc)
+        self.backends = []
+
+
+def check_config(
+    source: str | os.PathLike[str] | Mapping[str, Any] | None = None, *, log_findings: bool = True
+) -> CheckedConfig:
+    """Every check ``configure()`` runs, in one place so ``spanmux validate`` runs exactly these:
+    load, substitute, validate, then build each listed backend without connecting. Raises one
+    ``ConfigurationError``. With ``log_findings``, warnings and the SuperOptiX info line are logged."""
+    loaded = load_config(source, known_backends())
+    if log_findings:
+        for problem in loaded.warnings:
+            log.warning("%s: %s", loaded.source, problem)
+        info = loaded.ignored_keys_line()
+        if info:
+            log.info("%s", info)
+    settings = loaded.settings
+    checked = CheckedConfig(loaded)
+    if not settings.enabled:
+        checked.unchecked.append("backends: not built, because enabled is false (configure() builds none either)")
+    else:
+        checked.backends = build_backends(loaded)
+        for name, backend in checked.backends:
+            if callable(getattr(backend, "check_connection", None)):
+                checked.unchecked.append(
+                    f"{name}: not contacted, so whether it is reachable and accepts the credentials "
+                    f"(run `spanmux doctor {loaded.source}`)"
+                )
+    for name in loaded.unlisted_sections:
+        checked.unchecked.append(f"{name}: section read, but the backend is not built because it is not in backends")
+    if loaded.env_vars:
+        checked.unchecked.append(
+            f"environment variables ({', '.join(loaded.env_vars)}) were read from this shell; "
+            "the traced program's environment may differ"
+        )
+    return checked

@@ -36,18 +36,17 @@ _previous_sigterm: Any = None
 
 def configure(source: str | os.PathLike[str] | Mapping[str, Any] | None = None) -> ObservabilityConfig:
     """Load the ``observability:`` block and start its backends. Raises ``ConfigurationError``."""
-    from spanmux.config import load_config  # noqa: PLC0415
     from spanmux.processors import SpanProcessor  # noqa: PLC0415
-    from spanmux.registry import build_backends, known_backends  # noqa: PLC0415
+    from spanmux.registry import check_config  # noqa: PLC0415
 
     global _pipeline, _settings, _configured, _source
-    loaded = load_config(source, known_backends())
+    checked = check_config(source)  # the same checks `spanmux validate` runs
+    loaded = checked.loaded
     settings = loaded.settings
     new_pipeline: Pipeline | None = None
     if settings.enabled:
-        backends = build_backends(loaded)
         new_pipeline = Pipeline(
-            backends,
+            checked.backends,
             SpanProcessor(settings),
             queue_size=settings.queue_size,
             batch_size=settings.batch_size,

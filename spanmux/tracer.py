@@ -33,6 +33,19 @@ from spanmux.model import (
 log = logging.getLogger("spanmux")
 P = ParamSpec("P")
 R = TypeVar("R")
+_WARNED_KINDS: set[str] = set()
+
+
+def _unknown_kind(kind: str) -> str:
+    """Record an unknown kind as ``span``, warning once per kind; only unknown kinds get here."""
+    key = kind if isinstance(kind, str) else repr(kind)
+    if key not in _WARNED_KINDS and len(_WARNED_KINDS) < 100:
+        from spanmux.errors import did_you_mean  # noqa: PLC0415
+
+        _WARNED_KINDS.add(key)
+        log.warning("unknown span kind %r, recorded as 'span'%s valid kinds: %s",
+                    kind, did_you_mean(key, SPAN_KINDS) or ";", ", ".join(SPAN_KINDS))
+    return "span"
 
 MAX_YIELDED_ITEMS = 1000
 """Items of a traced generator kept as the span's output (the worker also bounds their size)."""
@@ -131,7 +144,7 @@ class ManualSpan:
         model: str | None = None,
     ) -> None:
         self.name = name
-        self.kind = kind if kind in SPAN_KINDS else "span"
+        self.kind = kind if kind in SPAN_KINDS else _unknown_kind(kind)
         self.input = input
         self.output: Any = None
         self.attributes = dict(attributes) if attributes else None

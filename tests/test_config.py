@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import pytest
+from conftest import TracedStore
+from typer.testing import CliRunner
 
 import spanmux
-from spanmux import runtime
+from spanmux import runtime, tracer
+from spanmux.cli import app
 from spanmux.config import load_config
 from spanmux.config_schemas import ObservabilityConfig
 from spanmux.config_schemas.observability import SCHEMA_FILE, json_schema
 from spanmux.errors import ConfigurationError
-from spanmux.registry import known_backends
+from spanmux.registry import build_backends, known_backends
 
 CONFIGS = Path(__file__).parent / "configs"
+runner = CliRunner()
 
 
 def load(name: str) -> ObservabilityConfig:
@@ -83,8 +89,25 @@ def test_dict_source_may_be_the_block_itself() -> None:
 def test_unreadable_yaml_names_file_and_line() -> None:
     error = config_error(CONFIGS / "bad" / "unreadable.yaml")
     assert "unreadable.yaml" in str(error)
-    assert error.problems[0].line == 3
-    assert "unreadable YAML" in str(error)
+    assert error.problems[0].line == 2  # where the '[' opens, not line 3 where the parser gave up
+    assert "unreadable YAML" in str(error) and "'['" in str(error)
+
+
+@pytest.mark.parametrize(("name", "line", "words"), [
+    ("unclosed_quote.yaml", 4, "quote"),  # the parser notices at line 7, where the next quote is
+    ("bad_indent.yaml", 4, "indentation"),
+    ("missing_colon.yaml", 3, "':'"),  # the parser notices at line 4
+])
+def test_yaml_syntax_errors_point_at_the_offending_line(name: str, line: int, words: str) -> None:
+    (problem,) = config_error(CONFIGS / "bad" / name).problems
+    assert problem.line == line, problem
+    assert words in problem.message and "unreadable YAML" in problem.message
+
+
+def test_problems_are_listed_in_line_order() -> None:
+    error = config_error(CONFIGS / "bad" / "problems_in_line_order.yaml")
+    assert [p.line for p in error.problems] == [2, 3, 4, 5]
+    assert str(error).index("line 2") < str(error).index("line 3") < str(error).index("line 5")
 
 
 def test_unknown_backend_lists_valid_names() -> None:
@@ -199,3 +222,175 @@ def test_json_schema_is_committed_and_fresh() -> None:
     schema = json.loads(json_schema())
     block = schema["$defs"]["ObservabilityConfig"]["properties"]
     assert {"enabled", "backends", "capture_content", "sample_rate", "mlflow", "langfuse"} <= set(block)
+
+
+# -- sections of backends that are not listed (issue 11, 4a)
+
+def test_unlisted_backend_section_with_unset_variable_only_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-test")
+    monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-test")
+    monkeypatch.delenv("SPANMUX_TEST_UNSET_TRACKING_URI", raising=False)
+    path = CONFIGS / "good" / "unlisted_backend_unset_var.yaml"
+    with caplog.at_level(logging.WARNING, logger="spanmux"):
+        settings = spanmux.configure(path)
+    assert settings.enabled and settings.backends == ["langfuse"]
+    assert runtime.active() is not None
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "SPANMUX_TEST_UNSET_TRACKING_URI" in warning.getMessage()
+    assert "line 10" in warning.getMessage() and "not in backends" in warning.getMessage()
+    assert settings.mlflow is not None and settings.mlflow.experiment_name == "old_experiment"  # kept
+    # building that backend anyway (doctor, replay --to mlflow) reports the variable as an error
+    loaded = load_config(path, known_backends())
+    only_mlflow = dataclasses.replace(loaded, settings=loaded.settings.model_copy(update={"backends": ["mlflow"]}))
+    with pytest.raises(ConfigurationError, match="SPANMUX_TEST_UNSET_TRACKING_URI"):
+        build_backends(only_mlflow)
+
+
+def test_unlisted_backend_section_with_wrong_types_only_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="spanmux"):
+        settings = spanmux.configure({"backends": ["local"], "local": {"path": "s.db"},
+                                      "mlflow": {"timeout": "slow"}, "langfuse": {"hots": "x"}})
+    assert settings.backends == ["local"] and settings.mlflow is None and settings.langfuse is None
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "mlflow.timeout" in text and "langfuse.hots" in text and "did you mean 'host'" in text
+    # a listed backend's section stays strict
+    error = config_error({"backends": ["mlflow"], "mlflow": {"timeout": "slow"}})
+    assert error.problems[0].path == "mlflow.timeout"
+
+
+# -- SuperOptiX's other observability keys (issue 11, item 9)
+
+SUPEROPTIX_IGNORED = (
+    "tracing.level", "tracing.include_tools", "tracing.include_memory", "tracing.include_rag", "logging",
+    "metrics", "monitoring", "dashboard.enabled", "dashboard.auto_open", "debugging",
+)
+
+
+def test_superoptix_tracing_dashboard_and_monitoring_keys(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="spanmux"):
+        settings = spanmux.configure(CONFIGS / "good" / "superoptix_tracing_dict.yaml")
+    assert settings.enabled and runtime.active() is not None
+    assert settings.dashboard is not None and settings.dashboard.port == 8501  # kept for the UI
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "SuperOptiX" in r.getMessage()]
+    assert len(infos) == 1, infos
+    for key in SUPEROPTIX_IGNORED:
+        assert f"spec.observability.{key}" in infos[0], key
+    assert "dashboard.port" not in infos[0] and "tracing.enabled" not in infos[0]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("name", ["superoptix_tracing_off.yaml", "superoptix_tracing_enabled_false.yaml"])
+def test_superoptix_tracing_false_disables(name: str) -> None:
+    settings = spanmux.configure(CONFIGS / "good" / name)
+    assert settings.enabled is False
+    assert runtime.active() is None and not runtime.is_enabled()
+
+
+def test_superoptix_tracing_true_and_unknown_subkeys_warn(caplog: pytest.LogCaptureFixture) -> None:
+    assert load("good/superoptix_tracing_true.yaml").enabled is True
+    assert load_config({"tracing": "false"}).settings.enabled is False  # as a substituted ${VAR} gives it
+    with caplog.at_level(logging.WARNING, logger="spanmux"):
+        settings = spanmux.configure({"tracing": {"enabeld": False}, "local": {"path": "s.db"}})
+    assert settings.enabled  # the misspelled key does not disable, but says so
+    assert any("did you mean 'enabled'" in r.getMessage() for r in caplog.records)
+
+
+# -- validate runs configure()'s checks (issue 11, item 10)
+
+def test_validate_builds_the_backends_like_configure(monkeypatch: pytest.MonkeyPatch) -> None:
+    bad_scheme = runner.invoke(app, ["validate", str(CONFIGS / "bad" / "mlflow_bad_scheme.yaml")])
+    assert bad_scheme.exit_code == 1 and "tracking_uri" in bad_scheme.output and "line 5" in bad_scheme.output
+    proc = runner.invoke(app, ["validate", str(CONFIGS / "bad" / "local_under_proc.yaml")])
+    assert proc.exit_code == 1 and "cannot open the store" in proc.output and "line 4" in proc.output
+
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def fake_find_spec(name: str, *args: object) -> object:
+        return None if name.split(".")[0] == "mlflow" else real(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", fake_find_spec)
+    no_sdk = runner.invoke(app, ["validate", str(CONFIGS / "good" / "superoptix_playbook.yaml")])
+    assert no_sdk.exit_code == 1 and 'pip install "spanmux[mlflow]"' in no_sdk.output
+
+
+def test_validate_says_what_it_could_not_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-test")
+    monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-test")
+    monkeypatch.delenv("SPANMUX_TEST_UNSET_TRACKING_URI", raising=False)
+    result = runner.invoke(app, ["validate", str(CONFIGS / "good" / "unlisted_backend_unset_var.yaml")])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "ok" in out and "not checked" in out
+    assert "langfuse" in out and "spanmux doctor" in out  # reachability and keys need a connection
+    assert "SPANMUX_TEST_UNSET_TRACKING_URI" in out  # the warning for the unlisted section
+    assert "environment" in out  # variables came from this shell
+    disabled = runner.invoke(app, ["validate", str(CONFIGS / "good" / "disabled.yaml")])
+    assert disabled.exit_code == 0 and "enabled is false" in " ".join(disabled.output.split())
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (CONFIGS / "bad").iterdir()))
+def test_validate_and_configure_agree_on_every_bad_file(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "SPANMUX_TEST_UNSET_EXPERIMENT"):
+        monkeypatch.delenv(var, raising=False)
+    error = config_error(CONFIGS / "bad" / name)
+    result = runner.invoke(app, ["validate", str(CONFIGS / "bad" / name)])
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())
+    for problem in error.problems:
+        assert " ".join(str(problem).split()) in out
+
+
+# -- mistakes that were accepted silently (issue 11, item 11)
+
+def test_misspelled_block_name_is_an_error_with_a_suggestion() -> None:
+    (problem,) = config_error(CONFIGS / "bad" / "misspelled_block.yaml").problems
+    assert problem.path == "spec.observabilty" and problem.line == 9
+    assert "did you mean 'observability'" in problem.message
+    (top,) = config_error_from_text("observabilty:\n  backends: [local]\n").problems
+    assert top.line == 1 and "did you mean 'observability'" in top.message
+
+
+def config_error_from_text(text: str) -> ConfigurationError:
+    path = Path("spanmux-test.yaml")
+    path.write_text(text, encoding="utf-8")
+    return config_error(path)
+
+
+def test_empty_backends_is_a_clear_error() -> None:
+    (problem,) = config_error(CONFIGS / "bad" / "empty_backends.yaml").problems
+    assert problem.path == "observability.backends" and problem.line == 2
+    assert "no backend" in problem.message and "enabled: false" in problem.message
+
+
+def test_misspelled_names_get_did_you_mean() -> None:
+    found = {p.path: p for p in config_error(CONFIGS / "bad" / "misspelled_names.yaml").problems}
+    assert "did you mean 'mlflow'" in found["observability.backends[1]"].message
+    assert "did you mean 'experiment_name'" in found["observability.mlflow.experiment"].message
+    assert "did you mean 'tracking_uri'" in found["observability.mlflow.tracking_url"].message
+    assert "did you mean 'mlflow'" in found["observability.mlfow"].message
+    assert found["observability.mlfow"].line == 6
+
+
+def test_unknown_span_kind_warns_once_with_the_valid_kinds(
+    traced: TracedStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tracer, "_WARNED_KINDS", set())
+    with caplog.at_level(logging.WARNING, logger="spanmux"):
+        for _ in range(3):
+            with spanmux.span("lookup", kind="retreiver"):
+                pass
+
+        @spanmux.observe(kind="tool")
+        def fine() -> int:
+            return 1
+
+        fine()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "'retreiver'" in warning and "did you mean 'retriever'" in warning
+    assert "agent" in warning and "guardrail" in warning  # the valid kinds are listed
+    kinds = sorted(s.kind for t in traced.traces() for s in traced.trace(t.trace_id))
+    assert kinds == ["span", "span", "span", "tool"]
