@@ -175,10 +175,15 @@ class ObservabilityConfig(BaseModel):
     monitoring: bool | MonitoringConfig | None = Field(
         None, description="SuperOptiX {enabled, metrics, alerts}; spanmux does not act on it."
     )
-    dashboard: DashboardConfig | None = Field(
+    dashboard: bool | DashboardConfig | None = Field(
         None, description="SuperOptiX {enabled, auto_open, port}; port is kept for spanmux's UI."
     )
     debugging: _Free = Field(None, description="SuperOptiX debugging settings; spanmux does not act on them.")
+
+    @property
+    def ui_port(self) -> int | None:
+        """The port for spanmux's trace UI, from SuperOptiX's ``dashboard.port`` (None: not set)."""
+        return self.dashboard.port if isinstance(self.dashboard, DashboardConfig) else None
 
     @model_validator(mode="before")
     @classmethod

@@ -180,7 +180,7 @@ def _locate_syntax_error(text: str, exc: yaml.YAMLError) -> tuple[int | None, st
             return start.line + 1, f"a key without ':' after it (the parser noticed on line {at})"
     if "expected <block end>" in problem or "expected <block end>" in context:
         return at, "indentation does not match the lines above"
-    if "\t" in problem:
+    if "'\\t'" in problem or "\t" in problem:
         return at, "a tab character: YAML indents with spaces"
     if "mapping values are not allowed" in problem:
         return at, "unexpected ':' (check the indentation, or quote a value that contains ': ')"
@@ -224,7 +224,7 @@ def _find_block(data: Any, from_mapping: bool) -> tuple[Any, Path_, Path_ | None
         return data, (), None
     for where, mapping in (((), data), (("spec",), spec if isinstance(spec, dict) else {})):
         for key in mapping:
-            if isinstance(key, str) and did_you_mean(key, [_BLOCK]):
+            if isinstance(key, str) and did_you_mean(key, [_BLOCK], cutoff=0.85, prefixes=False):
                 return {}, (_BLOCK,), where + (key,)
     return {}, (_BLOCK,), None
 

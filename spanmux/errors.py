@@ -27,12 +27,12 @@ def in_line_order(problems: Iterable[ConfigProblem]) -> list[ConfigProblem]:
     return sorted(problems, key=lambda p: (p.line is None, p.line or 0))
 
 
-def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+def did_you_mean(name: str, candidates: Iterable[str], cutoff: float = 0.75, prefixes: bool = True) -> str:
     """``"; did you mean 'x'?"`` for the closest candidate, or ``""`` when none is close: a typo
     should be named as one, not only refused."""
     names = list(candidates)
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.75)
-    if not close and len(name) >= 4:  # a prefix ('experiment' of 'experiment_name') is close too
+    close = difflib.get_close_matches(name, names, n=1, cutoff=cutoff)
+    if not close and prefixes and len(name) >= 4:  # a prefix ('experiment' of 'experiment_name') is close
         close = sorted(c for c in names if c.startswith(name) or name.startswith(c))[:1]
     return f"; did you mean {close[0]!r}?" if close else ""
 

@@ -104,6 +104,19 @@ def test_yaml_syntax_errors_point_at_the_offending_line(name: str, line: int, wo
     assert words in problem.message and "unreadable YAML" in problem.message
 
 
+@pytest.mark.parametrize(("text", "line", "words"), [
+    ('observability:\n  mlflow:\n    experiment_name: "dev\n    tracking_uri: x\n', 3, "quote"),
+    ("observability:\n  pricing: {a: {input: 1, output: 2}\n  sample_rate: 1\n", 2, "'{'"),
+    ("observability:\n  mlflow:\n    experiment_name: x\n      tracking_uri: y\n", 4, "indentation"),
+    ("observability:\n  backends:\n    - local\n  - mlflow\n", 4, "indentation"),
+    ("observability:\n\tbackends: [local]\n", 2, "tab"),
+])
+def test_yaml_syntax_error_lines_more_shapes(text: str, line: int, words: str) -> None:
+    (problem,) = config_error_from_text(text).problems
+    assert problem.line == line, problem
+    assert words in problem.message
+
+
 def test_problems_are_listed_in_line_order() -> None:
     error = config_error(CONFIGS / "bad" / "problems_in_line_order.yaml")
     assert [p.line for p in error.problems] == [2, 3, 4, 5]
@@ -272,7 +285,7 @@ def test_superoptix_tracing_dashboard_and_monitoring_keys(caplog: pytest.LogCapt
     with caplog.at_level(logging.INFO, logger="spanmux"):
         settings = spanmux.configure(CONFIGS / "good" / "superoptix_tracing_dict.yaml")
     assert settings.enabled and runtime.active() is not None
-    assert settings.dashboard is not None and settings.dashboard.port == 8501  # kept for the UI
+    assert settings.ui_port == 8501  # dashboard.port, kept for the UI
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "SuperOptiX" in r.getMessage()]
     assert len(infos) == 1, infos
     for key in SUPEROPTIX_IGNORED:
@@ -290,6 +303,7 @@ def test_superoptix_tracing_false_disables(name: str) -> None:
 
 def test_superoptix_tracing_true_and_unknown_subkeys_warn(caplog: pytest.LogCaptureFixture) -> None:
     assert load("good/superoptix_tracing_true.yaml").enabled is True
+    assert load_config({"dashboard": True}).settings.ui_port is None
     assert load_config({"tracing": "false"}).settings.enabled is False  # as a substituted ${VAR} gives it
     with caplog.at_level(logging.WARNING, logger="spanmux"):
         settings = spanmux.configure({"tracing": {"enabeld": False}, "local": {"path": "s.db"}})
