@@ -274,7 +274,7 @@ def test_wrong_key_is_reported_once_and_records_stay_in_the_spool(
         with spanmux.span(f"job-{n}", kind="chain") as s:
             pass
         spanmux.score(s.trace_id, "ok", True)
-        flush()
+        assert not spanmux.flush(timeout=30)  # refused for good until the key is fixed: not delivered
 
     assert langfuse_server.auth_failures >= 3 and not langfuse_server.all_observations()
     reports = [r.getMessage() for r in caplog.records if "401" in r.getMessage()]
@@ -302,7 +302,7 @@ def test_unreachable_host_is_retryable_and_keeps_records(tmp_path: Path) -> None
     })
     with spanmux.span("offline", kind="chain"):
         pass
-    flush()
+    assert not spanmux.flush(timeout=1)  # retried until the deadline, then reported as not delivered
     stats = lane_stats()
     assert stats["export_errors"] >= 1 and stats["spooled_spans"] == 1
     assert "unreachable" in (stats["last_error"] or "")
