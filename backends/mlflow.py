@@ -6,10 +6,18 @@ and span id), so any arrival order, any batching and re-sent batches give the sa
 process-wide tracking URI, experiment and active run of the user's own MLflow code are never read
 or changed: every call goes to a client bound to our URI.
 
-Experiment tracking: one run per backend lifetime (one ``spanmux.configure``) receives the agent's
+Experiment tracking: one run per session (one ``spanmux.configure``) receives the agent's
 parameters, the models and their parameters as they are first seen, per-trace stepped metrics,
 session totals and a summary table artifact; every trace is linked to that run explicitly
 (``link_traces_to_run``), never through MLflow's "active run".
+
+A trace belongs to the run of the session that produced it, whenever and by whichever process it is
+delivered: each spooled batch carries ``origin()`` (session id, experiment, run name, start time),
+and ``export_spooled`` finds that session's run by its ``spanmux.origin`` tag or creates it. A
+replay of a store (``{"replay": <store>}``) always goes to one run per store. A run found again is
+read back first (parameters, summary table with each trace's step, session totals), and feedback is
+written once per score id (deterministic assessment id, looked up before it is created), so
+delivering the same records again changes nothing in MLflow.
 
 mlflow is imported on the delivery thread at the first export, never at ``import spanmux`` nor in
 the caller's thread (its import and a sqlite schema migration take seconds).
@@ -17,13 +25,15 @@ the caller's thread (its import and a sqlite schema migration take seconds).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 import time
+import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -58,6 +68,10 @@ SUMMARY_TABLE = "spanmux/traces.json"
 
 ASSESSMENT_SOURCES = {"human": "HUMAN", "llm_judge": "LLM_JUDGE", "code": "CODE"}
 
+ORIGIN_TAG = "spanmux.origin"
+"""Run tag naming the session whose traces the run holds (``MlflowBackend.origin()['session']``,
+or ``replay-<hash of the store>``): how any process finds that run again."""
+
 _SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 _LINKS_PER_CALL = 100  # MLflow's MAX_TRACE_LINKS_PER_REQUEST
 _METRICS_PER_CALL = 1000  # MLflow's MAX_METRICS_PER_BATCH
@@ -65,6 +79,10 @@ _PARAMS_PER_CALL = 100  # MLflow's MAX_PARAMS_TAGS_PER_BATCH
 _PARAM_VALUE_LIMIT = 6000
 _MAX_TRACKED_TRACES = 20_000  # per-trace aggregates kept in memory (oldest dropped first)
 _MAX_SUMMARY_ROWS = 10_000
+_MAX_RUNS = 16  # runs of other sessions kept open at once (a spool rarely holds more sessions)
+_ORIGIN_PARAMS_LIMIT = 16_000  # session params carried in each spooled batch's origin, at most
+_ORIGIN_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_HEX32 = re.compile(r"[0-9a-f]{32}")
 # Seconds without a successful call before the next export probes /health. Zero: probe before
 # every batch. A loopback /health costs about a millisecond per batch of up to 512 spans, while
 # skipping it lets a batch sent to a server that just died sit in MLflow's own client retries
@@ -157,7 +175,7 @@ class _TraceStats:
             usage.output_tokens if usage else 0,
             usage.total_tokens if usage else 0,
             cost.total if cost else 0.0,
-            is_model_call(span),  # a delegating wrapper (LlamaIndex predict over complete) is no call
+            is_model_call(span),
         )
         if span.parent_id is None:
             self.root = span
@@ -172,6 +190,47 @@ class _TraceStats:
             "llm_calls": sum(1 for r in rows if r[4]),
             "spans": len(rows),
         }
+
+
+@dataclass(frozen=True)
+class _RunSpec:
+    """Which run a batch belongs to: the producing session's (``key`` is its ``spanmux.origin``
+    tag) and what to create it with when it does not exist yet."""
+
+    key: str
+    experiment: str
+    run_name: str
+    started_ms: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def _new_totals() -> dict[str, float]:
+    return {"traces": 0, "errors": 0, "total_tokens": 0, "cost_usd": 0.0, "latency_ms": 0.0}
+
+
+@dataclass
+class _Run:
+    """One MLflow run spanmux writes to and what it holds already, so that delivering the same
+    records again (a replay, a spool file sent twice) adds nothing to it."""
+
+    key: str
+    experiment_id: str
+    run_id: str | None = None
+    own: bool = False  # created by (or for) this backend's session: marked FINISHED at shutdown
+    traces: OrderedDict[str, _TraceStats] = field(default_factory=OrderedDict)
+    linked: _RecentIds = field(default_factory=_RecentIds)
+    metrics_done: _RecentIds = field(default_factory=_RecentIds)
+    score_metrics_done: _RecentIds = field(default_factory=_RecentIds)
+    logged_params: dict[str, str] = field(default_factory=dict)
+    pending_params: dict[str, str] = field(default_factory=dict)
+    models: set[str] = field(default_factory=set)
+    steps: int = 0
+    summary: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    summary_dirty: bool = False
+    table_tagged: bool = False
+    totals: dict[str, float] = field(default_factory=_new_totals)
+    last_end_ms: int = 0
 
 
 class MlflowBackend:
@@ -195,29 +254,70 @@ class MlflowBackend:
                 key="tracking_uri",
             )
         self.tracking_enabled = self.config.log_params or self.config.log_metrics or self.config.log_artifacts
+        # this session's identity: its run is created (or found again) by it, in any process
+        self.session = uuid.uuid4().hex
+        self.started_ms = int(time.time() * 1000)
+        self.run_name = self.config.run_name or time.strftime("spanmux-%Y%m%d-%H%M%S")
+        self._own_spec = _RunSpec(self.session, self.config.experiment_name, self.run_name, self.started_ms,
+                                  dict(self.config.tags), self._session_params())
         self._tracing: Any = None
         self._client: Any = None
-        self.experiment_id: str | None = None
-        self.run_id: str | None = None
         self._last_ok = 0.0
-        self._traces: OrderedDict[str, _TraceStats] = OrderedDict()
-        self._linked = _RecentIds()
-        self._metrics_done = _RecentIds()
+        self._experiments: dict[str, str] = {}
+        self._runs: OrderedDict[str, _Run] = OrderedDict()
         self._delivered_scores = _RecentIds()
         self._waiting_scores: OrderedDict[str, tuple[Score, int]] = OrderedDict()
-        self._logged_params: dict[str, str] = {}
-        self._pending_params: dict[str, str] = {}
-        self._models: set[str] = set()
-        self._steps = 0
-        self._score_metrics_done = _RecentIds()
-        self._summary: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._summary_dirty = False
-        self._table_tagged = False
-        self._totals = {"traces": 0, "errors": 0, "total_tokens": 0, "cost_usd": 0.0, "latency_ms": 0.0}
         self._closed = False
-        self._pending_params.update(self._session_params())
 
-    # ---- connection and run, created lazily on the delivery thread
+    @property
+    def experiment_id(self) -> str | None:
+        """The experiment of this session's traces (None before the first export)."""
+        return self._experiments.get(self.config.experiment_name)
+
+    @property
+    def run_id(self) -> str | None:
+        """This session's run (None before the first export, or when tracking is off)."""
+        run = self._runs.get(self.session)
+        return run.run_id if run is not None else None
+
+    # ---- where records belong
+    def origin(self) -> dict[str, str]:
+        """This session's identity, stored with every batch spooled for MLflow: whoever delivers
+        the batch later, in whatever process, finds or creates this session's run from it."""
+        spec = self._own_spec
+        out = {"session": spec.key, "experiment": spec.experiment, "run_name": spec.run_name,
+               "started_ms": str(spec.started_ms), "pid": str(os.getpid())}
+        if spec.tags:
+            out["tags"] = json.dumps(spec.tags, sort_keys=True)
+        if spec.params:
+            params = json.dumps(spec.params, sort_keys=True)
+            if len(params) <= _ORIGIN_PARAMS_LIMIT:  # else the run gets the models' parameters only
+                out["params"] = params
+        return out
+
+    def _spec_of(self, origin: Mapping[str, str] | None) -> _RunSpec:
+        """The run a batch of ``origin`` belongs to. None (batches of spanmux 0.1, fresh batches)
+        is this session; ``{"replay": <store>}`` is the one run that replays of that store share."""
+        if not origin or origin.get("session") == self.session:
+            return self._own_spec
+        source = origin.get("replay")
+        if source:
+            key = "replay-" + hashlib.sha256(source.encode()).hexdigest()[:24]
+            tags = {**self.config.tags, "spanmux.replay_source": source[:5000]}
+            return _RunSpec(key, self.config.experiment_name, "spanmux-replay", None, tags, self._own_spec.params)
+        session = origin.get("session")
+        if not session:
+            return self._own_spec
+        key = session if _ORIGIN_KEY.fullmatch(session) else hashlib.sha256(session.encode()).hexdigest()[:32]
+        started = origin.get("started_ms", "")
+        return _RunSpec(
+            key, origin.get("experiment") or self.config.experiment_name,
+            origin.get("run_name") or f"spanmux-{key[:8]}",
+            int(started) if started.isdigit() else None,
+            _json_map(origin.get("tags")), _json_map(origin.get("params")),
+        )
+
+    # ---- connection and runs, created lazily on the delivery thread
     def _ensure_ready(self) -> None:
         if self.is_http and time.monotonic() - self._last_ok > _PROBE_EVERY:
             self.check_connection(self.config.timeout)
@@ -231,10 +331,32 @@ class MlflowBackend:
                 self._client = MlflowClient(self.tracking_uri)
             except Exception as exc:
                 raise self._export_error("cannot open the MLflow tracking store", exc) from None
-        if self.experiment_id is None:
-            self.experiment_id = self._call("find or create the experiment", self._experiment)
-        if self.tracking_enabled and self.run_id is None:
-            self.run_id = self._call("create the session run", self._create_run)
+
+    def _run_for(self, spec: _RunSpec) -> _Run:
+        """The run of ``spec``: cached, else found by its ``spanmux.origin`` tag, else created."""
+        run = self._runs.get(spec.key)
+        if run is not None:
+            self._runs.move_to_end(spec.key)
+            return run
+        experiment_id = self._experiments.get(spec.experiment)
+        if experiment_id is None:
+            experiment_id = self._call("find or create the experiment", self._experiment, spec.experiment)
+            self._experiments[spec.experiment] = experiment_id
+        run = _Run(spec.key, experiment_id)
+        if self.tracking_enabled:
+            self._call("find or create the session run", self._open_run, run, spec)
+        self._runs[spec.key] = run
+        while len(self._runs) > _MAX_RUNS:
+            self._retire(next(key for key in self._runs if key != self.session))
+        return run
+
+    def _retire(self, key: str) -> None:
+        """Forget the least recently used run of another session (its summary written first)."""
+        run = self._runs.pop(key)
+        try:
+            self._close_run(run)
+        except Exception as exc:
+            log.warning("spanmux: could not write the summary of MLflow run %s: %s", run.run_id, exc)
 
     def _prepare_sqlite_folder(self) -> None:
         path = self._sqlite_path()
@@ -258,10 +380,9 @@ class MlflowBackend:
         base = path.resolve().parent if path is not None else Path.cwd()
         return (base / "mlartifacts").as_uri()
 
-    def _experiment(self) -> str:
+    def _experiment(self, name: str) -> str:
         from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
-        name = self.config.experiment_name
         found = self._client.get_experiment_by_name(name)
         if found is not None:
             if found.lifecycle_stage == "deleted":
@@ -278,13 +399,91 @@ class MlflowBackend:
                 raise
             return str(found.experiment_id)
 
-    def _create_run(self) -> str:
+    def _open_run(self, run: _Run, spec: _RunSpec) -> None:
+        """Find the run tagged with the spec's key (made earlier by this session, by a process that
+        delivered its spool, or by an earlier replay) or create it, started when its session did."""
         from spanmux import __version__  # noqa: PLC0415
 
-        tags = {"spanmux.version": __version__, "mlflow.source.name": "spanmux", **self.config.tags}
-        name = self.config.run_name or time.strftime("spanmux-%Y%m%d-%H%M%S")
-        run = self._client.create_run(self.experiment_id, run_name=name, tags=tags)
-        return str(run.info.run_id)
+        found = self._client.search_runs(
+            [run.experiment_id], filter_string=f"tags.`{ORIGIN_TAG}` = '{spec.key}'", max_results=1,
+        )
+        if found:
+            existing = found[0]
+            run.run_id = str(existing.info.run_id)
+            run.own = spec.key == self.session
+            self._restore(run, existing)
+        else:
+            tags = {"spanmux.version": __version__, "mlflow.source.name": "spanmux", **spec.tags,
+                    ORIGIN_TAG: spec.key}
+            created = self._client.create_run(run.experiment_id, run_name=spec.run_name, start_time=spec.started_ms,
+                                              tags=tags)
+            run.run_id = str(created.info.run_id)
+            run.own = True
+        # a parameter MLflow holds already cannot change: what the run says stays
+        run.pending_params = {k: v for k, v in spec.params.items() if k not in run.logged_params}
+
+    def _restore(self, run: _Run, existing: Any) -> None:
+        """Pick up what a run found again holds: its parameters, models, trace steps, summary rows
+        and session totals, so records delivered again are neither stepped nor counted twice."""
+        data = existing.data
+        run.logged_params = dict(data.params)
+        run.models = {m for m in data.tags.get("spanmux.models", "").split(",") if m}
+        run.table_tagged = SUMMARY_TABLE in data.tags.get("mlflow.loggedArtifacts", "")
+        rows = self._load_summary(run.run_id) if run.table_tagged else []
+        for row in rows:
+            trace_id = str(row.get("trace_id", ""))[3:]
+            if not trace_id:
+                continue
+            run.summary[trace_id] = row
+            run.metrics_done.add(trace_id)
+            step = row.get("step")
+            if isinstance(step, int):
+                run.traces[trace_id] = _TraceStats(step=step)
+                run.steps = max(run.steps, step)
+        metrics = data.metrics
+        if "session.traces" in metrics:
+            t = run.totals
+            t["traces"] = metrics["session.traces"]
+            t["errors"] = metrics.get("session.errors", 0.0)
+            t["total_tokens"] = metrics.get("session.total_tokens", 0.0)
+            t["cost_usd"] = metrics.get("session.cost_usd", 0.0)
+            t["latency_ms"] = metrics.get("session.mean_latency_ms", 0.0) * t["traces"]
+            run.steps = max(run.steps, int(t["traces"]))
+        else:
+            for row in rows:
+                self._add_to_totals(run, row)
+        if not rows and run.steps:
+            # no summary table to tell which traces it counted: those linked to it were counted
+            for trace_id in self._linked_traces(run):
+                run.metrics_done.add(trace_id)
+
+    def _load_summary(self, run_id: str | None) -> list[dict[str, Any]]:
+        import tempfile  # noqa: PLC0415
+
+        names = {f.path for f in self._client.list_artifacts(run_id, SUMMARY_TABLE.rsplit("/", 1)[0])}
+        if SUMMARY_TABLE not in names:
+            return []
+        with tempfile.TemporaryDirectory(prefix="spanmux-") as folder:
+            local = self._client.download_artifacts(run_id, SUMMARY_TABLE, folder)
+            try:
+                table = json.loads(Path(local).read_text(encoding="utf-8"))
+                columns = list(table["columns"])
+                return [dict(zip(columns, row, strict=True)) for row in table["data"]]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("spanmux: the summary table of MLflow run %s is unreadable (%s); it is rewritten",
+                            run_id, exc)
+                return []
+
+    def _linked_traces(self, run: _Run) -> list[str]:
+        out: list[str] = []
+        token = None
+        while True:
+            page = self._tracing.search_traces(locations=[run.experiment_id], run_id=run.run_id,
+                                               include_spans=False, max_results=500, page_token=token)
+            out.extend(t.info.trace_id[3:] for t in page if t.info.trace_id.startswith("tr-"))
+            token = page.token
+            if not token or len(out) >= _MAX_TRACKED_TRACES:
+                return out
 
     def _session_params(self) -> dict[str, str]:
         if not self.config.log_params:
@@ -352,18 +551,29 @@ class MlflowBackend:
 
     # ---- export
     def export(self, spans: Sequence[Span], scores: Sequence[Score]) -> None:
+        """A fresh batch of this session: into this session's run."""
+        self._export(spans, scores, self._own_spec)
+
+    def export_spooled(self, spans: Sequence[Span], scores: Sequence[Score],
+                       origin: Mapping[str, str] | None) -> None:
+        """A batch delivered later (from a spool, by ``spanmux replay``): into the run of the
+        session that produced it, never this process's own run unless it is that session."""
+        self._export(spans, scores, self._spec_of(origin))
+
+    def _export(self, spans: Sequence[Span], scores: Sequence[Score], spec: _RunSpec) -> None:
         if self._closed:
             raise ExportError("the MLflow backend is shut down", retryable=False)
         self._ensure_ready()
+        run = self._run_for(spec)
         converted = self._convert_all(spans)
         if converted:
-            self._call("log spans", self._tracing.log_spans, self.experiment_id, converted)
-        finished = self._account(spans)
-        if self.run_id is not None:
-            self._link(spans)
+            self._call("log spans", self._tracing.log_spans, run.experiment_id, converted)
+        finished = self._account(run, spans)
+        if run.run_id is not None:
+            self._link(run, spans)
         self._deliver_scores(scores)
-        if self.run_id is not None:
-            self._log_tracking(finished, scores)
+        if run.run_id is not None:
+            self._log_tracking(run, finished, scores)
 
     def _convert_all(self, spans: Sequence[Span]) -> list[Any]:
         out = []
@@ -375,72 +585,100 @@ class MlflowBackend:
                             span.name, span.trace_id, exc)
         return out
 
-    def _account(self, spans: Sequence[Span]) -> list[str]:
+    def _account(self, run: _Run, spans: Sequence[Span]) -> list[str]:
         """Fold the spans into per-trace totals; return the traces whose root arrived."""
         finished = []
         for span in spans:
-            stats = self._traces.get(span.trace_id)
+            stats = run.traces.get(span.trace_id)
             if stats is None:
-                stats = self._traces[span.trace_id] = _TraceStats()
-                while len(self._traces) > _MAX_TRACKED_TRACES:
-                    self._traces.popitem(last=False)
+                stats = run.traces[span.trace_id] = _TraceStats()
+                while len(run.traces) > _MAX_TRACKED_TRACES:
+                    run.traces.popitem(last=False)
             stats.add(span)
             if span.parent_id is None:
                 if stats.step is None:
-                    self._steps += 1
-                    stats.step = self._steps
+                    run.steps += 1
+                    stats.step = run.steps
                 finished.append(span.trace_id)
-            self._note_model(span)
+                run.last_end_ms = max(run.last_end_ms, span.end_ns // 1_000_000)
+            self._note_model(run, span)
         return list(dict.fromkeys(finished))
 
-    def _note_model(self, span: Span) -> None:
+    def _note_model(self, run: _Run, span: Span) -> None:
         model = span.model
         if model is None or not model.name or not self.config.log_params:
             return
-        self._models.add(model.name)
+        run.models.add(model.name)
         prefix = f"model.{_safe_key(model.name)}"
         candidates = {f"{prefix}.provider": model.provider} if model.provider else {}
         for key, value in (model.parameters or {}).items():
             if isinstance(value, (str, int, float, bool)):
                 candidates[f"{prefix}.{_safe_key(str(key))}"] = str(value)
         for key, value in candidates.items():
-            if key not in self._logged_params and key not in self._pending_params:
-                self._pending_params[key] = value[:_PARAM_VALUE_LIMIT]
+            if key not in run.logged_params and key not in run.pending_params:
+                run.pending_params[key] = value[:_PARAM_VALUE_LIMIT]
 
-    def _link(self, spans: Sequence[Span]) -> None:
-        todo = [f"tr-{t}" for t in dict.fromkeys(s.trace_id for s in spans) if t not in self._linked]
+    def _link(self, run: _Run, spans: Sequence[Span]) -> None:
+        todo = [f"tr-{t}" for t in dict.fromkeys(s.trace_id for s in spans) if t not in run.linked]
         for start in range(0, len(todo), _LINKS_PER_CALL):
             chunk = todo[start:start + _LINKS_PER_CALL]
-            self._call("link traces to the session run", self._client.link_traces_to_run, chunk, self.run_id)
+            self._call("link traces to the session run", self._client.link_traces_to_run, chunk, run.run_id)
             for trace_id in chunk:
-                self._linked.add(trace_id[3:])
+                run.linked.add(trace_id[3:])
 
-    # ---- scores -> feedback assessments
+    # ---- scores -> feedback assessments, one per score id
     def _deliver_scores(self, scores: Sequence[Score]) -> None:
         for score in scores:
             if score.id not in self._delivered_scores:
                 self._waiting_scores[score.id] = (score, 0)
-        for score_id, (score, attempts) in list(self._waiting_scores.items()):
+        by_trace: dict[str, list[tuple[Score, int]]] = {}
+        for score, attempts in self._waiting_scores.values():
+            by_trace.setdefault(score.trace_id, []).append((score, attempts))
+        for trace_id, waiting in by_trace.items():
             try:
-                self._log_feedback(score)
-            except ExportError:
-                raise
+                existing = self._existing_feedback(trace_id)
             except Exception as exc:
-                code = str(getattr(exc, "error_code", "") or "")
-                if code == "RESOURCE_DOES_NOT_EXIST" and attempts < 20:
-                    # its trace is not exported yet (a score given inside an open span): keep it
-                    self._waiting_scores[score_id] = (score, attempts + 1)
+                self._feedback_failed(exc, waiting)
+                continue
+            for score, attempts in waiting:
+                try:
+                    self._upsert_feedback(score, existing.get(score.id))
+                except Exception as exc:
+                    self._feedback_failed(exc, [(score, attempts)])
                     continue
-                if code in _CLIENT_ERRORS or code == "RESOURCE_DOES_NOT_EXIST":
-                    log.warning("spanmux: score %r of trace %s rejected by MLflow: %s",
-                                score.name, score.trace_id, str(exc).splitlines()[0] if str(exc) else exc)
-                    del self._waiting_scores[score_id]
-                    continue
-                raise self._export_error("log feedback", exc) from None
-            del self._waiting_scores[score_id]
-            self._delivered_scores.add(score_id)
+                del self._waiting_scores[score.id]
+                self._delivered_scores.add(score.id)
 
-    def _log_feedback(self, score: Score) -> None:
+    def _feedback_failed(self, exc: Exception, waiting: Sequence[tuple[Score, int]]) -> None:
+        """Keep scores whose trace is not there yet, drop what MLflow refuses for good, and raise
+        for the rest (the batch is then retried or spooled)."""
+        if isinstance(exc, ExportError):
+            raise exc
+        code = str(getattr(exc, "error_code", "") or "")
+        if code not in _CLIENT_ERRORS and code != "RESOURCE_DOES_NOT_EXIST":
+            raise self._export_error("log feedback", exc) from None
+        for score, attempts in waiting:
+            if code == "RESOURCE_DOES_NOT_EXIST" and attempts < 20:
+                # its trace is not exported yet (a score given inside an open span): keep it
+                self._waiting_scores[score.id] = (score, attempts + 1)
+                continue
+            log.warning("spanmux: score %r of trace %s rejected by MLflow: %s",
+                        score.name, score.trace_id, str(exc).splitlines()[0] if str(exc) else exc)
+            self._waiting_scores.pop(score.id, None)
+
+    def _existing_feedback(self, trace_id: str) -> dict[str, Any]:
+        """The trace's assessments by spanmux score id (raises RESOURCE_DOES_NOT_EXIST before the
+        trace exists). Older spanmux versions gave them MLflow's random ids: the metadata finds those."""
+        info = self._tracing.get_trace_info(f"tr-{trace_id}")
+        self._last_ok = time.monotonic()
+        out: dict[str, Any] = {}
+        for assessment in info.assessments or []:
+            score_id = (assessment.metadata or {}).get("spanmux.score_id")
+            if score_id and getattr(assessment, "valid", True) is not False:
+                out.setdefault(score_id, assessment)
+        return out
+
+    def _upsert_feedback(self, score: Score, existing: Any) -> None:
         from mlflow.entities import AssessmentSource, Feedback  # noqa: PLC0415
 
         feedback = Feedback(
@@ -454,39 +692,44 @@ class MlflowBackend:
             metadata={"spanmux.score_id": score.id, "spanmux.data_type": score.data_type},
             create_time_ms=score.timestamp_ns // 1_000_000 if score.timestamp_ns else None,
         )
-        self._tracing.log_assessment(f"tr-{score.trace_id}", feedback)
+        if existing is None:
+            feedback.assessment_id = assessment_id_of(score.id)
+            self._tracing.log_assessment(f"tr-{score.trace_id}", feedback)
+        elif (existing.name, existing.value, existing.rationale) != (score.name, score.value, score.comment):
+            self._tracing.update_assessment(f"tr-{score.trace_id}", existing.assessment_id, feedback)
         self._last_ok = time.monotonic()
 
     # ---- experiment tracking
-    def _log_tracking(self, finished: Iterable[str], scores: Sequence[Score]) -> None:
+    def _log_tracking(self, run: _Run, finished: Iterable[str], scores: Sequence[Score]) -> None:
         metrics: list[Any] = []
         newly_done = []
+        score_ids: list[str] = []
         if self.config.log_metrics or self.config.log_artifacts:
             for trace_id in finished:
-                if trace_id in self._metrics_done:
+                if trace_id in run.metrics_done:
                     continue
                 newly_done.append(trace_id)
-                metrics.extend(self._trace_metrics(trace_id))
+                metrics.extend(self._trace_metrics(run, trace_id))
             if self.config.log_metrics:
-                score_metrics, score_ids = self._score_metrics(scores)
+                score_metrics, score_ids = self._score_metrics(run, scores)
                 metrics.extend(score_metrics)
         if not self.config.log_metrics:
             metrics, score_ids = [], []
-        params = dict(self._pending_params)
-        self._write_batch(metrics, params)
-        self._logged_params.update(params)
+        params = dict(run.pending_params)
+        self._write_batch(run, metrics, params)
+        run.logged_params.update(params)
         for key in params:
-            self._pending_params.pop(key, None)
+            run.pending_params.pop(key, None)
         for score_id in score_ids:
-            self._score_metrics_done.add(score_id)
+            run.score_metrics_done.add(score_id)
         for trace_id in newly_done:
-            self._metrics_done.add(trace_id)
-            self._record_summary(trace_id)
+            run.metrics_done.add(trace_id)
+            self._record_summary(run, trace_id)
 
-    def _trace_metrics(self, trace_id: str) -> list[Any]:
+    def _trace_metrics(self, run: _Run, trace_id: str) -> list[Any]:
         from mlflow.entities import Metric  # noqa: PLC0415
 
-        stats = self._traces[trace_id]
+        stats = run.traces[trace_id]
         root = stats.root
         if root is None or stats.step is None:
             return []
@@ -502,31 +745,33 @@ class MlflowBackend:
         }
         return [Metric(key, float(value), stamp, stats.step) for key, value in values.items()]
 
-    def _score_metrics(self, scores: Sequence[Score]) -> tuple[list[Any], list[str]]:
-        """Numeric and boolean scores as ``score.<name>`` metrics, stepped like their trace."""
+    def _score_metrics(self, run: _Run, scores: Sequence[Score]) -> tuple[list[Any], list[str]]:
+        """Numeric and boolean scores as ``score.<name>`` metrics, stepped like their trace (the
+        same point again when delivered again: MLflow keeps one copy of an identical point)."""
         from mlflow.entities import Metric  # noqa: PLC0415
 
         out, ids = [], []
         for score in scores:
-            if isinstance(score.value, str) or score.id in self._score_metrics_done:
+            if isinstance(score.value, str) or score.id in run.score_metrics_done:
                 continue
-            stats = self._traces.get(score.trace_id)
-            step = stats.step if stats is not None and stats.step is not None else self._steps
+            stats = run.traces.get(score.trace_id)
+            step = stats.step if stats is not None and stats.step is not None else run.steps
             ids.append(score.id)
             stamp = (score.timestamp_ns or time.time_ns()) // 1_000_000
             out.append(Metric(f"score.{_safe_key(score.name)}", float(score.value), stamp, step))
         return out, ids
 
-    def _record_summary(self, trace_id: str) -> None:
-        stats = self._traces.get(trace_id)
+    def _record_summary(self, run: _Run, trace_id: str) -> None:
+        stats = run.traces.get(trace_id)
         root = stats.root if stats is not None else None
         if stats is None or root is None:
             return
         totals = stats.totals()
         trace = root.trace
         metadata = dict(trace.metadata or {}) if trace is not None else {}
-        self._summary[trace_id] = {
+        row = {
             "trace_id": f"tr-{trace_id}",
+            "step": stats.step,
             "name": (trace.name if trace is not None and trace.name else root.name),
             "start_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(root.start_ns / 1e9)),
             "latency_ms": round(root.duration_ms, 3),
@@ -542,34 +787,39 @@ class MlflowBackend:
             "variant": metadata.get("variant"),
             "tags": ",".join(trace.tags) if trace is not None else "",
         }
-        while len(self._summary) > _MAX_SUMMARY_ROWS:
-            self._summary.popitem(last=False)
-        self._summary_dirty = True
-        t = self._totals
-        t["traces"] += 1
-        t["errors"] += root.status == "error"
-        t["total_tokens"] += totals["total_tokens"]
-        t["cost_usd"] += totals["cost_usd"]
-        t["latency_ms"] += root.duration_ms
+        run.summary[trace_id] = row
+        while len(run.summary) > _MAX_SUMMARY_ROWS:
+            run.summary.popitem(last=False)
+        run.summary_dirty = True
+        self._add_to_totals(run, row)
 
-    def _write_batch(self, metrics: list[Any], params: dict[str, str]) -> None:
+    @staticmethod
+    def _add_to_totals(run: _Run, row: Mapping[str, Any]) -> None:
+        t = run.totals
+        t["traces"] += 1
+        t["errors"] += row.get("status") == "error"
+        t["total_tokens"] += float(row.get("total_tokens") or 0)
+        t["cost_usd"] += float(row.get("cost_usd") or 0.0)
+        t["latency_ms"] += float(row.get("latency_ms") or 0.0)
+
+    def _write_batch(self, run: _Run, metrics: list[Any], params: dict[str, str]) -> None:
         from mlflow.entities import Param  # noqa: PLC0415
 
         param_list = [Param(k, v) for k, v in params.items()]
         for start in range(0, len(param_list), _PARAMS_PER_CALL):
-            self._call("log params", self._client.log_batch, self.run_id,
+            self._call("log params", self._client.log_batch, run.run_id,
                         params=param_list[start:start + _PARAMS_PER_CALL])
         for start in range(0, len(metrics), _METRICS_PER_CALL):
-            self._call("log metrics", self._client.log_batch, self.run_id,
+            self._call("log metrics", self._client.log_batch, run.run_id,
                         metrics=metrics[start:start + _METRICS_PER_CALL])
 
-    def _write_session(self, final: bool) -> None:
+    def _write_session(self, run: _Run) -> None:
         """Session totals as metrics (step = traces so far) and the summary table artifact."""
         from mlflow.entities import Metric  # noqa: PLC0415
 
-        if self.run_id is None or self._client is None or not self._summary_dirty:
+        if run.run_id is None or self._client is None or not run.summary_dirty:
             return
-        t = self._totals
+        t = run.totals
         stamp = int(time.time() * 1000)
         if self.config.log_metrics and t["traces"]:
             step = int(t["traces"])
@@ -581,26 +831,40 @@ class MlflowBackend:
                 "session.mean_latency_ms": t["latency_ms"] / t["traces"],
             }
             metrics = [Metric(k, float(v), stamp, step) for k, v in values.items()]
-            self._call("log session metrics", self._client.log_batch, self.run_id, metrics=metrics)
-        if self.config.log_artifacts and self._summary:
-            rows = list(self._summary.values())
-            columns = list(rows[0])
-            table = {"columns": columns, "data": [[row[c] for c in columns] for row in rows]}
-            self._call("log the trace summary table", self._client.log_dict, self.run_id, table, SUMMARY_TABLE)
-            if not self._table_tagged:
+            self._call("log session metrics", self._client.log_batch, run.run_id, metrics=metrics)
+        if self.config.log_artifacts and run.summary:
+            rows = list(run.summary.values())
+            columns = list(dict.fromkeys(key for row in rows for key in row))
+            table = {"columns": columns, "data": [[row.get(c) for c in columns] for row in rows]}
+            self._call("log the trace summary table", self._client.log_dict, run.run_id, table, SUMMARY_TABLE)
+            if not run.table_tagged:
                 # what MlflowClient.log_table sets: the UI and load_table then treat it as a table
                 tag = json.dumps([{"path": SUMMARY_TABLE, "type": "table"}])
-                self._call("tag the summary table", self._client.set_tag, self.run_id, "mlflow.loggedArtifacts", tag)
-                self._table_tagged = True
-        if self._models:
-            self._call("tag the session run", self._client.set_tag, self.run_id, "spanmux.models",
-                       ",".join(sorted(self._models))[:5000])
-        self._summary_dirty = False
+                self._call("tag the summary table", self._client.set_tag, run.run_id, "mlflow.loggedArtifacts", tag)
+                run.table_tagged = True
+        if run.models:
+            self._call("tag the session run", self._client.set_tag, run.run_id, "spanmux.models",
+                       ",".join(sorted(run.models))[:5000])
+        run.summary_dirty = False
+
+    def _close_run(self, run: _Run) -> None:
+        """Write the run's summary; a run this backend created (or its own session's) is marked
+        finished, at the end of its last trace when it was made for another session."""
+        self._write_session(run)
+        if not run.own or run.run_id is None or self._tracing is None:
+            return
+        from mlflow.entities import RunStatus  # noqa: PLC0415
+
+        now = int(time.time() * 1000)
+        end = now if run.key == self.session or not run.last_end_ms else run.last_end_ms
+        # the store call, not MlflowClient.set_terminated, which prints run URLs to stdout
+        self._tracing.store.update_run_info(run.run_id, RunStatus.FINISHED, end, None)
 
     def force_flush(self, timeout: float) -> bool:
-        if self._closed or self.run_id is None:
+        if self._closed:
             return True
-        self._write_session(final=False)
+        for run in list(self._runs.values()):
+            self._write_session(run)
         return True
 
     def shutdown(self, timeout: float) -> None:
@@ -610,16 +874,33 @@ class MlflowBackend:
         if self._waiting_scores:
             log.warning("spanmux: %d scores for MLflow never found their trace and were not sent",
                         len(self._waiting_scores))
-        if self.run_id is None or self._client is None:
+        if self._client is None:
             return
-        try:
-            self._write_session(final=True)
-            # the store call, not MlflowClient.set_terminated, which prints run URLs to stdout
-            from mlflow.entities import RunStatus  # noqa: PLC0415
+        for run in self._runs.values():
+            try:
+                self._close_run(run)
+            except Exception as exc:
+                log.warning("spanmux: could not close the MLflow session run %s: %s", run.run_id, exc)
 
-            self._tracing.store.update_run_info(self.run_id, RunStatus.FINISHED, int(time.time() * 1000), None)
-        except Exception as exc:
-            log.warning("spanmux: could not close the MLflow session run %s: %s", self.run_id, exc)
+
+def assessment_id_of(score_id: str) -> str:
+    """The MLflow assessment id of a spanmux score: the same on every delivery."""
+    if _HEX32.fullmatch(score_id):
+        return f"a-{score_id}"
+    return "a-" + hashlib.sha256(score_id.encode()).hexdigest()[:32]
+
+
+def _json_map(text: str | None) -> dict[str, str]:
+    """A ``{str: str}`` map stored as JSON in an origin; anything else is ignored."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def to_mlflow_span(span: Span, extra_tags: dict[str, str] | None = None) -> Any:
@@ -696,7 +977,15 @@ def span_attributes(span: Span, extra_tags: dict[str, str] | None = None) -> dic
             attrs["mlflow.llm.provider"] = model.provider
         if model.parameters:
             attrs["model.parameters"] = model.parameters
-    if usage is not None:
+    # MLflow totals a trace over its span tree, skipping the descendants of a span that carries
+    # usage (or cost); the store sums every span's own figures. The two agree when a span carries
+    # only figures of its own: a wrapper's "0 tokens, $0" would hide the call inside it. A span
+    # without tokens gets an explicit null usage, so MLflow neither derives usage from other
+    # attributes nor prices it; a span with tokens always gets a cost, zero when unpriced, else
+    # MLflow's writer imports litellm and tries to download its price map. (A null cost breaks
+    # MLflow's span writer, so there is none.)
+    has_tokens = usage is not None and bool(usage.input_tokens or usage.output_tokens or usage.total_tokens)
+    if usage is not None and has_tokens:
         tokens = {
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
@@ -709,16 +998,16 @@ def span_attributes(span: Span, extra_tags: dict[str, str] | None = None) -> dic
         attrs["mlflow.chat.tokenUsage"] = tokens
         if usage.estimated:
             attrs["spanmux.usage_estimated"] = True
-    if cost is not None or "mlflow.llm.model" in attrs:
-        # always send a cost beside a model: without one, MLflow's writer imports litellm and
-        # tries to download its price map to compute it
+    elif usage is not None or model is not None or span.kind in ("llm", "embedding") or _usage_like(attrs):
+        attrs["mlflow.chat.tokenUsage"] = None
+    if has_tokens or (cost is not None and (cost.total or cost.input or cost.output)):
         attrs["mlflow.llm.cost"] = {
             "input_cost": cost.input if cost else 0.0,
             "output_cost": cost.output if cost else 0.0,
             "total_cost": cost.total if cost else 0.0,
         }
-        if cost is not None:
-            attrs["spanmux.cost_source"] = cost.source
+    if cost is not None:
+        attrs["spanmux.cost_source"] = cost.source
     if span.completion_start_ns is not None:
         attrs["llm.time_to_first_token_ms"] = (span.completion_start_ns - span.start_ns) / 1e6
     trace = span.trace
@@ -730,6 +1019,12 @@ def span_attributes(span: Span, extra_tags: dict[str, str] | None = None) -> dic
     if span.parent_id is None:
         attrs.update(_trace_tags(span, extra_tags))
     return {key: _dump(value) for key, value in attrs.items()}
+
+
+def _usage_like(attrs: Mapping[str, Any]) -> bool:
+    """Whether MLflow could read token counts out of these attributes (OTel GenAI, OpenInference,
+    Vercel AI and other conventions all name them ``...token...``)."""
+    return any("token" in key.lower() for key in attrs if not key.startswith("mlflow."))
 
 
 def _trace_tags(root: Span, extra_tags: dict[str, str] | None) -> dict[str, str]:

@@ -536,21 +536,24 @@ def _replay_store(loaded: Any, path: str, to: str, since_ns: int | None, batch_s
     from spanmux.backend import ExportError  # noqa: PLC0415
 
     backend = _target(loaded, to)
+    # one origin for every replay of this store: a backend that files records by producer (MLflow's
+    # run) reuses the same place on each replay instead of making a new one
+    origin = {"replay": str(Path(path).resolve())}
     sent_spans = sent_scores = 0
     try:
         with _open_store(path) as db:
             for spans in db.iter_spans(since_ns=since_ns, batch=batch_size):
-                _export_with_retries(backend, spans, [])
+                _export_with_retries(backend, spans, [], origin=origin, spooled=True)
                 sent_spans += len(spans)
             scores: list[Any] = []
             for score in db.iter_scores(since_ns=since_ns):
                 scores.append(score)
                 if len(scores) >= batch_size:
-                    _export_with_retries(backend, [], scores)
+                    _export_with_retries(backend, [], scores, origin=origin, spooled=True)
                     sent_scores += len(scores)
                     scores = []
             if scores:
-                _export_with_retries(backend, [], scores)
+                _export_with_retries(backend, [], scores, origin=origin, spooled=True)
                 sent_scores += len(scores)
         backend.force_flush(30.0)
     except ExportError as exc:
