@@ -1,13 +1,20 @@
-"""The contract between the pipeline and a backend.
+"""The contract between spanmux and a backend, in one class.
 
-A backend is a small class constructed from its validated config section. The worker thread
-calls ``export`` with finished, serialized spans and scores; nothing else ever calls it, so a
-backend needs no locking of its own.
+A backend is a small class constructed from its validated config section. Its lane (one delivery
+thread per backend, ``spanmux.pipeline.Lane``) calls ``export`` with finished, serialized spans and
+scores; nothing else exports concurrently, so a backend needs no locking of its own.
+
+``BaseBackend`` is everything spanmux may ask of a backend, with a default for all but ``export``:
+subclass it, set the class attributes, write ``export``, override what your backend does
+differently. The core and the CLI call these methods directly; an object written against the
+smaller 0.1 protocol (``Backend``: ``export``, ``force_flush``, ``shutdown``) is completed with
+the same defaults by ``as_backend``, the one place that asks an object what it has.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import abc
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from spanmux.model import Score, Span
@@ -23,33 +30,6 @@ class ExportError(Exception):
         self.retry_after = retry_after
 
 
-@runtime_checkable
-class Backend(Protocol):
-    name: str
-
-    def export(self, spans: Sequence[Span], scores: Sequence[Score]) -> None:
-        """Deliver one batch, or raise ``ExportError``."""
-
-    def force_flush(self, timeout: float) -> bool:
-        """Push anything the backend buffers itself; True when done within ``timeout``."""
-
-    def shutdown(self, timeout: float) -> None:
-        """Release connections and files. Called once, after the last export."""
-
-
-class BackendFactory(Protocol):
-    """What the ``spanmux.backends`` entry point names: a class with these attributes."""
-
-    config_model: ClassVar[Any]
-    """pydantic model of the backend's YAML section (``None`` when it takes no options)."""
-    required_modules: ClassVar[tuple[str, ...]]
-    """Importable modules the backend needs; checked at configure time without importing them."""
-    extra: ClassVar[str | None]
-    """The spanmux extra that installs them (``pip install "spanmux[extra]"``)."""
-
-    def __call__(self, config: Any, settings: Any) -> Backend: ...
-
-
 class BackendSetupError(Exception):
     """Raised by a backend's constructor for a problem in its section; ``key`` is the offending
     key inside the section, so ``configure()`` can point at the YAML line."""
@@ -57,3 +37,156 @@ class BackendSetupError(Exception):
     def __init__(self, message: str, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+class BaseBackend(abc.ABC):
+    """The whole backend contract, with defaults. Register the class under the ``spanmux.backends``
+    entry-point group (``name = "package.module:Class"``) and name it in ``backends:``."""
+
+    name: ClassVar[str] = "backend"
+    """The backend's usual name, for messages (the configured name is the entry point's)."""
+    config_model: ClassVar[Any] = None
+    """pydantic model of the backend's YAML section, validated before construction; ``None``: it
+    takes no options and is constructed with ``config=None``."""
+    required_modules: ClassVar[tuple[str, ...]] = ()
+    """Importable modules the backend needs; checked at configure time without importing them."""
+    extra: ClassVar[str | None] = None
+    """The spanmux extra that installs them (``pip install "spanmux[extra]"``)."""
+
+    rejected_spans: int = 0
+    """Spans the destination refused for good (a 400 for that record) and that were dropped, so
+    they do not block the spool forever; reported by ``stats()`` so no loss goes uncounted."""
+    rejected_scores: int = 0
+    """The same for scores."""
+
+    def __init__(self, config: Any = None, settings: Any = None) -> None:
+        """``config`` is the validated section (an instance of ``config_model``, or None),
+        ``settings`` the whole validated ``observability`` block. Connect to nothing here:
+        ``spanmux validate`` builds backends only to check them."""
+        self.config = config
+        self.settings = settings
+
+    @abc.abstractmethod
+    def export(self, spans: Sequence[Span], scores: Sequence[Score]) -> None:
+        """Deliver one batch, or raise ``ExportError`` (anything else counts as retryable). The
+        same batch may come again after a failure or a crash: make delivery idempotent."""
+
+    def export_spooled(self, spans: Sequence[Span], scores: Sequence[Score],
+                       origin: Mapping[str, str] | None) -> None:
+        """Deliver a batch that waited in a spool (or comes from ``spanmux replay``), with the
+        ``origin()`` of the session that produced it (None when it had none). Default: ``export``."""
+        self.export(spans, scores)
+
+    def origin(self) -> Mapping[str, str] | None:
+        """A small description of this producing session, written with every batch spooled for
+        this backend and handed back to ``export_spooled``, so a record delivered later, by
+        another process, lands where its producer meant it (MLflow: that session's run)."""
+        return None
+
+    def force_flush(self, timeout: float) -> bool:
+        """Push anything the backend buffers itself; True when done within ``timeout``."""
+        return True
+
+    def shutdown(self, timeout: float) -> None:
+        """Release connections and files. Called once, after the last export."""
+        return None
+
+    def check_connection(self, timeout: float = 5.0) -> str | None:
+        """Contact the destination once (``spanmux doctor``): a line saying what answered, or raise
+        ``ExportError`` (``retryable=False`` when it refused the credentials). None: there is
+        nothing to contact."""
+        return None
+
+    @property
+    def has_connection_check(self) -> bool:
+        """Whether ``check_connection`` contacts something (``spanmux validate`` says it did not)."""
+        return type(self).check_connection is not BaseBackend.check_connection
+
+    def stats(self) -> dict[str, int]:
+        """The backend's own counters, shown under its name in ``spanmux.stats()["backends"]``
+        beside the lane's (the lane's win on a clash)."""
+        return {"rejected_spans": self.rejected_spans, "rejected_scores": self.rejected_scores}
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The least an object must do to be a backend (the 0.1 contract); ``as_backend`` completes it."""
+
+    def export(self, spans: Sequence[Span], scores: Sequence[Score]) -> None: ...
+
+    def force_flush(self, timeout: float) -> bool: ...
+
+    def shutdown(self, timeout: float) -> None: ...
+
+
+class BackendFactory(Protocol):
+    """What the ``spanmux.backends`` entry point names: a class with these attributes (a
+    ``BaseBackend`` subclass has them all)."""
+
+    config_model: ClassVar[Any]
+    required_modules: ClassVar[tuple[str, ...]]
+    extra: ClassVar[str | None]
+
+    def __call__(self, config: Any, settings: Any) -> Backend: ...
+
+
+def as_backend(backend: Backend | BaseBackend) -> BaseBackend:
+    """``backend`` itself when it is a ``BaseBackend``; else the same object seen through the whole
+    contract, with ``BaseBackend``'s defaults for what it lacks."""
+    if isinstance(backend, BaseBackend):
+        return backend
+    return _CompletedBackend(backend)
+
+
+class _CompletedBackend(BaseBackend):
+    """An object written against the smaller protocol, duck-typed once, at construction."""
+
+    def __init__(self, target: Any) -> None:
+        super().__init__()
+        for method in ("export", "force_flush", "shutdown"):
+            if not callable(getattr(target, method, None)):
+                raise TypeError(f"{type(target).__name__} is no backend: it has no {method}() method")
+        self.target = target
+        self._export_spooled = _method(target, "export_spooled")
+        self._origin = _method(target, "origin")
+        self._check = _method(target, "check_connection")
+        self._stats = _method(target, "stats")
+
+    def __repr__(self) -> str:
+        return repr(self.target)
+
+    def export(self, spans: Sequence[Span], scores: Sequence[Score]) -> None:
+        self.target.export(spans, scores)
+
+    def export_spooled(self, spans: Sequence[Span], scores: Sequence[Score],
+                       origin: Mapping[str, str] | None) -> None:
+        if self._export_spooled is None:
+            self.target.export(spans, scores)
+        else:
+            self._export_spooled(spans, scores, origin)
+
+    def origin(self) -> Mapping[str, str] | None:
+        return self._origin() if self._origin is not None else None
+
+    def force_flush(self, timeout: float) -> bool:
+        return bool(self.target.force_flush(timeout))
+
+    def shutdown(self, timeout: float) -> None:
+        self.target.shutdown(timeout)
+
+    def check_connection(self, timeout: float = 5.0) -> str | None:
+        return None if self._check is None else self._check(timeout)
+
+    @property
+    def has_connection_check(self) -> bool:
+        return self._check is not None
+
+    def stats(self) -> dict[str, int]:
+        if self._stats is not None:
+            return dict(self._stats())
+        return {key: int(getattr(self.target, key, 0) or 0) for key in ("rejected_spans", "rejected_scores")}
+
+
+def _method(target: Any, name: str) -> Any:
+    found = getattr(target, name, None)
+    return found if callable(found) else None

@@ -433,16 +433,16 @@ def _export_with_retries(backend: Any, spans: list[Any], scores: list[Any], atte
                          origin: dict[str, str] | None = None, spooled: bool = False) -> None:
     """Send one batch; retry what the backend calls retryable, honouring its Retry-After. A batch
     from the target's own spool goes to ``export_spooled`` with the origin it was written with."""
-    from spanmux.backend import ExportError  # noqa: PLC0415
+    from spanmux.backend import ExportError, as_backend  # noqa: PLC0415
 
-    send = getattr(backend, "export_spooled", None) if spooled else None
+    contract = as_backend(backend)
     delay = 0.5
     for attempt in range(attempts):
         try:
-            if send is not None:
-                send(spans, scores, origin)
+            if spooled:
+                contract.export_spooled(spans, scores, origin)
             else:
-                backend.export(spans, scores)
+                contract.export(spans, scores)
             return
         except ExportError as exc:
             if not exc.retryable or attempt == attempts - 1:
@@ -631,6 +631,7 @@ def _replay_spool(loaded: Any, folder: Path, to: str) -> None:
 
 
 def _doctor_row(loaded: Any, name: str, timeout: float) -> dict[str, Any]:
+    from spanmux.backend import as_backend  # noqa: PLC0415
     from spanmux.spool import Spool  # noqa: PLC0415
 
     row: dict[str, Any] = {"backend": name, "ok": False, "status": "", "detail": ""}
@@ -639,12 +640,10 @@ def _doctor_row(loaded: Any, name: str, timeout: float) -> dict[str, Any]:
     except ConfigurationError as exc:
         row.update(status="misconfigured", detail="; ".join(p.message for p in exc.problems) or str(exc))
     else:
-        check = getattr(backend, "check_connection", None)
         try:
-            if callable(check):
-                row.update(ok=True, status="ok", detail=str(check(timeout)))
-            else:
-                row.update(ok=True, status="ok", detail="configured (this backend has no connection check)")
+            answer = as_backend(backend).check_connection(timeout)
+            detail = "configured (this backend has no connection check)" if answer is None else str(answer)
+            row.update(ok=True, status="ok", detail=detail)
         except Exception as exc:
             retryable = getattr(exc, "retryable", True)
             row.update(status="unreachable" if retryable else "refused", detail=str(exc) or type(exc).__name__)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spanmux.backend import Backend, ExportError
+from spanmux.backend import Backend, BaseBackend, ExportError, as_backend
 from spanmux.model import Score, Span
 from spanmux.spool import EncodedRecords, Spool, SpooledBatch, encode_records
 
@@ -98,7 +98,8 @@ class Lane:
 
     def __init__(self, name: str, backend: Backend, spool: Spool | None, max_pending: int) -> None:
         self.name = name
-        self.backend = backend
+        self.backend = backend  # as configured (tests and the CLI look at it)
+        self.contract: BaseBackend = as_backend(backend)  # what the lane calls
         self.spool = spool
         self.stats = LaneStats()
         self._pending: deque[_Batch | _Marker] = deque()
@@ -114,7 +115,7 @@ class Lane:
         self._retry_at = 0.0
         self._reported: set[str] = set()
         self._gave_up = False  # the last failure was not retryable: a flush does not wait for it
-        self._origin = _origin_of(name, backend)
+        self._origin = _origin_of(name, self.contract)
         self._thread = threading.Thread(target=self._run, name=f"spanmux-lane-{name}", daemon=True)
         self._thread.start()
 
@@ -204,13 +205,12 @@ class Lane:
 
     def _export(self, spans: Sequence[Span], scores: Sequence[Score], spooled: SpooledBatch | None = None) -> bool:
         """One delivery attempt. A batch from the spool goes to ``export_spooled`` with the origin
-        it was written with, when the backend cares where a record came from."""
+        it was written with."""
         try:
-            export_spooled = getattr(self.backend, "export_spooled", None) if spooled is not None else None
-            if export_spooled is not None and spooled is not None:
-                export_spooled(spans, scores, spooled.origin)
+            if spooled is not None:
+                self.contract.export_spooled(spans, scores, spooled.origin)
             else:
-                self.backend.export(spans, scores)
+                self.contract.export(spans, scores)
         except Exception as exc:  # any failure of a backend is contained here
             self.stats.export_errors += 1
             self._report(exc)
@@ -263,7 +263,7 @@ class Lane:
             delivered = self._replay_spool(force=True)
         if delivered:
             try:
-                self.backend.force_flush(max(0.1, min(5.0, marker.deadline - time.monotonic())))
+                self.contract.force_flush(max(0.1, min(5.0, marker.deadline - time.monotonic())))
             except Exception as exc:
                 self._report(exc)
                 delivered = False
@@ -442,7 +442,7 @@ class Pipeline:
                             "in its spool for the next run", lane.name, timeout, spilled)
                 continue
             try:
-                lane.backend.shutdown(max(0.1, deadline - time.monotonic()))
+                lane.contract.shutdown(max(0.1, deadline - time.monotonic()))
             except Exception as exc:
                 log.warning("backend %r failed to shut down cleanly: %s", lane.name, exc)
 
@@ -491,10 +491,13 @@ class Pipeline:
     def _lane_stats(lane: Lane) -> dict[str, Any]:
         """The lane's counters plus what the backend itself refused for good (a 400 from a server
         that will never accept that record), so no loss goes uncounted."""
+        own: dict[str, Any] = {"rejected_spans": 0, "rejected_scores": 0}
+        try:
+            own.update(lane.contract.stats())
+        except Exception:  # spanmux.stats() never raises into the caller
+            log.debug("backend %r: stats() failed", lane.name, exc_info=True)
         numbers = lane.stats.as_dict(lane.spool)
-        for key in ("rejected_spans", "rejected_scores"):
-            numbers[key] = int(getattr(lane.backend, key, 0) or 0)
-        return numbers
+        return numbers | {key: value for key, value in own.items() if key not in numbers}
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -603,13 +606,10 @@ class Pipeline:
             spool.done(path)
 
 
-def _origin_of(name: str, backend: Backend) -> dict[str, str] | None:
+def _origin_of(name: str, backend: BaseBackend) -> dict[str, str] | None:
     """The backend's description of this producing session, written with each batch it spools."""
-    describe = getattr(backend, "origin", None)
-    if not callable(describe):
-        return None
     try:
-        found = describe()
+        found = backend.origin()
     except Exception:
         log.warning("backend %r: origin() failed; its spooled batches carry none", name, exc_info=True)
         return None

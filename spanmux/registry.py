@@ -17,7 +17,7 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any
 
-from spanmux.backend import Backend, BackendSetupError
+from spanmux.backend import Backend, BackendSetupError, as_backend
 from spanmux.config import LoadedConfig, load_config, validate_section
 from spanmux.errors import ConfigProblem, ConfigurationError
 
@@ -153,7 +153,7 @@ def check_config(
     else:
         checked.backends = build_backends(loaded)
         for name, backend in checked.backends:
-            if callable(getattr(backend, "check_connection", None)):
+            if as_backend(backend).has_connection_check:
                 checked.unchecked.append(
                     f"{name}: not contacted, so whether it is reachable and accepts the credentials "
                     f"(run `spanmux doctor {loaded.source}`)"
