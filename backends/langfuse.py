@@ -5,11 +5,11 @@ Spans travel as OTLP/HTTP protobuf (gzip) to ``{host}/api/public/otel/v1/traces`
 model, exclusive usage buckets and cost, and every observation carries the trace-level fields
 (name, user, session, tags, metadata) that Langfuse's aggregations filter on.
 
-OpenTelemetry is used as a library only: ``ReadableSpan`` records are built directly from our
-spans (our ids, our nanosecond timestamps, our parents) and encoded with the OTLP encoder. No
-tracer provider is created or installed, so the user's own OpenTelemetry setup (or a Langfuse SDK
-client in the same process) is neither captured nor disturbed. The HTTP call is ours, so each
-answer can be classified for the pipeline's Lane, which owns retries, backoff and the spool.
+The OpenTelemetry spans come from ``spanmux.backends.otel_spans`` (our ids, nanosecond times and
+parents; no tracer provider, so the user's own OpenTelemetry setup, or a Langfuse SDK client in the
+same process, is neither captured nor disturbed); this module adds only Langfuse's attribute
+table. The HTTP call is ours, so each answer can be classified for the pipeline's Lane, which owns
+retries, backoff and the spool.
 """
 
 from __future__ import annotations
@@ -17,19 +17,24 @@ from __future__ import annotations
 import base64
 import email.utils
 import gzip
-import json
 import logging
 import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
-import msgspec
-
-from spanmux.backend import BackendSetupError, ExportError
+from spanmux import attributes as attr
+from spanmux.backend import BackendSetupError, BaseBackend, ExportError
+from spanmux.backends.otel_spans import (
+    SERVICE_NAME,
+    TELEMETRY_SDK_NAME,
+    OtelSpanBuilder,
+    encode_otlp,
+    error_description,
+    json_text,
+)
 from spanmux.config_schemas import LangfuseConfig
 from spanmux.model import Cost, Score, Span, Usage
 from spanmux.usage import is_model_call
@@ -46,6 +51,46 @@ MAX_TRACE_REQUEST_BYTES = 4 * 1024 * 1024
 """Serialized OTLP size above which a batch is split (before gzip)."""
 MAX_SCORE_REQUEST_BYTES = 900_000
 """POST /api/public/scores takes at most 1 MiB (Next.js default body limit)."""
+
+
+
+class LangfuseKeys:
+    """Langfuse's attribute names, as its SDK writes them (``langfuse/_client/attributes.py``), and
+    the metadata keys spanmux adds: the one place they are spelled."""
+
+    OBSERVATION_TYPE: Final = "langfuse.observation.type"
+    INPUT: Final = "langfuse.observation.input"
+    OUTPUT: Final = "langfuse.observation.output"
+    LEVEL: Final = "langfuse.observation.level"
+    STATUS_MESSAGE: Final = "langfuse.observation.status_message"
+    MODEL: Final = "langfuse.observation.model.name"
+    MODEL_PARAMETERS: Final = "langfuse.observation.model.parameters"
+    USAGE_DETAILS: Final = "langfuse.observation.usage_details"
+    COST_DETAILS: Final = "langfuse.observation.cost_details"
+    COMPLETION_START_TIME: Final = "langfuse.observation.completion_start_time"
+    PROMPT_NAME: Final = "langfuse.observation.prompt.name"
+    PROMPT_VERSION: Final = "langfuse.observation.prompt.version"
+    METADATA_PREFIX: Final = "langfuse.observation.metadata."
+    TRACE_NAME: Final = "langfuse.trace.name"
+    TRACE_TAGS: Final = "langfuse.trace.tags"
+    TRACE_METADATA_PREFIX: Final = "langfuse.trace.metadata."
+    ENVIRONMENT: Final = "langfuse.environment"
+    RELEASE: Final = "langfuse.release"
+    USER_ID: Final = attr.USER_ID
+    SESSION_ID: Final = attr.SESSION_ID
+
+    # observation metadata: spanmux's own fields where Langfuse has none
+    META_FRAMEWORK: Final = "framework"
+    META_KIND: Final = "kind"
+    META_PROVIDER: Final = "provider"
+    META_MODEL: Final = "model"
+    META_TRACEBACK: Final = "error.traceback"
+    META_TRUNCATED: Final = "truncated"
+    META_USAGE_ESTIMATED: Final = "usage.estimated"
+    META_COST_SOURCE: Final = "cost.source"
+
+
+K = LangfuseKeys
 
 OBSERVATION_TYPE_BY_KIND: dict[str, str] = {
     "llm": "generation",
@@ -65,33 +110,17 @@ become plain spans and keep their spanmux kind in the observation metadata."""
 GENERATION_LIKE = frozenset({"generation", "embedding"})
 """Only these observation types carry model, usage and cost in Langfuse."""
 
-_ENCODER = msgspec.json.Encoder()
 _ENVIRONMENT = re.compile(r"^(?!langfuse)[a-z0-9_-]{1,40}$")
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
-_PROMPT_NAME = "prompt.name"
-_PROMPT_VERSION = "prompt.version"
-_TRACE_LEVEL_KEYS = frozenset({"user.id", "session.id"})
+_TRACE_LEVEL_KEYS = frozenset({attr.USER_ID, attr.SESSION_ID})
 
 
 # ---------------------------------------------------------------- attribute mapping (pure)
 
-def _json(value: Any) -> str:
-    """Compact JSON; msgspec is several times faster than ``json`` on the worker thread."""
-    try:
-        return _ENCODER.encode(value).decode()
-    except (TypeError, ValueError, OverflowError):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
 def _text(value: Any) -> str:
-    """Input/output as the SDK sends them: strings verbatim, anything else as JSON."""
-    return value if isinstance(value, str) else _json(value)
-
-
-def _metadata_value(value: Any) -> str:
-    """Metadata values: strings verbatim (so filters like ``metadata.variant = B`` match),
-    anything else as compact JSON."""
-    return value if isinstance(value, str) else _json(value)
+    """Input/output as the SDK sends them, and metadata values (so filters like
+    ``metadata.variant = B`` match): strings verbatim, anything else as compact JSON."""
+    return value if isinstance(value, str) else json_text(value)
 
 
 def iso_from_ns(ns: int) -> str:
@@ -144,62 +173,61 @@ def observation_attributes(
     otype = observation_type(span.kind)
     if span.kind == "llm" and not is_model_call(span):
         otype = "span"  # a delegating wrapper: Langfuse counts generations as model calls
-    attrs: dict[str, Any] = {"langfuse.observation.type": otype}
+    attrs: dict[str, Any] = {K.OBSERVATION_TYPE: otype}
     if span.input is not None:
-        attrs["langfuse.observation.input"] = _text(span.input)
+        attrs[K.INPUT] = _text(span.input)
     if span.output is not None:
-        attrs["langfuse.observation.output"] = _text(span.output)
+        attrs[K.OUTPUT] = _text(span.output)
     if span.status == "error":
-        attrs["langfuse.observation.level"] = "ERROR"
+        attrs[K.LEVEL] = "ERROR"
         if span.error is not None:
-            message = f"{span.error.type}: {span.error.message}" if span.error.message else span.error.type
-            attrs["langfuse.observation.status_message"] = message[:4000]
+            attrs[K.STATUS_MESSAGE] = error_description(span)[:4000]
 
-    metadata: dict[str, Any] = {"framework": span.framework}
+    metadata: dict[str, Any] = {K.META_FRAMEWORK: span.framework}
     if otype != span.kind and not (otype == "generation" and span.kind == "llm"):
-        metadata["kind"] = span.kind
+        metadata[K.META_KIND] = span.kind
     extra = span.attributes or {}
     for key, value in extra.items():
-        if key in (_PROMPT_NAME, _PROMPT_VERSION) or key in _TRACE_LEVEL_KEYS or value is None:
+        if key in (attr.PROMPT_NAME, attr.PROMPT_VERSION) or key in _TRACE_LEVEL_KEYS or value is None:
             continue
         metadata[key] = value
     if span.error is not None and span.error.traceback:
-        metadata["error.traceback"] = span.error.traceback
+        metadata[K.META_TRACEBACK] = span.error.traceback
     if span.truncated:
-        metadata["truncated"] = True
+        metadata[K.META_TRUNCATED] = True
 
     if otype in GENERATION_LIKE:
         model = span.model
         if model is not None and model.name:
-            attrs["langfuse.observation.model.name"] = model.name
+            attrs[K.MODEL] = model.name
         if model is not None and model.parameters:
-            attrs["langfuse.observation.model.parameters"] = _json(model.parameters)
+            attrs[K.MODEL_PARAMETERS] = json_text(model.parameters)
         if model is not None and model.provider:
-            metadata["provider"] = model.provider
+            metadata[K.META_PROVIDER] = model.provider
         if span.usage is not None:
             details = usage_details(span.usage)
             if details is not None:
-                attrs["langfuse.observation.usage_details"] = _json(details)
+                attrs[K.USAGE_DETAILS] = json_text(details)
             if span.usage.estimated:
-                metadata["usage.estimated"] = True
+                metadata[K.META_USAGE_ESTIMATED] = True
         if span.cost is not None:
-            attrs["langfuse.observation.cost_details"] = _json(cost_details(span.cost))
-            metadata["cost.source"] = span.cost.source
+            attrs[K.COST_DETAILS] = json_text(cost_details(span.cost))
+            metadata[K.META_COST_SOURCE] = span.cost.source
         if span.completion_start_ns:
-            attrs["langfuse.observation.completion_start_time"] = iso_from_ns(span.completion_start_ns)
-        if otype == "generation" and extra.get(_PROMPT_NAME):
-            attrs["langfuse.observation.prompt.name"] = str(extra[_PROMPT_NAME])
-            version = extra.get(_PROMPT_VERSION)
+            attrs[K.COMPLETION_START_TIME] = iso_from_ns(span.completion_start_ns)
+        if otype == "generation" and extra.get(attr.PROMPT_NAME):
+            attrs[K.PROMPT_NAME] = str(extra[attr.PROMPT_NAME])
+            version = extra.get(attr.PROMPT_VERSION)
             if version is not None:
                 try:
-                    attrs["langfuse.observation.prompt.version"] = int(version)
+                    attrs[K.PROMPT_VERSION] = int(version)
                 except (TypeError, ValueError):
-                    metadata[_PROMPT_VERSION] = version
+                    metadata[attr.PROMPT_VERSION] = version
     elif span.model is not None and span.model.name:
-        metadata["model"] = span.model.name
+        metadata[K.META_MODEL] = span.model.name
 
     for key, value in metadata.items():
-        attrs[f"langfuse.observation.metadata.{key}"] = _metadata_value(value)
+        attrs[K.METADATA_PREFIX + key] = _text(value)
     attrs.update(trace_attributes(span, trace_name=trace_name, environment=environment, release=release))
     return attrs
 
@@ -214,23 +242,23 @@ def trace_attributes(
     extra = span.attributes or {}
     name = (trace.name if trace is not None else None) or trace_name
     if name:
-        attrs["langfuse.trace.name"] = name
-    user_id = (trace.user_id if trace is not None else None) or extra.get("user.id")
+        attrs[K.TRACE_NAME] = name
+    user_id = (trace.user_id if trace is not None else None) or extra.get(attr.USER_ID)
     if user_id:
-        attrs["user.id"] = str(user_id)
-    session_id = (trace.session_id if trace is not None else None) or extra.get("session.id")
+        attrs[K.USER_ID] = str(user_id)
+    session_id = (trace.session_id if trace is not None else None) or extra.get(attr.SESSION_ID)
     if session_id:
-        attrs["session.id"] = str(session_id)
+        attrs[K.SESSION_ID] = str(session_id)
     if trace is not None and trace.tags:
-        attrs["langfuse.trace.tags"] = tuple(str(tag) for tag in trace.tags)
+        attrs[K.TRACE_TAGS] = tuple(str(tag) for tag in trace.tags)
     if trace is not None and trace.metadata:
         for key, value in trace.metadata.items():
             if value is not None:
-                attrs[f"langfuse.trace.metadata.{key}"] = _metadata_value(value)
+                attrs[f"{K.TRACE_METADATA_PREFIX}{key}"] = _text(value)
     if environment:
-        attrs["langfuse.environment"] = environment
+        attrs[K.ENVIRONMENT] = environment
     if release:
-        attrs["langfuse.release"] = release
+        attrs[K.RELEASE] = release
     return attrs
 
 
@@ -262,65 +290,6 @@ def score_body(score: Score, environment: str | None = None) -> dict[str, Any]:
     if environment:
         body["environment"] = environment
     return body
-
-
-# ---------------------------------------------------------------- OpenTelemetry as a library
-
-@lru_cache(maxsize=1)
-def _otel() -> dict[str, Any]:
-    """Import the OTel pieces once, lazily (never at ``import spanmux``)."""
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans  # noqa: PLC0415
-    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
-    from opentelemetry.sdk.trace import ReadableSpan  # noqa: PLC0415
-    from opentelemetry.sdk.util.instrumentation import InstrumentationScope  # noqa: PLC0415
-    from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags  # noqa: PLC0415
-
-    import spanmux  # noqa: PLC0415
-
-    return {
-        "encode_spans": encode_spans,
-        "ReadableSpan": ReadableSpan,
-        "SpanContext": SpanContext,
-        "SpanKind": SpanKind,
-        "Status": Status,
-        "StatusCode": StatusCode,
-        "sampled": TraceFlags(TraceFlags.SAMPLED),
-        "scope": InstrumentationScope("spanmux", spanmux.__version__),
-        "Resource": Resource,
-    }
-
-
-def to_readable_span(span: Span, attributes: dict[str, Any], resource: Any) -> Any:
-    """A finished OTel ``ReadableSpan`` with our ids, parent and nanosecond timestamps, made
-    without a tracer, so nothing is registered anywhere."""
-    otel = _otel()
-    trace_id = int(span.trace_id, 16)
-    span_id = int(span.span_id, 16)
-    if not trace_id or not span_id or trace_id >> 128 or span_id >> 64:
-        raise ValueError("trace id must be 32 hex digits and span id 16, not zero")
-    context = otel["SpanContext"](trace_id, span_id, is_remote=False, trace_flags=otel["sampled"])
-    parent = None
-    if span.parent_id:
-        parent_id = int(span.parent_id, 16)
-        if parent_id and not parent_id >> 64:
-            parent = otel["SpanContext"](trace_id, parent_id, is_remote=False, trace_flags=otel["sampled"])
-    if span.status == "error":
-        message = span.error.message if span.error is not None else None
-        status = otel["Status"](otel["StatusCode"].ERROR, message)
-    else:
-        status = otel["Status"](otel["StatusCode"].UNSET)
-    return otel["ReadableSpan"](
-        name=span.name,
-        context=context,
-        parent=parent,
-        resource=resource,
-        attributes=attributes,
-        kind=otel["SpanKind"].INTERNAL,
-        status=status,
-        start_time=span.start_ns,
-        end_time=max(span.end_ns, span.start_ns),
-        instrumentation_scope=otel["scope"],
-    )
 
 
 # ---------------------------------------------------------------- the backend
@@ -361,7 +330,7 @@ class _Rejected(Exception):
         self.detail = detail
 
 
-class LangfuseBackend:
+class LangfuseBackend(BaseBackend):
     """Sends spans as Langfuse observations and scores as Langfuse scores."""
 
     name = "langfuse"
@@ -376,6 +345,7 @@ class LangfuseBackend:
 
     def __init__(self, config: LangfuseConfig | None, settings: Any = None) -> None:
         section = config if config is not None else LangfuseConfig()
+        super().__init__(section, settings)
         public_key = _first(section.public_key, os.environ.get("LANGFUSE_PUBLIC_KEY"))
         secret_key = _first(
             section.secret_key.get_secret_value() if section.secret_key is not None else None,
@@ -417,12 +387,12 @@ class LangfuseBackend:
         token = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode("ascii")
         self._auth = f"Basic {token}"
         self._session: Any = None
-        self._resource: Any = None
+        self._builder: OtelSpanBuilder | None = None
 
     def __repr__(self) -> str:
         return f"LangfuseBackend(host={self.host!r}, public_key={self.public_key!r})"
 
-    # -- the Backend protocol
+    # -- the backend contract
     def export(self, spans: Sequence[Span], scores: Sequence[Score]) -> None:
         if spans:
             readable = self._readable_spans(spans)
@@ -431,8 +401,7 @@ class LangfuseBackend:
         if scores:
             self._send_scores([score_body(score, self.environment) for score in scores])
 
-    def force_flush(self, timeout: float) -> bool:
-        return True  # nothing is buffered here: export() returns once the server answered
+    # force_flush: the default; nothing is buffered here, export() returns once the server answered
 
     def shutdown(self, timeout: float) -> None:
         session, self._session = self._session, None
@@ -456,9 +425,10 @@ class LangfuseBackend:
 
     # -- spans
     def _readable_spans(self, spans: Sequence[Span]) -> list[Any]:
-        if self._resource is None:
-            resource_attrs = {"service.name": self.project or "spanmux", "telemetry.sdk.name": "spanmux"}
-            self._resource = _otel()["Resource"](resource_attrs)
+        if self._builder is None:
+            self._builder = OtelSpanBuilder(
+                resource={SERVICE_NAME: self.project or "spanmux", TELEMETRY_SDK_NAME: "spanmux"})
+        build = self._builder.build
         root_names = {s.trace_id: s.name for s in spans if s.parent_id is None}
         out = []
         for span in spans:
@@ -469,7 +439,7 @@ class LangfuseBackend:
                     environment=self.environment,
                     release=self.release,
                 )
-                out.append(to_readable_span(span, attributes, self._resource))
+                out.append(build(span, attributes))
             except (ValueError, TypeError) as exc:
                 self.rejected_spans += 1
                 self._warn_once(f"span-invalid:{type(exc).__name__}",
@@ -477,7 +447,7 @@ class LangfuseBackend:
         return out
 
     def _send_spans(self, readable: Sequence[Any]) -> None:
-        payload = _otel()["encode_spans"](readable).SerializeToString()
+        payload = encode_otlp(readable)
         if len(payload) > MAX_TRACE_REQUEST_BYTES and len(readable) > 1:
             first, second = _halves(readable)
             self._send_spans(first)
@@ -497,7 +467,7 @@ class LangfuseBackend:
     # -- scores
     def _send_scores(self, bodies: Sequence[dict[str, Any]]) -> None:
         for chunk in self._score_chunks(bodies):
-            data = _json(list(chunk)).encode()
+            data = json_text(list(chunk)).encode()
             try:
                 response = self._post(SCORES_PATH, data, {"Content-Type": "application/json"})
             except _Rejected as exc:
@@ -511,7 +481,7 @@ class LangfuseBackend:
         chunk: list[dict[str, Any]] = []
         size = 2
         for body in bodies:
-            item = len(_json(body).encode()) + 1
+            item = len(json_text(body).encode()) + 1
             if chunk and size + item > MAX_SCORE_REQUEST_BYTES:
                 yield chunk
                 chunk, size = [], 2
@@ -553,7 +523,7 @@ class LangfuseBackend:
     # -- HTTP
     def _request(self, method: str, path: str, data: bytes | None, headers: dict[str, str],
                  timeout: float | None = None) -> Any:
-        import requests  # noqa: PLC0415
+        import requests
 
         if self._session is None:
             self._session = requests.Session()

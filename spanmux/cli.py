@@ -631,7 +631,7 @@ def _replay_spool(loaded: Any, folder: Path, to: str) -> None:
 
 
 def _doctor_row(loaded: Any, name: str, timeout: float) -> dict[str, Any]:
-    from spanmux.backend import as_backend  # noqa: PLC0415
+    from spanmux.backend import as_backend
     from spanmux.spool import Spool  # noqa: PLC0415
 
     row: dict[str, Any] = {"backend": name, "ok": False, "status": "", "detail": ""}

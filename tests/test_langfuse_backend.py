@@ -528,7 +528,8 @@ def test_usage_buckets_never_overlap(inp: int, out: int, total: int, cache_read:
 
 def _otlp(**overrides: Any) -> bytes:
     """An OTLP body built with OpenTelemetry's own encoder (no hand-written protobuf)."""
-    from spanmux.backends.langfuse import _otel, observation_attributes, to_readable_span
+    from spanmux.backends.langfuse import observation_attributes
+    from spanmux.backends.otel_spans import OtelSpanBuilder, encode_otlp
 
     fields: dict[str, Any] = {"trace_id": new_trace_id(), "span_id": new_span_id(), "parent_id": None,
                               "name": "probe", "kind": "llm", "framework": "manual", "start_ns": 1, "end_ns": 2,
@@ -537,8 +538,7 @@ def _otlp(**overrides: Any) -> bytes:
     fields.update(overrides)
     span = Span(**fields)
     attributes = observation_attributes(span) | attributes_patch
-    readable = to_readable_span(span, attributes, _otel()["Resource"]({}))
-    return bytes(_otel()["encode_spans"]([readable]).SerializeToString())
+    return encode_otlp([OtelSpanBuilder(resource={}).build(span, attributes)])
 
 
 def _otlp_without_ids() -> bytes:
