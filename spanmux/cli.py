@@ -27,6 +27,7 @@ from rich.tree import Tree
 
 from spanmux.errors import ConfigurationError
 from spanmux.model import Status
+from spanmux.store import DEFAULT_PATH, LocalStore, default_store_path
 
 app = typer.Typer(help="spanmux: traces of your LLM agents, in the observability tool you already use.",
                   no_args_is_help=True, add_completion=False)
@@ -78,23 +79,10 @@ StoreOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _store_path(store: str | None) -> str:
-    if store:
-        return store
-    try:
-        from spanmux.config import load_config  # noqa: PLC0415
-
-        return str(load_config(None).settings.local.path)
-    except ConfigurationError:
-        return ".spanmux/spanmux.db"
-
-
 @contextmanager
-def _open_store(store: str | None) -> Iterator[Any]:
+def _open_store(store: str | None) -> Iterator[LocalStore]:
     """The store opened read-only, or a one-line error (never a traceback) where it cannot be read."""
-    from spanmux.backends.local import LocalStore  # noqa: PLC0415
-
-    path = _store_path(store)
+    path = store or default_store_path()
     try:
         db = LocalStore(path)
     except FileNotFoundError:
@@ -506,7 +494,7 @@ def replay(
         _refuse_implicit_mlflow(loaded, to)
         _replay_spool(loaded, folder, to)
         return
-    path = store or (str(loaded.settings.local.path) if config else _store_path(None))
+    path = store or (str(loaded.settings.local.path) if config else default_store_path())
     if not Path(path).exists():
         _error(f"no spanmux store at {path} (pass --store)")
         raise typer.Exit(1)
@@ -757,8 +745,6 @@ def _print_doctor(loaded: Any, rows: list[dict[str, Any]], spools: list[dict[str
 def print_recent(store: str, since_ns: int | None = None, limit: int = 10) -> None:
     """Print the traces table and each trace's tree, oldest first: what the examples end with
     (the same output as ``spanmux traces`` followed by ``spanmux show ID``)."""
-    from spanmux.backends.local import LocalStore  # noqa: PLC0415
-
     with LocalStore(store) as db:
         recent = db.list_traces(limit=limit, since_ns=since_ns)
     app(["traces", "--store", store, "--limit", str(max(1, len(recent)))], standalone_mode=False)
@@ -787,8 +773,6 @@ def command_path() -> str:
 def explore_hint(store: str) -> str:
     """The line the examples end with: commands that work from here, whether or not the venv is
     activated (``--store`` only when the store is not where the CLI looks by default)."""
-    from spanmux.backends.local import DEFAULT_PATH  # noqa: PLC0415
-
     command = command_path()
     option = "" if os.path.normpath(store) == os.path.normpath(DEFAULT_PATH) else f" --store {shlex.quote(store)}"
     return f"Stored in {store}. Explore it with:  {command} traces{option}   |   {command} show <trace id>{option}"

@@ -21,8 +21,8 @@ import msgspec
 from spanmux.attributes import PROMPT_NAME, PROMPT_VERSION, VARIANT
 
 if TYPE_CHECKING:
-    from spanmux.backends.local import LocalStore, TraceSummary
     from spanmux.model import Score
+    from spanmux.store import LocalStore, TraceSummary
 
 NONE_GROUP = "(none)"
 GROUPINGS = ("model", "tag", "user", "session", "name", "prompt", "variant", "metadata.KEY")

@@ -1,0 +1,510 @@
+"""Reading the built-in store: the one read path of the CLI, ``spanmux replay`` and the web UI.
+
+The store is a SQLite file in WAL mode written by the ``local`` backend
+(``spanmux.backends.local``, the writer). This module owns what writer and readers share, the
+schema and its version, and everything that reads: ``LocalStore`` (opened read-only, so reading
+never creates, migrates or locks a file and works beside a live writer), the per-trace
+``TraceSummary``, the typed ``TraceFilter`` and keyset paging (``page_traces``: no ``OFFSET`` on
+a big table), and the tree order of a trace's spans. It imports no backend.
+
+Layout: spans are appended in arrival order (a rowid table) and found by a unique index on
+(trace number, span id), where a trace's number (``traces.seq``) is given in order of first
+arrival. Only the columns queries filter on are columns; the rest of a span is one JSON ``detail``
+object (``DETAIL_FIELDS``, only those set). ``traces`` keeps per-trace totals, updated by the
+writer from each batch's new spans, so listing never scans spans.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from spanmux.model import Cost, ErrorInfo, ModelInfo, Score, Span, TraceAttributes, Usage
+
+log = logging.getLogger("spanmux.store")
+
+DEFAULT_PATH = ".spanmux/spanmux.db"
+SCHEMA_VERSION = 2
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS spans (
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    parent_id TEXT,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    framework TEXT NOT NULL,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    model TEXT,
+    detail TEXT,
+    trace_seq INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS spans_by_trace ON spans (trace_seq, span_id);
+CREATE TABLE IF NOT EXISTS traces (
+    seq INTEGER PRIMARY KEY,
+    trace_id TEXT NOT NULL UNIQUE,
+    name TEXT,
+    root_span_id TEXT,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    span_count INTEGER NOT NULL,
+    error_count INTEGER NOT NULL,
+    llm_calls INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    total_tokens INTEGER NOT NULL,
+    cost_total REAL,
+    models TEXT,
+    user_id TEXT,
+    session_id TEXT,
+    tags TEXT,
+    metadata TEXT,
+    framework TEXT,
+    root_name TEXT,
+    root_rank INTEGER NOT NULL,
+    root_start_ns INTEGER NOT NULL,
+    attr_name TEXT
+);
+CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns DESC);
+CREATE INDEX IF NOT EXISTS traces_by_session ON traces (session_id, start_ns);
+CREATE INDEX IF NOT EXISTS traces_by_user ON traces (user_id, start_ns);
+CREATE TABLE IF NOT EXISTS scores (
+    id TEXT PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    span_id TEXT,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    data_type TEXT NOT NULL,
+    comment TEXT,
+    source TEXT NOT NULL,
+    timestamp_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scores_by_trace ON scores (trace_id);
+CREATE INDEX IF NOT EXISTS scores_by_name ON scores (name, trace_id);
+"""
+
+SPAN_COLUMNS = (
+    "trace_id", "span_id", "parent_id", "name", "kind", "framework", "start_ns", "end_ns", "status", "model",
+    "detail", "trace_seq",
+)
+"""The columns of ``spans``, in the order the writer binds them."""
+
+DETAIL_FIELDS = (
+    "input", "output", "model", "usage", "cost", "error", "attributes", "trace", "completion_start_ns",
+)
+"""The ``Span`` fields kept in the JSON ``detail`` column (plus ``truncated`` when true): one bound
+value instead of twenty, which is most of the cost of an insert."""
+
+_SPANS_OF_TRACE = "SELECT * FROM spans WHERE trace_seq = (SELECT seq FROM traces WHERE trace_id = ?) ORDER BY start_ns"
+
+_detail_decode = msgspec.json.Decoder().decode
+
+
+class StoreSchemaError(sqlite3.DatabaseError):
+    """The file was written by another schema version of the store."""
+
+
+class StoreReadError(sqlite3.DatabaseError):
+    """The store file exists but cannot be read (permissions, not a database, no spanmux tables)."""
+
+
+def check_schema_version(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse a store of another schema version (no migration: version 1 predates the first
+    release); closes ``conn`` before raising ``StoreSchemaError``."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:  # no meta table yet: a new, empty file
+        return
+    if row is not None and row[0] != str(SCHEMA_VERSION):
+        conn.close()
+        raise StoreSchemaError(
+            f"the store {path} has schema version {row[0]}, this spanmux reads version {SCHEMA_VERSION};"
+            " move the file away (or delete it) to start a new store"
+        )
+
+
+def default_store_path() -> str:
+    """The store the commands read when given none: ``local.path`` of ./spanmux.yaml (or
+    ``$SPANMUX_CONFIG``), else ``DEFAULT_PATH``."""
+    from spanmux.config import load_config  # pydantic and YAML only when asked
+    from spanmux.errors import ConfigurationError
+
+    try:
+        return str(load_config(None).settings.local.path)
+    except ConfigurationError:
+        return DEFAULT_PATH
+
+
+def _uri_connect(uri: str, timeout: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file for real
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect_readonly(path: str, timeout: float = 30.0) -> sqlite3.Connection:
+    """A connection that never writes: the CLI reads stores it may not write to.
+
+    ``mode=ro`` reads beside a live writer in WAL mode (it uses the writer's ``-shm`` index). In a
+    read-only folder whose writer closed cleanly there is no ``-shm`` and none can be created, so
+    SQLite refuses even a read-only open; no one can be writing there then, and the file is read
+    as ``immutable``. Raises ``StoreReadError`` with the reason where the file really cannot be read.
+    """
+    file = Path(path)
+    uri = file.absolute().as_uri()
+    try:
+        return _uri_connect(uri + "?mode=ro", timeout)
+    except sqlite3.DatabaseError as exc:
+        first = exc
+    if not os.access(file, os.R_OK):
+        raise StoreReadError(f"cannot read the spanmux store at {path}: permission denied") from None
+    if isinstance(first, sqlite3.OperationalError):
+        try:
+            conn = _uri_connect(uri + "?immutable=1", timeout)
+        except sqlite3.DatabaseError:
+            pass
+        else:
+            wal = Path(f"{path}-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                log.warning("the store %s is read without its write-ahead log (%s is not readable here): the "
+                            "newest records may be missing", path, wal.name)
+            return conn
+    reason = str(first)
+    if "not a database" in reason:
+        reason = "not a SQLite database"
+    raise StoreReadError(f"cannot read the spanmux store at {path}: {reason}") from None
+
+
+class TraceSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """One trace with its totals, read from the ``traces`` table (no span scan): what listings,
+    the A/B stats and the UI's trace list show."""
+
+    trace_id: str
+    name: str | None
+    root_span_id: str | None
+    start_ns: int
+    end_ns: int
+    status: str
+    span_count: int
+    error_count: int
+    llm_calls: int
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cost_total: float | None
+    models: list[str]
+    user_id: str | None
+    session_id: str | None
+    tags: list[str]
+    metadata: dict[str, Any]
+    framework: str | None
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+
+class TraceFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Which traces to read; every field is optional and they combine (AND). Times are the trace's
+    start in epoch nanoseconds, ``until_ns`` excluded; ``model`` matches any model the trace called;
+    ``metadata`` matches trace metadata ``KEY = VALUE`` for each item."""
+
+    since_ns: int | None = None
+    until_ns: int | None = None
+    name: str | None = None
+    status: str | None = None
+    user_id: str | None = None
+    session_id: str | None = None
+    tag: str | None = None
+    metadata: dict[str, Any] | None = None
+    model: str | None = None
+    min_duration_ms: float | None = None
+    min_cost: float | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        """The SQL ``WHERE`` clause over ``traces`` (empty when nothing is filtered) and its parameters."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("name", self.name), ("status", self.status), ("user_id", self.user_id),
+                              ("session_id", self.session_id)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if self.since_ns is not None:
+            clauses.append("start_ns >= ?")
+            params.append(self.since_ns)
+        if self.until_ns is not None:
+            clauses.append("start_ns < ?")
+            params.append(self.until_ns)
+        if self.tag is not None:
+            clauses.append("EXISTS (SELECT 1 FROM json_each(traces.tags) WHERE value = ?)")
+            params.append(self.tag)
+        if self.model is not None:
+            clauses.append("(',' || models || ',') LIKE ?")
+            params.append(f"%,{self.model},%")
+        for key, value in (self.metadata or {}).items():
+            clauses.append("json_extract(metadata, ?) = ?")
+            params.extend([f'$."{key}"', value])
+        if self.min_duration_ms is not None:
+            clauses.append("end_ns - start_ns >= ?")
+            params.append(int(self.min_duration_ms * 1e6))
+        if self.min_cost is not None:
+            clauses.append("cost_total >= ?")
+            params.append(self.min_cost)
+        return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+EVERY_TRACE = TraceFilter()
+
+
+class TraceCursor(msgspec.Struct, frozen=True):
+    """Where a page of traces ended (start time, then the trace's number in the file): the next
+    page starts right after it, found through the index whatever the depth (keyset paging).
+    ``str()`` gives a token for a URL, ``parse`` reads it back."""
+
+    start_ns: int
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.start_ns}.{self.seq}"
+
+    @classmethod
+    def parse(cls, token: str) -> TraceCursor:
+        """The cursor of a ``str(cursor)`` token; ``ValueError`` for anything else."""
+        start, dot, seq = token.partition(".")
+        if not dot:
+            raise ValueError(f"not a trace cursor: {token!r}")
+        return cls(int(start), int(seq))
+
+
+class TracePage(msgspec.Struct, frozen=True):
+    """One page of traces, newest first; ``next`` is None on the last page."""
+
+    traces: list[TraceSummary]
+    next: TraceCursor | None
+
+
+def _filter_of(where: TraceFilter | None, filters: dict[str, Any]) -> TraceFilter:
+    """A ``TraceFilter``, or the same filters given as keywords (the 0.1 call style)."""
+    if not filters:
+        return where or EVERY_TRACE
+    if where is not None:
+        raise TypeError("pass a TraceFilter or keyword filters, not both")
+    return TraceFilter(**filters)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _row_to_span(row: sqlite3.Row) -> Span:
+    detail: dict[str, Any] = {}
+    if row["detail"]:
+        try:
+            detail = _detail_decode(row["detail"])
+        except msgspec.DecodeError:  # written by the json fallback (NaN and the like)
+            detail = json.loads(row["detail"])
+    model, usage, cost, error, trace = (detail.get(k) for k in ("model", "usage", "cost", "error", "trace"))
+    return Span(
+        trace_id=row["trace_id"], span_id=row["span_id"], parent_id=row["parent_id"], name=row["name"],
+        kind=row["kind"], framework=row["framework"], start_ns=row["start_ns"], end_ns=row["end_ns"],
+        status=row["status"], input=detail.get("input"), output=detail.get("output"),
+        model=msgspec.convert(model, ModelInfo) if model is not None else None,
+        usage=msgspec.convert(usage, Usage) if usage is not None else None,
+        cost=msgspec.convert(cost, Cost) if cost is not None else None,
+        error=msgspec.convert(error, ErrorInfo) if error is not None else None,
+        completion_start_ns=detail.get("completion_start_ns"), attributes=detail.get("attributes"),
+        trace=msgspec.convert(trace, TraceAttributes) if trace is not None else None,
+        truncated=bool(detail.get("truncated", False)),
+    )
+
+
+def _row_to_summary(row: sqlite3.Row) -> TraceSummary:
+    return TraceSummary(
+        trace_id=row["trace_id"], name=row["name"], root_span_id=row["root_span_id"], start_ns=row["start_ns"],
+        end_ns=row["end_ns"], status=row["status"], span_count=row["span_count"],
+        error_count=row["error_count"], llm_calls=row["llm_calls"], input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"], total_tokens=row["total_tokens"], cost_total=row["cost_total"],
+        models=sorted(m for m in (row["models"] or "").split(",") if m), user_id=row["user_id"],
+        session_id=row["session_id"], tags=_loads(row["tags"]) or [], metadata=_loads(row["metadata"]) or {},
+        framework=row["framework"],
+    )
+
+
+def _row_to_score(row: sqlite3.Row) -> Score:
+    return Score(
+        id=row["id"], trace_id=row["trace_id"], span_id=row["span_id"], name=row["name"],
+        value=_loads(row["value"]), data_type=row["data_type"], comment=row["comment"], source=row["source"],
+        timestamp_ns=row["timestamp_ns"],
+    )
+
+
+class LocalStore:
+    """Read access to a store file (the CLI, ``spanmux replay``, the UI, the tests).
+
+    Opened read-only (``connect_readonly``): reading never creates, migrates or locks the file, so
+    it works on a read-only store and beside a program that is writing to it. Filters are a
+    ``TraceFilter`` or, for the listing calls, the same fields as keywords.
+    """
+
+    def __init__(self, path: str | Path = DEFAULT_PATH) -> None:
+        self.path = str(path)
+        if not Path(self.path).exists():
+            raise FileNotFoundError(f"no spanmux store at {self.path}")
+        if Path(self.path).is_dir():
+            raise StoreReadError(f"cannot read the spanmux store at {self.path}: it is a folder")
+        self._conn = connect_readonly(self.path)
+        self._conn.row_factory = sqlite3.Row
+        check_schema_version(self._conn, self.path)
+        tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"traces", "spans", "scores"} <= tables:
+            self._conn.close()
+            raise StoreReadError(f"cannot read the spanmux store at {self.path}: it holds no spanmux tables"
+                                 " (not a spanmux store, or one still being created)")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> LocalStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- traces
+    def list_traces(
+        self,
+        limit: int = 50,
+        *,
+        offset: int = 0,
+        where: TraceFilter | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        name: str | None = None,
+        status: str | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        tag: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        model: str | None = None,
+    ) -> list[TraceSummary]:
+        """The newest ``limit`` traces with totals (``offset`` skips some: prefer ``page_traces``
+        on a big store)."""
+        given = {k: v for k, v in (("since_ns", since_ns), ("until_ns", until_ns), ("name", name),
+                                   ("status", status), ("user_id", user_id), ("session_id", session_id),
+                                   ("tag", tag), ("metadata", metadata), ("model", model)) if v is not None}
+        clause, params = _filter_of(where, given).where()
+        sql = f"SELECT * FROM traces {clause} ORDER BY start_ns DESC LIMIT ? OFFSET ?"
+        rows = self._conn.execute(sql, (*params, limit, offset)).fetchall()
+        return [_row_to_summary(r) for r in rows]
+
+    def page_traces(self, where: TraceFilter = EVERY_TRACE, *, limit: int = 50,
+                    after: TraceCursor | None = None) -> TracePage:
+        """One page of matching traces, newest first, starting after ``after`` (the previous page's
+        ``next``). Each page costs the same however deep it is; traces written meanwhile never
+        shift a page (they are newer than the first one)."""
+        clause, params = where.where()
+        if after is not None:
+            clause = f"{clause} AND" if clause else "WHERE"
+            clause += " (start_ns, seq) < (?, ?)"
+            params = [*params, after.start_ns, after.seq]
+        sql = f"SELECT * FROM traces {clause} ORDER BY start_ns DESC, seq DESC LIMIT ?"
+        rows = self._conn.execute(sql, (*params, limit + 1)).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        last = rows[-1] if more else None
+        return TracePage([_row_to_summary(r) for r in rows],
+                         TraceCursor(last["start_ns"], last["seq"]) if last is not None else None)
+
+    def iter_traces(self, where: TraceFilter | None = None, **filters: Any) -> Iterator[TraceSummary]:
+        """Every matching trace, oldest first (stats, replay)."""
+        clause, params = _filter_of(where, filters).where()
+        for row in self._conn.execute(f"SELECT * FROM traces {clause} ORDER BY start_ns", params):
+            yield _row_to_summary(row)
+
+    def get_trace_summary(self, trace_id: str) -> TraceSummary | None:
+        row = self._conn.execute("SELECT * FROM traces WHERE trace_id = ?", (trace_id,)).fetchone()
+        return _row_to_summary(row) if row else None
+
+    def find_trace_id(self, prefix: str) -> str | None:
+        """Resolve an abbreviated trace id (as the CLI shows them); None when none or several match."""
+        matches = self.find_trace_ids(prefix, limit=2)
+        return matches[0] if len(matches) == 1 else None
+
+    def find_trace_ids(self, prefix: str, limit: int = 20) -> list[str]:
+        """The ids starting with ``prefix`` (``tr-`` and case ignored), in id order, at most ``limit``:
+        an ambiguous prefix can be shown with its matches instead of as "no trace"."""
+        prefix = prefix.lower().removeprefix("tr-")
+        rows = self._conn.execute(
+            "SELECT trace_id FROM traces WHERE trace_id >= ? AND trace_id < ? ORDER BY trace_id LIMIT ?",
+            (prefix, prefix + "g", limit),
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    # ---- spans
+    def get_trace(self, trace_id: str) -> list[Span]:
+        """The spans of one trace, parents before children, siblings by start time."""
+        rows = self._conn.execute(_SPANS_OF_TRACE, (trace_id,)).fetchall()
+        return order_tree([_row_to_span(r) for r in rows])
+
+    def iter_spans(self, since_ns: int | None = None, batch: int = 1000, *,
+                   where: TraceFilter | None = None) -> Iterator[list[Span]]:
+        """The spans of every matching trace (``since_ns``: traces started since) in batches,
+        trace by trace in order of arrival (``spanmux replay``)."""
+        clause, params = _filter_of(where, {"since_ns": since_ns} if since_ns is not None else {}).where()
+        sql = f"SELECT * FROM spans WHERE trace_seq IN (SELECT seq FROM traces {clause}) ORDER BY trace_seq"
+        cursor = self._conn.execute(sql, params)
+        while rows := cursor.fetchmany(batch):
+            yield [_row_to_span(r) for r in rows]
+
+    def count_spans(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM spans").fetchone()[0])
+
+    # ---- scores
+    def get_scores(self, trace_id: str | None = None) -> list[Score]:
+        """The scores of one trace (or of every trace), oldest first."""
+        if trace_id is None:
+            rows = self._conn.execute("SELECT * FROM scores ORDER BY timestamp_ns").fetchall()
+        else:
+            rows = self._conn.execute(
+                "SELECT * FROM scores WHERE trace_id = ? ORDER BY timestamp_ns", (trace_id,)
+            ).fetchall()
+        return [_row_to_score(r) for r in rows]
+
+    def iter_scores(self, where: TraceFilter | None = None, **filters: Any) -> Iterator[Score]:
+        """The scores of every matching trace, in one query (stats, replay)."""
+        clause, params = _filter_of(where, filters).where()
+        sql = f"SELECT * FROM scores WHERE trace_id IN (SELECT trace_id FROM traces {clause}) ORDER BY timestamp_ns"
+        for row in self._conn.execute(sql, params):
+            yield _row_to_score(row)
+
+
+def order_tree(spans: list[Span]) -> list[Span]:
+    """Depth-first order: each parent right before its children (orphans treated as roots)."""
+    ids = {s.span_id for s in spans}
+    children: dict[str | None, list[Span]] = {}
+    for s in sorted(spans, key=lambda x: x.start_ns):
+        parent = s.parent_id if s.parent_id in ids else None
+        children.setdefault(parent, []).append(s)
+    out: list[Span] = []
+    stack = list(reversed(children.get(None, [])))
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(reversed(children.get(node.span_id, [])))
+    return out
