@@ -407,61 +407,6 @@ def _load(config: Path | None) -> Any:
         raise typer.Exit(1) from None
 
 
-def _build_backend(loaded: Any, name: str) -> Any:
-    """One backend of the configuration, built as ``configure()`` would (raises ConfigurationError)."""
-    import dataclasses  # noqa: PLC0415
-
-    from spanmux.registry import build_backends  # noqa: PLC0415
-
-    only = dataclasses.replace(loaded, settings=loaded.settings.model_copy(update={"backends": [name]}))
-    return build_backends(only)[0][1]
-
-
-def _export_with_retries(backend: Any, spans: list[Any], scores: list[Any], attempts: int = 5,
-                         origin: dict[str, str] | None = None, spooled: bool = False) -> None:
-    """Send one batch; retry what the backend calls retryable, honouring its Retry-After. A batch
-    from the target's own spool goes to ``export_spooled`` with the origin it was written with."""
-    from spanmux.backend import ExportError, as_backend  # noqa: PLC0415
-
-    contract = as_backend(backend)
-    delay = 0.5
-    for attempt in range(attempts):
-        try:
-            if spooled:
-                contract.export_spooled(spans, scores, origin)
-            else:
-                contract.export(spans, scores)
-            return
-        except ExportError as exc:
-            if not exc.retryable or attempt == attempts - 1:
-                raise
-            time.sleep(exc.retry_after or delay)
-            delay = min(delay * 2, 10.0)
-        except Exception as exc:  # a backend bug or a local disk error: one line, not a traceback
-            raise ExportError(f"{type(exc).__name__}: {exc}", retryable=False) from exc
-
-
-def _config_hint(loaded: Any) -> str:
-    """`` -c FILE`` for the commands doctor suggests (nothing for the defaults)."""
-    source = str(loaded.source)
-    return "" if source.startswith("<") else f" -c {shlex.quote(source)}"
-
-
-def _refuse_implicit_mlflow(loaded: Any, to: str) -> None:
-    """``replay --to mlflow`` without a tracking URI would write a new ./mlflow.db nobody looks at:
-    replay is a deliberate copy, so it refuses instead of picking MLflow's default store."""
-    if to != "mlflow":
-        return
-    section = getattr(loaded.settings, "mlflow", None)
-    if getattr(section, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI"):
-        return
-    where = "the file" if str(loaded.source).startswith("<") else str(loaded.source)
-    _error(f"replay --to mlflow: no tracking URI (mlflow.tracking_uri in {where}, or $MLFLOW_TRACKING_URI);"
-           " replay does not fall back to ./mlflow.db. Set one, e.g. http://127.0.0.1:5001, or"
-           " sqlite:///mlflow.db to write that file on purpose")
-    raise typer.Exit(1)
-
-
 @app.command()
 def replay(
     to: Annotated[str, typer.Option("--to", help="Backend to send to, as named (and configured) in the YAML.")],
@@ -480,206 +425,39 @@ def replay(
 
     Switching backend keeps history. Idempotent: backends upsert by span and score id, so replaying
     twice duplicates nothing."""
-    from spanmux.registry import known_backends  # noqa: PLC0415
+    from spanmux import replay as replaying
 
     loaded = _load(config)
-    if to not in known_backends():
-        raise typer.BadParameter(f"unknown backend {to!r}; known: {', '.join(sorted(known_backends()))}"
-                                 + did_you_mean(to, sorted(known_backends())), param_hint="--to")
-    if from_spool is not None:
-        if since is not None or store is not None:
+    try:
+        replaying.check_target(to)
+        if from_spool is not None and (since is not None or store is not None):
             raise typer.BadParameter("--from-spool sends whole spooled batches: it takes no --since or --store",
                                      param_hint="--from-spool")
-        folder = _spool_folder(loaded, from_spool, spool_dir)
-        _refuse_implicit_mlflow(loaded, to)
-        _replay_spool(loaded, folder, to)
-        return
-    path = store or (str(loaded.settings.local.path) if config else default_store_path())
-    if not Path(path).exists():
-        _error(f"no spanmux store at {path} (pass --store)")
-        raise typer.Exit(1)
-    target_path = getattr(getattr(loaded.settings, to, None), "path", None)
-    if to in ("local", "superoptix") and target_path and Path(target_path).resolve() == Path(path).resolve():
-        raise typer.BadParameter(f"the {to} backend writes to {path}, the store being replayed", param_hint="--to")
-    _refuse_implicit_mlflow(loaded, to)
-    _replay_store(loaded, path, to, _parse_since(since), batch_size)
-
-
-def _target(loaded: Any, to: str) -> Any:
-    try:
-        return _build_backend(loaded, to)
-    except ConfigurationError as exc:
+        if from_spool is not None:
+            result = replaying.replay_spool(loaded, to, from_spool, spool_dir=spool_dir)
+        else:
+            path = store or (str(loaded.settings.local.path) if config else default_store_path())
+            result = replaying.replay_store(loaded, to, path, since_ns=_parse_since(since), batch_size=batch_size)
+    except replaying.ReplayRefused as exc:
+        hint = did_you_mean(exc.value, exc.choices) if exc.choices else ""
+        raise typer.BadParameter(f"{exc}{hint}", param_hint=f"--{exc.argument.replace('_', '-')}") from None
+    except (replaying.ReplayError, ConfigurationError) as exc:  # ReplayStopped says how far it got
         _error(exc)
+        if isinstance(exc, replaying.ReplayStopped) and exc.sent.close_error:
+            _error(exc.sent.close_error, colour="yellow")
         raise typer.Exit(1) from None
-
-
-def _close(backend: Any, to: str) -> None:
-    try:
-        backend.shutdown(10.0)
-    except Exception as exc:
-        _error(f"backend {to} did not close cleanly: {exc}", colour="yellow")
-
-
-def _replay_store(loaded: Any, path: str, to: str, since_ns: int | None, batch_size: int) -> None:
-    from spanmux.backend import ExportError  # noqa: PLC0415
-
-    backend = _target(loaded, to)
-    # one origin for every replay of this store: a backend that files records by producer (MLflow's
-    # run) reuses the same place on each replay instead of making a new one
-    origin = {"replay": str(Path(path).resolve())}
-    sent_spans = sent_scores = 0
-    try:
-        with _open_store(path) as db:
-            for spans in db.iter_spans(since_ns=since_ns, batch=batch_size):
-                _export_with_retries(backend, spans, [], origin=origin, spooled=True)
-                sent_spans += len(spans)
-            scores: list[Any] = []
-            for score in db.iter_scores(since_ns=since_ns):
-                scores.append(score)
-                if len(scores) >= batch_size:
-                    _export_with_retries(backend, [], scores, origin=origin, spooled=True)
-                    sent_scores += len(scores)
-                    scores = []
-            if scores:
-                _export_with_retries(backend, [], scores, origin=origin, spooled=True)
-                sent_scores += len(scores)
-        backend.force_flush(30.0)
-    except ExportError as exc:
-        _error(f"replay to {to} stopped after {sent_spans} spans and {sent_scores} scores: {exc}"
-               "\nrun it again once the backend answers: nothing is duplicated")
-        raise typer.Exit(1) from None
-    finally:
-        _close(backend, to)
-    console.print(f"[green]sent[/green] {sent_spans} spans and {sent_scores} scores from {escape(path)} to {to}")
-
-
-def _spool_root(loaded: Any, spool_dir: str | None = None) -> Path:
-    return Path(spool_dir or loaded.settings.spool_dir)
-
-
-def _spool_folders(root: Path) -> list[Path]:
-    """Every spool folder under ``root``, configured or not (a backend removed from ``backends:``
-    leaves its folder behind, with whatever still waited in it)."""
-    try:
-        return sorted(p for p in root.iterdir() if p.is_dir())
-    except OSError:
-        return []
-
-
-def _spool_folder(loaded: Any, name: str, spool_dir: str | None) -> Path:
-    root = _spool_root(loaded, spool_dir)
-    folder = root / name
-    if name in ("", ".", "..") or Path(name).name != name or not folder.is_dir():
-        found = [p.name for p in _spool_folders(root)]
-        listed = f"; spool folders there: {', '.join(found)}" if found else "; there is none"
-        raise typer.BadParameter(f"no spool folder {name!r} in {root}{listed}"
-                                 + did_you_mean(name, found), param_hint="--from-spool")
-    return folder
-
-
-def _replay_spool(loaded: Any, folder: Path, to: str) -> None:
-    """Send a spool's batches oldest first. Each file is claimed (renamed) before sending, as the
-    delivery lanes do, so a running program draining the same spool never sends a batch twice; a
-    file is deleted only once the target took its batch, and put back when sending fails."""
-    from spanmux.backend import ExportError  # noqa: PLC0415
-    from spanmux.spool import Spool  # noqa: PLC0415
-
-    spool = Spool(folder, loaded.settings.spool_max_bytes)
-    backend = _target(loaded, to)
-    own = folder.name == to  # the target's own spool: the origin recorded with each batch applies
-    batches = sent_spans = sent_scores = 0
-    try:
-        spool.recover_orphans()  # batches claimed by a process that died
-        while (claimed := spool.claim_oldest()) is not None:
-            path, batch = claimed
-            try:
-                _export_with_retries(backend, list(batch.spans), list(batch.scores),
-                                     origin=getattr(batch, "origin", None), spooled=own)
-            except BaseException:
-                spool.release(path)
-                raise
-            spool.done(path)
-            batches += 1
-            sent_spans += len(batch.spans)
-            sent_scores += len(batch.scores)
-        backend.force_flush(30.0)
-    except ExportError as exc:
-        _error(f"replay from spool {folder} to {to} stopped after {batches} batches ({sent_spans} spans,"
-               f" {sent_scores} scores): {exc}\nthe rest stays in the spool; run it again once the backend answers")
-        raise typer.Exit(1) from None
-    finally:
-        _close(backend, to)
-    left = spool.describe()
-    tail = ""
+    if result.close_error:
+        _error(result.close_error, colour="yellow")
+    if result.spool_left is None:
+        console.print(f"[green]sent[/green] {result.spans} spans and {result.scores} scores from"
+                      f" {escape(result.source)} to {to}")
+        return
+    left, tail = result.spool_left, ""
     if left["batches"] or left["claimed"] or left["corrupt"]:
         tail = (f"; still there: {left['batches']} batches, {left['claimed']} being sent by another process,"
                 f" {left['corrupt']} unreadable")
-    console.print(f"[green]sent[/green] {sent_spans} spans and {sent_scores} scores ({batches} batches) from spool"
-                  f" {escape(str(folder))} to {to}{escape(tail)}")
-
-
-def _doctor_row(loaded: Any, name: str, timeout: float) -> dict[str, Any]:
-    from spanmux.backend import as_backend
-    from spanmux.spool import Spool  # noqa: PLC0415
-
-    row: dict[str, Any] = {"backend": name, "ok": False, "status": "", "detail": ""}
-    try:
-        backend = _build_backend(loaded, name)
-    except ConfigurationError as exc:
-        row.update(status="misconfigured", detail="; ".join(p.message for p in exc.problems) or str(exc))
-    else:
-        try:
-            answer = as_backend(backend).check_connection(timeout)
-            detail = "configured (this backend has no connection check)" if answer is None else str(answer)
-            row.update(ok=True, status="ok", detail=detail)
-        except Exception as exc:
-            retryable = getattr(exc, "retryable", True)
-            row.update(status="unreachable" if retryable else "refused", detail=str(exc) or type(exc).__name__)
-        finally:
-            try:
-                backend.shutdown(1.0)
-            except Exception:
-                pass
-    spool = Spool(Path(loaded.settings.spool_dir) / name, loaded.settings.spool_max_bytes)
-    row["spool"] = spool.describe()
-    return row
-
-
-OVERFLOW_SPOOL = "_overflow"
-
-
-def _spool_report(loaded: Any) -> list[dict[str, Any]]:
-    """Every folder under the spool dir with what waits in it and how to deliver it."""
-    from spanmux.spool import Spool  # noqa: PLC0415
-
-    settings = loaded.settings
-    configured = list(settings.backends)
-    cfg = _config_hint(loaded)
-    targets = [b for b in configured if b not in ("local", "superoptix")] or configured
-    out = []
-    for folder in _spool_folders(Path(settings.spool_dir)):
-        name = folder.name
-        waiting = Spool(folder, settings.spool_max_bytes).describe()
-        has_work = bool(waiting["batches"] or waiting["claimed"])
-        if name == OVERFLOW_SPOOL:
-            deliver = (f"{name} (records parked while the queue was full): the next traced run delivers them to"
-                       " every configured backend" if has_work else "nothing waits")
-        elif not has_work:
-            deliver = "nothing waits"
-        elif name in configured:
-            deliver = (f"{name}: sent by the next traced run once it answers, or now: "
-                       f"spanmux replay --from-spool {name} --to {name}{cfg}")
-        else:
-            to = targets[0] if len(targets) == 1 else "BACKEND"
-            choice = "" if len(targets) == 1 else f" (BACKEND: {', '.join(targets) or 'a configured backend'})"
-            deliver = (f"{name} is not in backends: send it elsewhere with "
-                       f"spanmux replay --from-spool {name} --to {to}{cfg}{choice}, or list {name} in backends again")
-        if waiting["corrupt"]:
-            note = f"{waiting['corrupt']} unreadable files (*.corrupt) are never sent"
-            deliver = f"{deliver}; {note}" if has_work else f"{name}: {note}"
-        out.append({"name": name, "folder": str(folder), "configured": name in configured,
-                    **waiting, "deliver": deliver})
-    return out
+    console.print(f"[green]sent[/green] {result.spans} spans and {result.scores} scores ({result.batches} batches)"
+                  f" from spool {escape(result.source)} to {to}{escape(tail)}")
 
 
 @app.command()
@@ -694,51 +472,43 @@ def doctor(
     Configures each backend (sending nothing), lists every folder under spool_dir (configured or
     not) with the command that delivers it. Exits 1 when a backend is unreachable, refuses the keys
     or is misconfigured."""
+    from spanmux.doctor import diagnose
+
     loaded = _load(file)
-    settings = loaded.settings
-    rows = [_doctor_row(loaded, name, timeout) for name in settings.backends]
-    spools = _spool_report(loaded)
-    overflow = next((s for s in spools if s["name"] == OVERFLOW_SPOOL), None)
-    overflow_counts = {k: (overflow or {}).get(k, 0) for k in ("batches", "bytes", "spans", "scores", "claimed",
-                                                               "corrupt")}
-    healthy = all(row["ok"] for row in rows)
+    found = diagnose(loaded, timeout)
     if as_json:
-        _print_json({"ok": healthy, "source": loaded.source, "enabled": settings.enabled,
-                     "spool_dir": settings.spool_dir, "backends": rows, "overflow_spool": overflow_counts,
-                     "spools": spools})
+        _print_json(found)
     else:
-        _print_doctor(loaded, rows, spools)
-    if not healthy:
+        _print_doctor(found)
+    if not found.ok:
         raise typer.Exit(1)
 
 
-def _print_doctor(loaded: Any, rows: list[dict[str, Any]], spools: list[dict[str, Any]]) -> None:
-    settings = loaded.settings
-    table = Table(title=escape(f"{loaded.source}: spool in {settings.spool_dir}"), title_justify="left")
+def _print_doctor(found: Any) -> None:
+    table = Table(title=escape(f"{found.source}: spool in {found.spool_dir}"), title_justify="left")
     for column in ("backend", "status", "detail", "spooled batches", "spans", "scores", "bytes"):
         table.add_column(column, overflow="fold")
-    for row in rows:
-        colour = "green" if row["ok"] else "red"
-        spool = row["spool"]
-        table.add_row(escape(row["backend"]), f"[{colour}]{escape(row['status'])}[/{colour}]", escape(row["detail"]),
+    for check in found.backends:
+        colour = "green" if check.ok else "red"
+        spool = check.spool
+        table.add_row(escape(check.backend), f"[{colour}]{escape(check.status)}[/{colour}]", escape(check.detail),
                       str(spool["batches"] + spool["claimed"]), str(spool["spans"]), str(spool["scores"]),
                       str(spool["bytes"]))
     console.print(table)
-    if spools:
-        found = Table(title=escape(f"spool folders in {settings.spool_dir}"), title_justify="left")
+    if found.spools:
+        listed = Table(title=escape(f"spool folders in {found.spool_dir}"), title_justify="left")
         for column in ("folder", "configured", "batches", "spans", "scores", "bytes", "unreadable"):
-            found.add_column(column, overflow="fold")
-        for spool in spools:
-            found.add_row(escape(spool["name"]), "yes" if spool["configured"] else "no",
-                          str(spool["batches"] + spool["claimed"]), str(spool["spans"]), str(spool["scores"]),
-                          str(spool["bytes"]), str(spool["corrupt"]))
-        console.print(found)
-        for spool in spools:  # on their own lines, so a command can be copied as it is
-            if spool["batches"] or spool["claimed"] or spool["corrupt"]:
-                stranded = not spool["configured"] and spool["name"] != OVERFLOW_SPOOL
-                colour = "yellow" if stranded else "default"
-                console.print(f"[{colour}]{escape(spool['deliver'])}[/{colour}]", soft_wrap=True)
-    if not settings.enabled:
+            listed.add_column(column, overflow="fold")
+        for folder in found.spools:
+            listed.add_row(escape(folder.name), "yes" if folder.configured else "no",
+                           str(folder.batches + folder.claimed), str(folder.spans), str(folder.scores),
+                           str(folder.bytes), str(folder.corrupt))
+        console.print(listed)
+        for folder in found.spools:  # on their own lines, so a command can be copied as it is
+            if folder.needs_attention:
+                colour = "yellow" if folder.stranded else "default"
+                console.print(f"[{colour}]{escape(folder.deliver)}[/{colour}]", soft_wrap=True)
+    if not found.enabled:
         console.print("[yellow]tracing is disabled in this file (enabled: false)[/yellow]")
 
 

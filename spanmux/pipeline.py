@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spanmux.backend import Backend, BaseBackend, ExportError, as_backend
+from spanmux.backend import Backend, BaseBackend, as_backend
+from spanmux.backoff import Backoff
 from spanmux.model import Score, Span
-from spanmux.spool import EncodedRecords, Spool, SpooledBatch, encode_records
+from spanmux.spool import OVERFLOW, EncodedRecords, Spool, SpooledBatch, encode_records
 
 log = logging.getLogger("spanmux.pipeline")
 
@@ -95,6 +96,7 @@ class Lane:
     """Delivers batches to one backend on its own thread; spools what it cannot deliver."""
 
     MAX_BACKOFF = 30.0
+    FIRST_BACKOFF = 0.25
 
     def __init__(self, name: str, backend: Backend, spool: Spool | None, max_pending: int) -> None:
         self.name = name
@@ -111,10 +113,9 @@ class Lane:
         self._halt = threading.Event()  # the exit deadline passed: stop waiting between retries
         self._stop = False
         self._healthy = True
-        self._backoff = 0.0
-        self._retry_at = 0.0
+        # when to try again; gave_up: the last failure was not retryable, a flush does not wait for it
+        self._backoff = Backoff(self.FIRST_BACKOFF, self.MAX_BACKOFF)
         self._reported: set[str] = set()
-        self._gave_up = False  # the last failure was not retryable: a flush does not wait for it
         self._origin = _origin_of(name, self.contract)
         self._thread = threading.Thread(target=self._run, name=f"spanmux-lane-{name}", daemon=True)
         self._thread.start()
@@ -215,16 +216,10 @@ class Lane:
             self.stats.export_errors += 1
             self._report(exc)
             self._healthy = False
-            delay = getattr(exc, "retry_after", None)
-            self._backoff = min(self.MAX_BACKOFF, max(0.25, self._backoff * 2))
-            self._gave_up = isinstance(exc, ExportError) and not exc.retryable
-            if self._gave_up:
-                self._backoff = self.MAX_BACKOFF
-            self._retry_at = time.monotonic() + (delay if delay else self._backoff)
+            self._backoff.failed(exc)
             return False
         self._healthy = True
-        self._gave_up = False
-        self._backoff = 0.0
+        self._backoff.succeeded()
         self.stats.exported_spans += len(spans)
         self.stats.exported_scores += len(scores)
         return True
@@ -233,7 +228,7 @@ class Lane:
         """Send spooled batches oldest first while the backend takes them; True once none waits."""
         if self.spool is None:
             return True
-        if not force and time.monotonic() < self._retry_at:
+        if not force and time.monotonic() < self._backoff.retry_at:
             return False
         while True:
             claimed = self.spool.claim_oldest()
@@ -251,13 +246,13 @@ class Lane:
         """A flush reached this lane: everything before it was delivered or spooled; now retry the
         spool with the lane's backoff (honouring ``Retry-After``) until it is empty or the flush's
         deadline comes. Waiting here holds only this lane, never the caller or other backends."""
-        self._backoff = 0.0  # a flush starts a fresh series of attempts
+        self._backoff.restart()  # a flush starts a fresh series of attempts
         delivered = self._replay_spool(force=True)
-        while not delivered and not self._gave_up:
+        while not delivered and not self._backoff.gave_up:
             now = time.monotonic()
             if now >= marker.deadline:
                 break
-            self._halt.wait(min(self._retry_at, marker.deadline) - now)
+            self._halt.wait(min(self._backoff.retry_at, marker.deadline) - now)
             if self._halt.is_set() or time.monotonic() >= marker.deadline:
                 break
             delivered = self._replay_spool(force=True)
@@ -297,7 +292,7 @@ class Lane:
             except OSError as exc:
                 log.warning("spool %s: %s", self.spool.folder, exc)
         while True:
-            timeout = max(0.05, self._retry_at - time.monotonic()) if self._spool_has_work() else None
+            timeout = max(0.05, self._backoff.retry_at - time.monotonic()) if self._spool_has_work() else None
             self._wake.wait(timeout)
             self._wake.clear()
             try:
@@ -347,7 +342,7 @@ class Pipeline:
         self.overflow_dropped = 0
         self._replayed_overflow = 0
         spool_root = Path(spool_dir) if spool_dir else None
-        self._overflow_spool = Spool(spool_root / "_overflow", spool_max_bytes) if spool_root else None
+        self._overflow_spool = Spool(spool_root / OVERFLOW, spool_max_bytes) if spool_root else None
         self._overflow_lock = threading.Lock()
         self._overflow_buffer = _Batch()  # written as one spool file per OVERFLOW_BATCH records
         self.lanes = tuple(

@@ -7,6 +7,7 @@ was never installed.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import logging
@@ -112,6 +113,13 @@ def build_backends(loaded: LoadedConfig) -> list[tuple[str, Backend]]:
                 pass
         raise ConfigurationError(loaded.source, problems)
     return built
+
+
+def build_backend(loaded: LoadedConfig, name: str) -> Backend:
+    """The backend ``name`` of this configuration, built as ``configure()`` would, listed in
+    ``backends:`` or not (``spanmux doctor`` and ``spanmux replay``); raises ConfigurationError."""
+    only = dataclasses.replace(loaded, settings=loaded.settings.model_copy(update={"backends": [name]}))
+    return build_backends(only)[0][1]
 
 
 @dataclass

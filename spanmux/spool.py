@@ -22,6 +22,19 @@ from spanmux.model import Score, Span
 log = logging.getLogger("spanmux.spool")
 
 
+OVERFLOW = "_overflow"
+"""The spool folder of records parked while the queue was full (for every backend, not one)."""
+
+
+def spool_folders(root: Path) -> list[Path]:
+    """Every spool folder under ``root``, configured or not (a backend removed from ``backends:``
+    leaves its folder behind, with whatever still waited in it)."""
+    try:
+        return sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError:
+        return []
+
+
 class SpooledBatch(msgspec.Struct):
     spans: list[Span]
     scores: list[Score]
