@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
+from spanmux.backend import BaseBackend
 from spanmux.model import Score, Span
 
 log = logging.getLogger("spanmux.console")
 
 
-class ConsoleBackend:
+class ConsoleBackend(BaseBackend):
+    """Every kind is logged as itself (``<trace> <kind> <name> [<status>] ...``)."""
+
     name = "console"
-    config_model: ClassVar[Any] = None
-    required_modules: ClassVar[tuple[str, ...]] = ()
-    extra: ClassVar[str | None] = None
 
     def __init__(self, config: Any, settings: Any = None) -> None:
+        super().__init__(config, settings)
         self.level = logging.getLevelName(getattr(config, "level", "INFO"))
         if not isinstance(self.level, int):
             self.level = logging.INFO
@@ -31,9 +32,3 @@ class ConsoleBackend:
                     s.duration_ms, model, tokens, cost)
         for sc in scores:
             log.log(self.level, "%s score %s=%r", sc.trace_id[:8], sc.name, sc.value)
-
-    def force_flush(self, timeout: float) -> bool:
-        return True
-
-    def shutdown(self, timeout: float) -> None:
-        return None

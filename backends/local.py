@@ -21,11 +21,11 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import msgspec
 
-from spanmux.backend import BackendSetupError
+from spanmux.backend import BackendSetupError, BaseBackend
 from spanmux.model import Score, Span, TraceAttributes
 from spanmux.store import (
     DEFAULT_PATH,
@@ -304,15 +304,13 @@ def write_batch(conn: sqlite3.Connection, spans: Sequence[Span], scores: Sequenc
         raise
 
 
-class LocalBackend:
+class LocalBackend(BaseBackend):
     """Backend ``local`` (alias ``superoptix``)."""
 
     name = "local"
-    config_model: ClassVar[Any] = None
-    required_modules: ClassVar[tuple[str, ...]] = ()
-    extra: ClassVar[str | None] = None
 
     def __init__(self, config: Any, settings: Any = None) -> None:
+        super().__init__(config, settings)
         self.path = str(getattr(config, "path", None) or DEFAULT_PATH)
         try:
             self._conn = open_database(self.path)
@@ -330,9 +328,6 @@ class LocalBackend:
                 self._conn = open_database(self.path)
                 self._pid = os.getpid()
             write_batch(self._conn, spans, scores)
-
-    def force_flush(self, timeout: float) -> bool:
-        return True
 
     def shutdown(self, timeout: float) -> None:
         with self._lock:
