@@ -48,9 +48,16 @@ ORIGIN_TAG = "spanmux.origin"
 """Run tag naming the session whose traces the run holds (``origin()['session']``, or
 ``replay-<hash of the store>``): how any process finds that run again."""
 MODELS_TAG = "spanmux.models"
+VERSION_TAG = "spanmux.version"
 REPLAY_SOURCE_TAG = "spanmux.replay_source"
+SOURCE_NAME_TAG = "mlflow.source.name"
 LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"
 """What ``MlflowClient.log_table`` sets: the UI and ``load_table`` then treat the artifact as a table."""
+SESSION_METRICS = {"traces": "session.traces", "errors": "session.errors", "total_tokens": "session.total_tokens",
+                   "cost_usd": "session.cost_usd"}
+"""Session totals (``Run.totals`` key -> metric), written at each flush and read back from a run
+found again; the mean latency is ``session.mean_latency_ms`` (totals keep the sum)."""
+MEAN_LATENCY_METRIC = "session.mean_latency_ms"
 
 _LINKS_PER_CALL = 100  # MLflow's MAX_TRACE_LINKS_PER_REQUEST
 _METRICS_PER_CALL = 1000  # MLflow's MAX_METRICS_PER_BATCH
@@ -281,8 +288,7 @@ class RunTracker:
             run.own = spec.key == self.session
             self._restore(run, existing)
         else:
-            tags = {"spanmux.version": __version__, "mlflow.source.name": "spanmux", **spec.tags,
-                    ORIGIN_TAG: spec.key}
+            tags = {VERSION_TAG: __version__, SOURCE_NAME_TAG: "spanmux", **spec.tags, ORIGIN_TAG: spec.key}
             created = client.create_run(run.experiment_id, run_name=spec.run_name, start_time=spec.started_ms,
                                         tags=tags)
             run.run_id = str(created.info.run_id)
@@ -309,13 +315,11 @@ class RunTracker:
                 run.traces[trace_id] = _TraceStats(step=step)
                 run.steps = max(run.steps, step)
         metrics = data.metrics
-        if "session.traces" in metrics:
+        if SESSION_METRICS["traces"] in metrics:
             t = run.totals
-            t["traces"] = metrics["session.traces"]
-            t["errors"] = metrics.get("session.errors", 0.0)
-            t["total_tokens"] = metrics.get("session.total_tokens", 0.0)
-            t["cost_usd"] = metrics.get("session.cost_usd", 0.0)
-            t["latency_ms"] = metrics.get("session.mean_latency_ms", 0.0) * t["traces"]
+            for key, metric in SESSION_METRICS.items():
+                t[key] = metrics.get(metric, 0.0)
+            t["latency_ms"] = metrics.get(MEAN_LATENCY_METRIC, 0.0) * t["traces"]
             run.steps = max(run.steps, int(t["traces"]))
         else:
             for row in rows:
@@ -538,13 +542,8 @@ class RunTracker:
         stamp = int(time.time() * 1000)
         if self.config.log_metrics and t["traces"]:
             step = int(t["traces"])
-            values = {
-                "session.traces": t["traces"],
-                "session.errors": t["errors"],
-                "session.total_tokens": t["total_tokens"],
-                "session.cost_usd": t["cost_usd"],
-                "session.mean_latency_ms": t["latency_ms"] / t["traces"],
-            }
+            values = {metric: t[key] for key, metric in SESSION_METRICS.items()}
+            values[MEAN_LATENCY_METRIC] = t["latency_ms"] / t["traces"]
             metrics = [Metric(k, float(v), stamp, step) for k, v in values.items()]
             call("log session metrics", client.log_batch, run.run_id, metrics=metrics)
         if self.config.log_artifacts and run.summary:
