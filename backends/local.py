@@ -20,6 +20,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -205,27 +206,25 @@ def _unknown_spans(
     return list(by_key.values())
 
 
+@dataclass(slots=True)
 class TraceTotals:
     """What one batch's new spans add to a trace's row in ``traces``, and its best root candidate:
-    the span without a parent that starts first (or, until it arrives, the earliest span)."""
+    the span without a parent that starts first (or, until it arrives, the earliest span); rank 0
+    (no parent) beats rank 1, then the earlier start."""
 
-    __slots__ = ("cost_total", "end_ns", "errors", "input_tokens", "llm_calls", "models", "output_tokens", "root",
-                 "root_rank", "root_start_ns", "spans", "start_ns", "total_tokens")
-
-    def __init__(self, first: Span) -> None:
-        self.start_ns = first.start_ns
-        self.end_ns = first.end_ns
-        self.spans = 0
-        self.errors = 0
-        self.llm_calls = 0
-        self.input_tokens = 0
-        self.output_tokens = 0
-        self.total_tokens = 0
-        self.cost_total: float | None = None
-        self.models: list[str] = []
-        self.root = first
-        self.root_rank = 0 if first.parent_id is None else 1  # rank 0 beats rank 1, then the earlier start
-        self.root_start_ns = first.start_ns
+    root: Span
+    root_rank: int
+    root_start_ns: int
+    start_ns: int
+    end_ns: int
+    spans: int = 0
+    errors: int = 0
+    llm_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cost_total: float | None = None
+    models: list[str] = field(default_factory=list)
 
     def add(self, s: Span) -> None:
         if s.start_ns < self.start_ns:
@@ -265,7 +264,9 @@ def _trace_totals(spans: list[Span], numbers: dict[str, int]) -> list[tuple[Any,
     for s in spans:
         trace = totals.get(s.trace_id)
         if trace is None:
-            totals[s.trace_id] = trace = TraceTotals(s)
+            # the first span is the root candidate until a better one comes
+            rank = 0 if s.parent_id is None else 1
+            totals[s.trace_id] = trace = TraceTotals(s, rank, s.start_ns, s.start_ns, s.end_ns)
         trace.add(s)
     return [trace.row(numbers[trace_id], trace_id) for trace_id, trace in totals.items()]
 
