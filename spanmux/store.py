@@ -409,7 +409,7 @@ class LocalStore:
                                    ("status", status), ("user_id", user_id), ("session_id", session_id),
                                    ("tag", tag), ("metadata", metadata), ("model", model)) if v is not None}
         clause, params = _filter_of(where, given).where()
-        sql = f"SELECT * FROM traces {clause} ORDER BY start_ns DESC LIMIT ? OFFSET ?"
+        sql = f"SELECT * FROM traces {clause} ORDER BY start_ns DESC, seq DESC LIMIT ? OFFSET ?"
         rows = self._conn.execute(sql, (*params, limit, offset)).fetchall()
         return [_row_to_summary(r) for r in rows]
 

@@ -154,3 +154,23 @@ def test_a_missing_sdk_is_reported_with_the_install_command_and_its_extra(
     code, report = doctor(config)
     (row,) = [r for r in report["backends"] if r["backend"] == "mlflow"]
     assert row["status"] == "misconfigured" and 'pip install "spanmux[mlflow]"' in row["detail"]
+
+
+def test_diagnose_reports_the_overflow_spool_and_what_the_cli_prints(tmp_path: Path) -> None:
+    from spanmux.config import load_config
+    from spanmux.doctor import diagnose
+    from spanmux.model import make_score
+    from spanmux.spool import OVERFLOW, Spool
+
+    config = write_config(tmp_path, ["local"])
+    assert Spool(tmp_path / "spool" / OVERFLOW, 1 << 20).append([], [make_score("a" * 32, "ok", True)])
+    found = diagnose(load_config(config))
+    assert found.ok and [c.backend for c in found.backends] == ["local"] and found.backends[0].status == "ok"
+    (overflow,) = found.spools
+    assert overflow.name == OVERFLOW and overflow.scores == 1 and overflow.needs_attention and not overflow.stranded
+    assert "the next traced run delivers them to every configured backend" in overflow.deliver
+    assert found.overflow_spool == {"batches": 1, "bytes": overflow.bytes, "spans": 0, "scores": 1, "claimed": 0,
+                                    "corrupt": 0}
+    code, report = doctor(config)
+    assert code == 0 and report["overflow_spool"] == found.overflow_spool
+    assert report["spools"][0]["deliver"] == overflow.deliver

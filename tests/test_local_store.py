@@ -17,9 +17,10 @@ from conftest import TracedStore
 
 import spanmux
 from spanmux.backend import BackendSetupError
-from spanmux.backends.local import LocalBackend, LocalStore, StoreSchemaError, order_tree
+from spanmux.backends.local import LocalBackend
 from spanmux.config_schemas import LocalConfig
 from spanmux.model import Cost, ModelInfo, Span, TraceAttributes, Usage, make_score, new_span_id, new_trace_id
+from spanmux.store import LocalStore, StoreSchemaError, TraceCursor, TraceFilter, order_tree
 
 
 def llm_span(trace_id: str, parent: str | None, tokens: tuple[int, int], cost: float, start: int) -> Span:
@@ -305,3 +306,95 @@ def test_reader_is_read_only_and_follows_a_live_writer(tmp_path: Path) -> None:
         assert writer.wait(60) == 0
     with LocalStore(db) as store:
         assert len(store.list_traces(limit=100)) == 5
+
+
+def test_the_reader_lives_in_the_core_and_stays_importable_from_the_backend() -> None:
+    import spanmux.backends.local as writer
+    import spanmux.store as store
+
+    for name in ("LocalStore", "TraceSummary", "order_tree", "StoreSchemaError", "StoreReadError", "DEFAULT_PATH",
+                 "SCHEMA_VERSION", "connect_readonly"):
+        assert getattr(writer, name) is getattr(store, name)
+
+
+def test_the_core_never_imports_a_backend() -> None:
+    """Layers: integrations -> core -> backends. The core reaches backends only by name (registry)."""
+    import ast
+
+    core = Path(spanmux.__file__).parent
+    offenders = []
+    for module in sorted(core.glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{module.name}: {n}" for n in names if n.startswith(("spanmux.backends", "backends"))]
+    assert offenders == []
+    code = ("import sys, spanmux.store, spanmux.replay, spanmux.doctor, spanmux.cli; "
+            "print([m for m in sys.modules if m.startswith('spanmux.backends')])")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def write_traces(path: Path, starts: list[int], **fields: object) -> list[str]:
+    """One single-span trace per start time (several may share one), written in this order."""
+    backend = LocalBackend(LocalConfig(path=str(path)))
+    ids = []
+    for start in starts:
+        span = Span(trace_id=new_trace_id(), span_id=new_span_id(), parent_id=None, name="job", kind="chain",
+                    framework="manual", start_ns=start, end_ns=start + 1_000_000, **fields)  # type: ignore[arg-type]
+        backend.export([span], [])
+        ids.append(span.trace_id)
+    backend.shutdown(1)
+    return ids
+
+
+def test_keyset_pages_cover_every_trace_once_newest_first_even_with_equal_start_times(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    starts = [1_000, 2_000, 2_000, 2_000, 3_000, 4_000, 4_000]
+    ids = write_traces(path, starts)
+    with LocalStore(path) as db:
+        pages, after = [], None
+        while True:
+            page = db.page_traces(limit=3, after=after)
+            pages.append([t.trace_id for t in page.traces])
+            if page.next is None:
+                break
+            after = TraceCursor.parse(str(page.next))  # as a URL would carry it
+        seen = [trace_id for p in pages for trace_id in p]
+        assert [len(p) for p in pages] == [3, 3, 1]
+        assert sorted(seen) == sorted(ids) and len(set(seen)) == len(ids)
+        # newest first; among equal starts, the later written first: the same order as list_traces
+        assert seen == [ids[i] for i in (6, 5, 4, 3, 2, 1, 0)]
+        assert [t.trace_id for t in db.list_traces(limit=100)] == seen
+        assert db.page_traces(limit=7).next is None  # exactly one page: no empty page after it
+        first = db.page_traces(limit=2)
+    write_traces(path, [5_000])  # a trace written meanwhile is newer: it never shifts the next page
+    with LocalStore(path) as db:
+        assert [t.trace_id for t in db.page_traces(limit=2, after=first.next).traces] == [ids[4], ids[3]]
+    with pytest.raises(ValueError, match="not a trace cursor"):
+        TraceCursor.parse("12")
+
+
+def test_trace_filter_combines_and_matches_the_keyword_form(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    backend = LocalBackend(LocalConfig(path=str(path)))
+    trace_id = new_trace_id()
+    backend.export([llm_span(trace_id, None, (10, 5), 0.5, 10_000_000)], [])
+    slow = new_trace_id()
+    backend.export([Span(trace_id=slow, span_id=new_span_id(), parent_id=None, name="slow", kind="chain",
+                         framework="manual", start_ns=20_000_000, end_ns=920_000_000)], [])
+    backend.shutdown(1)
+    with LocalStore(path) as db:
+        def ids(where: TraceFilter) -> list[str]:
+            return [t.trace_id for t in db.page_traces(where).traces]
+
+        assert ids(TraceFilter(min_duration_ms=100)) == [slow]
+        assert ids(TraceFilter(min_cost=0.25)) == [trace_id]
+        assert ids(TraceFilter(min_cost=0.25, model="gpt-4o-mini", until_ns=20_000_000)) == [trace_id]
+        assert ids(TraceFilter(since_ns=20_000_000)) == [slow]
+        assert ids(TraceFilter(name="slow", model="gpt-4o-mini")) == []
+        where = TraceFilter(model="gpt-4o-mini")
+        assert db.list_traces(where=where) == db.list_traces(model="gpt-4o-mini") == list(db.iter_traces(where))
+        with pytest.raises(TypeError, match="not both"):
+            db.list_traces(where=where, name="slow")

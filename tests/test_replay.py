@@ -10,14 +10,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from conftest import TracedStore
 from typer.testing import CliRunner
 
 import spanmux
-from spanmux.backends.local import LocalStore
+from spanmux.backend import BaseBackend, ExportError
+from spanmux.backoff import Backoff
 from spanmux.cli import app
 from spanmux.model import Span, make_score
+from spanmux.replay import ATTEMPTS, ReplayResult, copy_store, send_retrying
+from spanmux.store import LocalStore
 
 runner = CliRunner()
 TRACES = "/api/public/otel/v1/traces"
@@ -240,3 +244,69 @@ def test_replay_to_mlflow_without_a_tracking_uri_refuses(traced: TracedStore, tm
     assert result.exit_code == 1
     assert "no tracking URI" in result.output and "MLFLOW_TRACKING_URI" in result.output
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+class Flaky(BaseBackend):
+    """Fails with the given exceptions first, then takes every batch (and records how it came)."""
+
+    def __init__(self, *failures: BaseException) -> None:
+        super().__init__()
+        self.failures = list(failures)
+        self.calls: list[tuple[str, int, int, Any]] = []
+
+    def _take(self, how: str, spans: Any, scores: Any, origin: Any = None) -> None:
+        self.calls.append((how, len(spans), len(scores), origin))
+        if self.failures:
+            raise self.failures.pop(0)
+
+    def export(self, spans: Any, scores: Any) -> None:
+        self._take("export", spans, scores)
+
+    def export_spooled(self, spans: Any, scores: Any, origin: Any) -> None:
+        self._take("export_spooled", spans, scores, origin)
+
+
+def test_backoff_doubles_honours_retry_after_and_gives_up_on_a_refusal() -> None:
+    backoff = Backoff(0.25, 2.0)
+    waits = [backoff.failed(ExportError("503"), now=100.0) for _ in range(5)]
+    assert waits == [0.25, 0.5, 1.0, 2.0, 2.0] and backoff.retry_at == 102.0 and not backoff.gave_up
+    assert backoff.failed(ExportError("429", retry_after=7.0), now=100.0) == 7.0 and backoff.retry_at == 107.0
+    backoff.succeeded()
+    assert backoff.failed(OSError("refused"), now=0.0) == 0.25  # a fresh series; any error counts as retryable
+    assert backoff.failed(ExportError("401", retryable=False), now=0.0) == 2.0 and backoff.gave_up
+    backoff.restart()
+    assert backoff.failed(ExportError("503"), now=0.0) == 0.25
+
+
+def test_replay_retries_each_batch_with_the_lanes_backoff() -> None:
+    waits: list[float] = []
+    flaky = Flaky(ExportError("503"), ExportError("429", retry_after=3.0))
+    send_retrying(flaky, [], [make_score("t" * 32, "q", 1.0)], origin={"replay": "x"}, spooled=True, sleep=waits.append)
+    assert waits == [0.5, 3.0] and [c[0] for c in flaky.calls] == ["export_spooled"] * 3
+    assert flaky.calls[-1][3] == {"replay": "x"}
+
+    refusing = Flaky(ExportError("401", retryable=False))
+    with pytest.raises(ExportError, match="401"):
+        send_retrying(refusing, [], [], sleep=waits.append)
+    assert len(refusing.calls) == 1 and waits == [0.5, 3.0]  # a refusal is not retried
+
+    down = Flaky(*[ExportError("503")] * 9)
+    waits.clear()
+    with pytest.raises(ExportError, match="503"):
+        send_retrying(down, [], [], sleep=waits.append)
+    assert len(down.calls) == ATTEMPTS and waits == [0.5, 1.0, 2.0, 4.0]
+
+    with pytest.raises(ExportError, match="ZeroDivisionError") as raised:
+        send_retrying(Flaky(ZeroDivisionError("bug")), [], [], sleep=waits.append)
+    assert raised.value.retryable is False
+
+
+def test_copy_store_sends_through_export_spooled_with_one_origin_per_store(traced: TracedStore) -> None:
+    span_ids, _ = seed(traced, count=3)
+    target = Flaky()
+    result = ReplayResult(source=str(traced.path), to="flaky")
+    with LocalStore(traced.path) as db:
+        copy_store(target, db, result, batch_size=5)
+    origin = {"replay": str(traced.path.resolve())}
+    assert all(how == "export_spooled" and sent_with == origin for how, _, _, sent_with in target.calls)
+    assert (result.spans, result.scores) == (len(span_ids), 3) and result.batches == len(target.calls) == 4
