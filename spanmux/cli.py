@@ -27,7 +27,7 @@ from rich.tree import Tree
 
 from spanmux.errors import ConfigurationError
 from spanmux.model import Status
-from spanmux.store import DEFAULT_PATH, LocalStore, default_store_path
+from spanmux.store import DEFAULT_PATH, LocalStore, TraceFilter, default_store_path
 
 app = typer.Typer(help="spanmux: traces of your LLM agents, in the observability tool you already use.",
                   no_args_is_help=True, add_completion=False)
@@ -162,6 +162,14 @@ def _metadata_filters(items: list[str] | None) -> dict[str, str] | None:
     return out
 
 
+def _trace_filter(since: str | None, status: str | None, user: str | None, session: str | None, tag: str | None,
+                  metadata: list[str] | None, name: str | None = None, model: str | None = None) -> TraceFilter:
+    """The store filter of the options ``traces`` and ``stats`` share, each checked."""
+    status = _check_status(status)
+    return TraceFilter(since_ns=_parse_since(since), status=status, user_id=user, session_id=session, tag=tag,
+                       metadata=_metadata_filters(metadata), name=name, model=model)
+
+
 @app.command()
 def traces(
     store: StoreOption = None,
@@ -175,10 +183,9 @@ def traces(
     as_json: JsonOption = False,
 ) -> None:
     """List the newest traces with duration, tokens and cost."""
-    status = _check_status(status)
+    where = _trace_filter(since, status, user, session, tag, metadata)
     with _open_store(store) as db:
-        rows = db.list_traces(limit=limit, since_ns=_parse_since(since), status=status, user_id=user,
-                              session_id=session, tag=tag, metadata=_metadata_filters(metadata))
+        rows = db.list_traces(limit=limit, where=where)
     if as_json:
         _print_json([{**msgspec.to_builtins(r), "duration_ms": r.duration_ms} for r in rows])
         return
@@ -356,11 +363,9 @@ def stats(
         check_grouping(by)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--by") from None
-    status = _check_status(status)
-    filters = {"since_ns": _parse_since(since), "name": name, "status": status, "user_id": user,
-               "session_id": session, "tag": tag, "model": model, "metadata": _metadata_filters(metadata)}
+    where = _trace_filter(since, status, user, session, tag, metadata, name=name, model=model)
     with _open_store(store) as db:
-        groups = compare(db, by, **filters)
+        groups = compare(db, by, where)
     if as_json:
         _print_json({"by": by, "groups": groups})
         return

@@ -22,7 +22,7 @@ from spanmux.attributes import PROMPT_NAME, PROMPT_VERSION, VARIANT
 
 if TYPE_CHECKING:
     from spanmux.model import Score
-    from spanmux.store import LocalStore, TraceSummary
+    from spanmux.store import LocalStore, TraceFilter, TraceSummary
 
 NONE_GROUP = "(none)"
 GROUPINGS = ("model", "tag", "user", "session", "name", "prompt", "variant", "metadata.KEY")
@@ -184,8 +184,8 @@ def aggregate(
     return out
 
 
-def compare(store: LocalStore, by: str = "model", **filters: Any) -> list[GroupStats]:
-    """Group the traces of ``store`` matching ``filters`` (those of ``LocalStore.list_traces``)."""
+def compare(store: LocalStore, by: str = "model", where: TraceFilter | None = None, **filters: Any) -> list[GroupStats]:
+    """Group the traces of ``store`` matching ``where`` (or the same filters as keywords)."""
     check_grouping(by)  # fail before reading anything
-    summaries = list(store.iter_traces(**filters))
-    return aggregate(summaries, store.iter_scores(**filters), by)
+    summaries = list(store.iter_traces(where, **filters))
+    return aggregate(summaries, store.iter_scores(where, **filters), by)
