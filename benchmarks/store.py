@@ -102,7 +102,7 @@ def direct_ingest(total: int, path: Path) -> dict[str, Any]:
 
 
 def read_latency(path: Path, trace_ids: list[str], repeats: int) -> dict[str, Any]:
-    from spanmux.backends.local import LocalStore  # noqa: PLC0415
+    from spanmux.store import LocalStore  # noqa: PLC0415
 
     with LocalStore(path) as store:
         store.list_traces(limit=50)  # first query pays for opening pages

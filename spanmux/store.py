@@ -409,7 +409,7 @@ class LocalStore:
                                    ("status", status), ("user_id", user_id), ("session_id", session_id),
                                    ("tag", tag), ("metadata", metadata), ("model", model)) if v is not None}
         clause, params = _filter_of(where, given).where()
-        sql = f"SELECT * FROM traces {clause} ORDER BY start_ns DESC, seq DESC LIMIT ? OFFSET ?"
+        sql = f"SELECT * FROM traces {clause} ORDER BY start_ns DESC LIMIT ? OFFSET ?"
         rows = self._conn.execute(sql, (*params, limit, offset)).fetchall()
         return [_row_to_summary(r) for r in rows]
 
@@ -419,11 +419,11 @@ class LocalStore:
         ``next``). Each page costs the same however deep it is; traces written meanwhile never
         shift a page (they are newer than the first one)."""
         clause, params = where.where()
-        if after is not None:
+        if after is not None:  # equal start times in order of arrival: the order of the traces_by_start index
             clause = f"{clause} AND" if clause else "WHERE"
-            clause += " (start_ns, seq) < (?, ?)"
-            params = [*params, after.start_ns, after.seq]
-        sql = f"SELECT * FROM traces {clause} ORDER BY start_ns DESC, seq DESC LIMIT ?"
+            clause += " start_ns <= ? AND (start_ns < ? OR seq > ?)"
+            params = [*params, after.start_ns, after.start_ns, after.seq]
+        sql = f"SELECT * FROM traces {clause} ORDER BY start_ns DESC, seq LIMIT ?"
         rows = self._conn.execute(sql, (*params, limit + 1)).fetchall()
         more = len(rows) > limit
         rows = rows[:limit]
