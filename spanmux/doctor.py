@@ -14,11 +14,11 @@ import msgspec
 from spanmux.backend import as_backend
 from spanmux.errors import ConfigurationError
 from spanmux.spool import OVERFLOW, Spool, spool_folders
+from spanmux.store import WRITER_BACKENDS
 
 if TYPE_CHECKING:
     from spanmux.config import LoadedConfig
 
-LOCAL_BACKENDS = ("local", "superoptix")
 SPOOL_COUNTS = ("batches", "bytes", "spans", "scores", "claimed", "corrupt")
 
 
@@ -116,7 +116,7 @@ def _delivery(name: str, waiting: dict[str, int], configured: list[str], cfg: st
         deliver = (f"{name}: sent by the next traced run once it answers, or now: "
                    f"spanmux replay --from-spool {name} --to {name}{cfg}")
     else:
-        targets = [b for b in configured if b not in LOCAL_BACKENDS] or configured
+        targets = [b for b in configured if b not in WRITER_BACKENDS] or configured
         to = targets[0] if len(targets) == 1 else "BACKEND"
         choice = "" if len(targets) == 1 else f" (BACKEND: {', '.join(targets) or 'a configured backend'})"
         deliver = (f"{name} is not in backends: send it elsewhere with "

@@ -26,7 +26,7 @@ from spanmux.backoff import Backoff
 from spanmux.errors import SpanmuxError
 from spanmux.model import Score, Span
 from spanmux.spool import Spool, spool_folders
-from spanmux.store import LocalStore
+from spanmux.store import WRITER_BACKENDS, LocalStore
 
 if TYPE_CHECKING:
     from spanmux.config import LoadedConfig
@@ -35,7 +35,6 @@ ATTEMPTS = 5
 """Tries per batch before a retryable failure stops the replay."""
 FIRST_WAIT = 0.5
 MAX_WAIT = 10.0
-LOCAL_BACKENDS = ("local", "superoptix")
 
 
 class ReplayRefused(SpanmuxError):
@@ -210,7 +209,7 @@ def replay_store(loaded: LoadedConfig, to: str, path: str, *, since_ns: int | No
     check_target(to)
     with _open_store(path) as store:
         target_path = getattr(getattr(loaded.settings, to, None), "path", None)
-        if to in LOCAL_BACKENDS and target_path and Path(target_path).resolve() == Path(path).resolve():
+        if to in WRITER_BACKENDS and target_path and Path(target_path).resolve() == Path(path).resolve():
             raise ReplayRefused(f"the {to} backend writes to {path}, the store being replayed", "to")
         refuse_implicit_mlflow(loaded, to)
         result = ReplayResult(source=path, to=to)

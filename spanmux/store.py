@@ -31,6 +31,8 @@ from spanmux.model import Cost, ErrorInfo, ModelInfo, Score, Span, TraceAttribut
 log = logging.getLogger("spanmux.store")
 
 DEFAULT_PATH = ".spanmux/spanmux.db"
+WRITER_BACKENDS = ("local", "superoptix")
+"""The backend names that write this store (``superoptix`` is an alias of ``local``)."""
 SCHEMA_VERSION = 2
 
 SCHEMA = """
