@@ -43,8 +43,9 @@ class BaseBackend(abc.ABC):
     """The whole backend contract, with defaults. Register the class under the ``spanmux.backends``
     entry-point group (``name = "package.module:Class"``) and name it in ``backends:``."""
 
-    name: ClassVar[str] = "backend"
-    """The backend's usual name, for messages (the configured name is the entry point's)."""
+    name: str = "backend"
+    """The backend's usual name, for messages (the configured name is the entry point's); a backend
+    object listed in ``configure({"backends": [...]})`` is configured under its own ``name``."""
     config_model: ClassVar[Any] = None
     """pydantic model of the backend's YAML section, validated before construction; ``None``: it
     takes no options and is constructed with ``config=None``."""

@@ -18,8 +18,10 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any
 
-from spanmux.backend import Backend, BackendSetupError, as_backend
-from spanmux.config import LoadedConfig, load_config, validate_section
+from spanmux.backend import Backend, BackendSetupError, BaseBackend, as_backend
+from spanmux.config import LoadedConfig, format_path, load_config, validate_section
+from spanmux.config import _canonical as canonical_backend_name
+from spanmux.config import _find_block as find_block
 from spanmux.errors import ConfigProblem, ConfigurationError
 
 log = logging.getLogger("spanmux.registry")
@@ -62,13 +64,18 @@ def _missing_modules(factory: Any) -> list[str]:
     return missing
 
 
-def build_backends(loaded: LoadedConfig) -> list[tuple[str, Backend]]:
-    """Construct every listed backend or raise one ConfigurationError; never half of them."""
+def build_backends(loaded: LoadedConfig, given: Mapping[str, Backend] | None = None) -> list[tuple[str, Backend]]:
+    """Construct every listed backend or raise one ConfigurationError; never half of them.
+    ``given`` holds backend objects listed in a dict (by name): used as they are."""
     settings = loaded.settings
+    given = given or {}
     problems: list[ConfigProblem] = []
     built: list[tuple[str, Backend]] = []
     for index, name in enumerate(settings.backends):
         key_path = ("backends", index)
+        if name in given:  # an object the caller built: no lookup, no section
+            built.append((name, given[name]))
+            continue
         if name in loaded.deferred:  # a section that was only a warning while its backend was not listed
             problems.extend(loaded.deferred[name])
             continue
@@ -106,7 +113,9 @@ def build_backends(loaded: LoadedConfig) -> list[tuple[str, Backend]]:
         except Exception as exc:
             problems.append(loaded.problem(section_path, f"backend {name!r} could not start: {exc}", key_path))
     if problems:
-        for _, backend in built:
+        for name, backend in built:
+            if name in given:
+                continue  # the caller's object: not ours to close
             try:
                 backend.shutdown(1.0)
             except Exception:
@@ -147,7 +156,8 @@ def check_config(
     """Every check ``configure()`` runs, in one place so ``spanmux validate`` runs exactly these:
     load, substitute, validate, then build each listed backend without connecting. Raises one
     ``ConfigurationError``. With ``log_findings``, warnings and the SuperOptiX info line are logged."""
-    loaded = load_config(source, known_backends())
+    source, given = backend_objects(source)
+    loaded = load_config(source, {**known_backends(), **dict.fromkeys(given, "<object>")})
     if log_findings:
         for problem in loaded.warnings:
             log.warning("%s: %s", loaded.source, problem)
@@ -159,7 +169,7 @@ def check_config(
     if not settings.enabled:
         checked.unchecked.append("backends: not built, because enabled is false (configure() builds none either)")
     else:
-        checked.backends = build_backends(loaded)
+        checked.backends = build_backends(loaded, given)
         for name, backend in checked.backends:
             if as_backend(backend).has_connection_check:
                 checked.unchecked.append(
@@ -174,3 +184,55 @@ def check_config(
             "the traced program's environment may differ"
         )
     return checked
+
+
+def _is_backend_object(item: Any) -> bool:
+    return isinstance(item, BaseBackend) or (not isinstance(item, str) and isinstance(item, Backend))
+
+
+def backend_objects(
+    source: str | os.PathLike[str] | Mapping[str, Any] | None,
+) -> tuple[str | os.PathLike[str] | Mapping[str, Any] | None, dict[str, Backend]]:
+    """A dict's ``backends:`` may list backend objects beside names (``configure({"backends":
+    ["local", InMemoryBackend()]})``): the source with each object replaced by its ``name``, and
+    those objects by name. Each gets a lane, a spool and stats like a named backend; only the
+    registry lookup and the section are skipped. Files and names are returned unchanged."""
+    if not isinstance(source, Mapping):
+        return source, {}
+    block, block_path, _ = find_block(dict(source), True)
+    listed = block.get("backends") if isinstance(block, dict) else None
+    items = [listed] if _is_backend_object(listed) else listed
+    if not isinstance(items, list) or all(isinstance(item, str) for item in items):
+        return source, {}
+    given: dict[str, Backend] = {}
+    names: list[Any] = []
+    problems: list[ConfigProblem] = []
+    taken = {canonical_backend_name(item) for item in items if isinstance(item, str)}
+    for index, item in enumerate(items):
+        if isinstance(item, str):
+            names.append(item)
+            continue
+        name = getattr(item, "name", None)
+        where = format_path((*block_path, "backends", index))
+        if not _is_backend_object(item):
+            problems.append(ConfigProblem(where, f"{type(item).__name__!r} object: neither a backend name nor a "
+                                                 "backend (an object with export(), force_flush() and shutdown())"))
+        elif not isinstance(name, str) or not name:
+            problems.append(ConfigProblem(where, f"backend object {item!r} has no name: set its `name` attribute"))
+        elif canonical_backend_name(name) in taken:
+            problems.append(ConfigProblem(where, f"two backends are named {name!r}: give each its own name "
+                                                 "(it names the backend's lane, spool folder and stats entry)"))
+        else:
+            taken.add(canonical_backend_name(name))
+            given[name] = item
+        names.append(name)
+    if problems:
+        raise ConfigurationError("<dict>", problems)
+    return _replace_block(dict(source), block_path, {**block, "backends": names}), given
+
+
+def _replace_block(data: dict[Any, Any], path: tuple[str | int, ...], block: dict[str, Any]) -> dict[Any, Any]:
+    """A copy of ``data`` with the mapping at ``path`` replaced (the caller's dict is not changed)."""
+    if not path:
+        return block
+    return {**data, path[0]: _replace_block(dict(data[path[0]]), path[1:], block)}

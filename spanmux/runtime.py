@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from spanmux.errors import ConfigurationError
@@ -35,11 +36,37 @@ _previous_sigterm: Any = None
 
 
 def configure(source: str | os.PathLike[str] | Mapping[str, Any] | None = None) -> ObservabilityConfig:
-    """Load the ``observability:`` block and start its backends. Raises ``ConfigurationError``."""
+    """Load the ``observability:`` block and start its backends. Raises ``ConfigurationError``.
+
+    ``source`` is a YAML file, a dict of the same keys, or None (``$SPANMUX_CONFIG``, then
+    ``./spanmux.yaml``, then defaults). In a dict, ``backends`` may list backend objects beside
+    names (``{"backends": ["local", my_backend]}``): each is used as it is, under its ``name``,
+    with its own lane, spool and stats like a named backend."""
+    state = prepare(source)
+    old = install(state)
+    if old.pipeline is not None:
+        old.pipeline.shutdown(timeout=10.0)
+    assert state.settings is not None  # prepare() always validates some
+    return state.settings
+
+
+@dataclass(frozen=True)
+class State:
+    """What ``configure()`` swaps in at once: the pipeline (None: tracing off), its settings and
+    where they came from. ``configured=False`` is the state before any configuration (the next
+    span configures from the environment)."""
+
+    pipeline: Pipeline | None
+    settings: ObservabilityConfig | None
+    source: str | None
+    configured: bool = True
+
+
+def prepare(source: str | os.PathLike[str] | Mapping[str, Any] | None = None) -> State:
+    """Check ``source`` and start its pipeline, without making it the active one yet."""
     from spanmux.processors import SpanProcessor  # noqa: PLC0415
     from spanmux.registry import check_config  # noqa: PLC0415
 
-    global _pipeline, _settings, _configured, _source
     checked = check_config(source)  # the same checks `spanmux validate` runs
     loaded = checked.loaded
     settings = loaded.settings
@@ -54,14 +81,30 @@ def configure(source: str | os.PathLike[str] | Mapping[str, Any] | None = None) 
             spool_dir=settings.spool_dir,
             spool_max_bytes=settings.spool_max_bytes,
         )
-    with _lock:
-        old, _pipeline = _pipeline, new_pipeline
-        _settings, _configured, _source = settings, True, loaded.source
-        _register_exit_hooks()
-    if old is not None:
-        old.shutdown(timeout=10.0)
     log.debug("spanmux configured from %s: backends=%s enabled=%s", loaded.source, settings.backends, settings.enabled)
-    return settings
+    return State(new_pipeline, settings, loaded.source)
+
+
+def install(state: State) -> State:
+    """Make ``state`` the active one; return the one it replaces, still running (``configure()``
+    shuts it down; ``spanmux.testing.capture()`` puts it back at the end of its block)."""
+    global _pipeline, _settings, _configured, _source
+    with _lock:
+        old = State(_pipeline, _settings, _source, _configured)
+        _pipeline, _settings, _source, _configured = state.pipeline, state.settings, state.source, state.configured
+        if state.configured:
+            _register_exit_hooks()
+    return old
+
+
+def reinstate(previous: State, replaced: State) -> bool:
+    """Put ``previous`` back if ``replaced`` is still the active state (True); leave what the
+    program configured in the meantime (False)."""
+    with _lock:
+        if _pipeline is not replaced.pipeline or _settings is not replaced.settings:
+            return False
+        install(previous)
+        return True
 
 
 def _auto_configure() -> Pipeline | None:
@@ -122,10 +165,10 @@ def shutdown(timeout: float = 10.0) -> None:
         _report_losses(pipeline)
 
 
-def reset() -> None:
+def reset(timeout: float = 10.0) -> None:
     """Shut down and forget the configuration (the next span auto-configures again). For tests."""
     global _configured, _settings
-    shutdown()
+    shutdown(timeout)
     with _lock:
         _configured, _settings = False, None
 
