@@ -8,8 +8,9 @@ Modules become ``chain`` spans (``ReAct`` an ``agent``, ``Retrieve`` a ``retriev
 Parents come from DSPy's own call ids: inside ``on_*_start`` the context variable
 ``ACTIVE_CALL_ID`` still holds the caller's call id (DSPy sets the new id only after the start
 hooks ran), and DSPy carries it into ``dspy.Parallel`` threads, ``asyncify`` workers and ``acall``
-tasks. Open spans live in one dict keyed by call id behind a lock, shared by every ``Callback``
-instance so that a call seen by two instances is recorded once.
+tasks. Open spans live in one ``spanmux.open_spans.OpenSpans`` keyed by call id, shared by every
+``Callback`` instance so that a call seen by two instances is recorded once. Every hook runs under
+the integration's failure guard.
 
 Token usage, model and cost are not handed to ``on_lm_end``; DSPy writes them into the LM's
 history entry just before the call returns. That entry holds the very list object the call
@@ -26,7 +27,6 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-import time
 from typing import Any
 
 from dspy.clients import base_lm
@@ -36,10 +36,10 @@ from dspy.utils.callback import BaseCallback
 
 from spanmux import attributes as attr
 from spanmux import runtime
-from spanmux.context import SpanContext, current_context, current_trace_attributes, register_provider
-from spanmux.model import Cost, ErrorInfo, ModelInfo, Span, Usage, new_span_id, new_trace_id
-from spanmux.tracer import error_info, hook_failures
-from spanmux.usage import normalize_usage
+from spanmux.context import SpanContext, register_provider
+from spanmux.model import Cost, ModelInfo, SpanKind, Usage
+from spanmux.open_spans import OpenSpan, OpenSpans, hook_guard
+from spanmux.usage import normalize_usage, reported_cost
 
 log = logging.getLogger("spanmux.integrations.dspy")
 
@@ -47,63 +47,43 @@ __all__ = ["Callback", "instrument", "uninstrument"]
 
 _HISTORY_SCAN = 256
 """How many recent history entries ``on_lm_end`` searches for its own (concurrent calls append)."""
-_SECRET_MARKERS = ("key", "secret", "password", "auth", "header", "credential", "cookie")
 
 
-class _OpenSpan:
-    """What a start hook recorded: enough to build the span at the end, nothing serialized."""
+class _Call(OpenSpan):
+    """An open DSPy call: the open span, the ``Callback`` that opened it and the LM it called."""
 
-    __slots__ = ("owner", "context", "parent_id", "name", "kind", "input", "lm", "model", "attributes")
-
-    def __init__(
-        self, owner: Callback, context: SpanContext, parent_id: str | None, name: str, kind: str,
-        input: Any, lm: Any = None, model: ModelInfo | None = None, attributes: dict[str, Any] | None = None,
-    ) -> None:
-        self.owner = owner
-        self.context = context
-        self.parent_id = parent_id
-        self.name = name
-        self.kind = kind
-        self.input = input
-        self.lm = lm
-        self.model = model
-        self.attributes = attributes
+    __slots__ = ("owner", "lm")
+    framework = "dspy"
+    owner: Callback
+    lm: Any
 
 
-_lock = threading.Lock()
-_open: dict[str, _OpenSpan] = {}
+_spans: OpenSpans[_Call] = OpenSpans("DSPy")
+_open = _spans.by_id  # the open calls by call id (read-only view for tests and debugging)
 
 
 def _active_context() -> SpanContext | None:
     """Context provider: the span of the DSPy call running right now (a tool body, a module's
     forward), so manual spans and ``spanmux.current_trace_id()`` see it."""
     call_id = callback_context.ACTIVE_CALL_ID.get()
-    if call_id is None:
-        return None
-    found = _open.get(call_id)
-    return found.context if found is not None else None
+    return _spans.get(call_id) if call_id is not None else None
 
 
 register_provider(_active_context)
 
 
-_failures = hook_failures("dspy", log)
-
-
-def _failed(hook: str) -> None:
-    """Count a hook failure; log the first one of each hook and error type with its traceback."""
-    _failures.record(hook)
+_guard = hook_guard("dspy", log)
 
 
 def failure_count() -> int:
     """How many hook calls failed in this process (also in ``spanmux.stats()``)."""
-    return _failures.total
+    return _guard.total
 
 
 # -- naming and shaping (cheap: attribute reads, shallow copies) ------------------------------
 
 _labels: dict[Any, str | None] = {}
-_kinds: dict[type, str] = {}
+_kinds: dict[type, SpanKind] = {}
 _CACHE_LIMIT = 10_000
 
 
@@ -138,7 +118,7 @@ def _module_signature(instance: Any) -> Any:
     return signature
 
 
-def _module_kind(instance: Any) -> str:
+def _module_kind(instance: Any) -> SpanKind:
     cls = type(instance)
     kind = _kinds.get(cls)
     if kind is None:
@@ -189,17 +169,14 @@ def _split_model(model: str) -> tuple[str, str | None]:
     return (name, provider) if sep and provider and name else (model, None)
 
 
-def _is_secret(key: str) -> bool:
-    lowered = key.lower()
-    return lowered.startswith("api_") or any(marker in lowered for marker in _SECRET_MARKERS)
-
-
 def _lm_parameters(lm: Any, call_kwargs: Any) -> dict[str, Any] | None:
+    """The LM's settings and the call's keyword arguments; credentials among them (``api_key``)
+    are dropped on the worker by the one secret filter (``spanmux.processors.without_secrets``)."""
     merged: dict[str, Any] = {}
     for source in (getattr(lm, "kwargs", None), call_kwargs):
         if isinstance(source, dict):
             merged.update(source)
-    params = {k: v for k, v in merged.items() if v is not None and isinstance(k, str) and not _is_secret(k)}
+    params = {k: v for k, v in merged.items() if v is not None and isinstance(k, str)}
     return params or None
 
 
@@ -236,13 +213,9 @@ def _history_entry(lm: Any, outputs: Any) -> dict[str, Any] | None:
 
 def _usage_and_cost(entry: dict[str, Any]) -> tuple[Usage | None, Cost | None]:
     usage = normalize_usage(entry.get("usage"))
-    if usage is not None and not (usage.input_tokens or usage.output_tokens or usage.total_tokens):
-        usage = None  # DummyLM and cache hits report zeros: nothing was billed
-    cost = None
-    reported = entry.get("cost")
-    if usage is not None and isinstance(reported, (int, float)) and not isinstance(reported, bool) and reported > 0:
-        cost = Cost(total=float(reported), source="provider")
-    return usage, cost
+    if usage is None or not (usage.input_tokens or usage.output_tokens or usage.total_tokens):
+        return None, None  # DummyLM and cache hits report zeros: nothing was billed
+    return usage, reported_cost(entry, zero_is_a_cost=False)
 
 
 # -- the callback --------------------------------------------------------------------------------
@@ -256,67 +229,40 @@ class Callback(BaseCallback):  # type: ignore[misc]
 
     # start/end plumbing
     def _start(
-        self, call_id: str, name: str, kind: str, input: Any, *, lm: Any = None,
+        self, call_id: str, name: str, kind: SpanKind, input: Any, *, lm: Any = None,
         model: ModelInfo | None = None, attributes: dict[str, Any] | None = None,
     ) -> None:
-        if runtime.active() is None or call_id in _open:
+        if runtime.active() is None or _spans.get(call_id) is not None:
             return
-        parent = current_context()
-        trace_attributes = current_trace_attributes()
-        if parent is not None:
-            trace_id, parent_id = parent.trace_id, parent.span_id
-            trace = trace_attributes if trace_attributes is not None else parent.trace
-        else:
-            trace_id, parent_id, trace = new_trace_id(), None, trace_attributes
-        context = SpanContext(trace_id, new_span_id(), time.time_ns(), trace)
-        record = _OpenSpan(self, context, parent_id, name, kind, input, lm, model, attributes)
-        with _lock:
-            _open.setdefault(call_id, record)
+        call = _Call(name, kind, input)  # under the caller's call (ACTIVE_CALL_ID, see the provider)
+        call.owner, call.lm, call.model, call.attributes = self, lm, model, attributes
+        _spans.add(call_id, call)
 
-    def _take(self, call_id: str) -> _OpenSpan | None:
-        with _lock:
-            record = _open.get(call_id)
-            if record is None or record.owner is not self:
-                return None
-            del _open[call_id]
-        return record
-
-    def _emit(
-        self, record: _OpenSpan, output: Any, exception: BaseException | None, *,
-        usage: Usage | None = None, cost: Cost | None = None, model: ModelInfo | None = None,
-        attributes: dict[str, Any] | None = None,
-    ) -> None:
-        error: ErrorInfo | None = error_info(exception) if exception is not None else None
-        context = record.context
-        runtime.emit(Span(
-            trace_id=context.trace_id, span_id=context.span_id, parent_id=record.parent_id, name=record.name,
-            kind=record.kind, framework="dspy", start_ns=context.start_ns, end_ns=time.time_ns(),
-            status="error" if error is not None else "ok", error=error, input=record.input, output=output,
-            model=model or record.model, usage=usage, cost=cost, attributes=attributes or record.attributes,
-            trace=context.trace,
-        ))
+    def _take(self, call_id: str) -> _Call | None:
+        """The call this callback opened (another instance's calls are its own to end)."""
+        call = _spans.get(call_id)
+        if call is None or call.owner is not self:
+            return None
+        return _spans.pop(call_id, None)
 
     def _end(self, call_id: str, output: Any, exception: BaseException | None) -> None:
-        record = self._take(call_id)
-        if record is not None:
-            self._emit(record, _fields(output), exception)
+        call = self._take(call_id)
+        if call is not None:
+            call.output = _fields(output)
+            call.finish(exception=exception)
 
     # modules
     def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        try:
+        with _guard:
             self._start(call_id, _module_name(instance), _module_kind(instance), _call_input(inputs))
-        except Exception:
-            _failed("on_module_start")
 
     def on_module_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
-        try:
+        with _guard:
             self._end(call_id, outputs, exception)
-        except Exception:
-            _failed("on_module_end")
 
     # language models
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        try:
+        with _guard:
             requested = str(getattr(instance, "model", None) or type(instance).__name__)
             name, provider = _split_model(requested)
             model = ModelInfo(name, provider, _lm_parameters(instance, inputs.get("kwargs")))
@@ -327,75 +273,58 @@ class Callback(BaseCallback):  # type: ignore[misc]
                 span_attributes[attr.GEN_AI_PROVIDER_NAME] = provider
             self._start(call_id, requested, "llm", _lm_input(inputs), lm=instance, model=model,
                         attributes=span_attributes)
-        except Exception:
-            _failed("on_lm_start")
 
     def on_lm_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
-        try:
-            record = self._take(call_id)
-            if record is None:
+        with _guard:
+            call = self._take(call_id)
+            if call is None:
                 return
-            usage = cost = None
-            span_attributes = record.attributes
-            entry = _history_entry(record.lm, outputs) if exception is None else None
+            entry = _history_entry(call.lm, outputs) if exception is None else None
             if entry is not None:
-                usage, cost = _usage_and_cost(entry)
+                call.usage, call.cost = _usage_and_cost(entry)
                 response_model = entry.get("response_model")
                 if response_model:
-                    span_attributes = {**(span_attributes or {}), attr.GEN_AI_RESPONSE_MODEL: str(response_model)}
-            self._emit(record, _lm_output(outputs), exception, usage=usage, cost=cost, attributes=span_attributes)
-        except Exception:
-            _failed("on_lm_end")
+                    call.set_attribute(attr.GEN_AI_RESPONSE_MODEL, str(response_model))
+            call.output = _lm_output(outputs)
+            call.finish(exception=exception)
 
     # adapters
     def on_adapter_format_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        try:
+        with _guard:
             data: dict[str, Any] = {"signature": _signature_label(inputs.get("signature")),
                                     "inputs": inputs.get("inputs")}
             if inputs.get("demos"):
                 data["demos"] = inputs["demos"]
             self._start(call_id, f"{type(instance).__name__}.format", "parser", data)
-        except Exception:
-            _failed("on_adapter_format_start")
 
     def on_adapter_format_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
-        try:
+        with _guard:
             self._end(call_id, outputs, exception)
-        except Exception:
-            _failed("on_adapter_format_end")
 
     def on_adapter_parse_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        try:
+        with _guard:
             data = {"signature": _signature_label(inputs.get("signature")), "completion": inputs.get("completion")}
             self._start(call_id, f"{type(instance).__name__}.parse", "parser", data)
-        except Exception:
-            _failed("on_adapter_parse_start")
 
     def on_adapter_parse_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
-        try:
+        with _guard:
             self._end(call_id, outputs, exception)
-        except Exception:
-            _failed("on_adapter_parse_end")
 
     # tools
     def on_tool_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        try:
+        with _guard:
             name = str(getattr(instance, "name", None) or type(instance).__name__)
             arguments = inputs.get("kwargs", inputs)
             self._start(call_id, name, "tool", dict(arguments) if isinstance(arguments, dict) else arguments,
                         attributes={attr.GEN_AI_OPERATION_NAME: "execute_tool", attr.GEN_AI_TOOL_NAME: name})
-        except Exception:
-            _failed("on_tool_start")
 
     def on_tool_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
-        try:
+        with _guard:
             self._end(call_id, outputs, exception)
-        except Exception:
-            _failed("on_tool_end")
 
     # evaluation
     def on_evaluate_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        try:
+        with _guard:
             program = inputs.get("program")
             metric = inputs.get("metric") or getattr(instance, "metric", None)
             devset = inputs.get("devset") or getattr(instance, "devset", None) or ()
@@ -405,22 +334,19 @@ class Callback(BaseCallback):  # type: ignore[misc]
                 "num_examples": len(devset) if hasattr(devset, "__len__") else None,
             }
             self._start(call_id, type(instance).__name__, "evaluator", data)
-        except Exception:
-            _failed("on_evaluate_start")
 
     def on_evaluate_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
-        try:
-            record = self._take(call_id)
-            if record is None:
+        with _guard:
+            call = self._take(call_id)
+            if call is None:
                 return
             output: Any = outputs
             score = getattr(outputs, "score", None)
             if score is not None:
                 results = getattr(outputs, "results", None)
                 output = {"score": score, "num_results": len(results) if isinstance(results, list) else None}
-            self._emit(record, output, exception)
-        except Exception:
-            _failed("on_evaluate_end")
+            call.output = output
+            call.finish(exception=exception)
 
 
 # -- process-wide attachment -----------------------------------------------------------------------

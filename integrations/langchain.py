@@ -6,16 +6,16 @@
 Every LangChain run (chain, prompt, chat model, LLM, tool, retriever, parser, LangGraph graph and
 node) becomes one ``Span``. The callback thread only records ids, a timestamp and references to the
 objects LangChain hands over; the worker thread serializes them later. Parents come from LangChain's
-own ``run_id``/``parent_run_id`` kept in a dict behind a lock, so threads, ``batch()``, asyncio and
-parallel LangGraph nodes all produce correct trees.
+own ``run_id``/``parent_run_id`` (``spanmux.open_spans.OpenSpans``), so threads, ``batch()``,
+asyncio and parallel LangGraph nodes all produce correct trees. Every hook runs under the
+integration's failure guard: LangChain never sees an exception of ours.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from typing import Any, Final, Literal
+from typing import Any, Final
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -24,16 +24,16 @@ from langchain_core.runnables.config import var_child_runnable_config
 
 from spanmux import attributes as attr
 from spanmux import runtime
-from spanmux.context import CURRENT_SPAN, SpanContext, current_context, current_trace_attributes, register_provider
-from spanmux.model import Cost, ErrorInfo, ModelInfo, Span, TraceAttributes, Usage, new_span_id, new_trace_id
-from spanmux.tracer import error_info, hook_failures
-from spanmux.usage import normalize_usage
+from spanmux.context import SpanContext, register_provider
+from spanmux.model import ModelInfo, SpanKind, new_span_id
+from spanmux.open_spans import MAX_OPEN_SPANS, OpenSpan, OpenSpans, error_info, hook_guard
+from spanmux.usage import langchain_usage, reported_cost
 
 __all__ = ["CallbackHandler", "instrument", "uninstrument"]
 
 log = logging.getLogger("spanmux.integrations.langchain")
 
-MAX_OPEN_RUNS: Final = 100_000
+MAX_OPEN_RUNS: Final = MAX_OPEN_SPANS
 """Open runs kept per handler; beyond it the oldest are dropped (an end that never came)."""
 MAX_NAME_CHARS: Final = 256
 
@@ -52,60 +52,28 @@ _RESPONSE_MODEL_KEYS: Final = ("model_name", "model", "model_id")
 _REQUEST_MODEL_KEYS: Final = ("model", "model_name", "model_id")
 _AGENT_INTEGRATIONS: Final = ("langchain_create_agent", "langgraph_create_react_agent")
 
-_failures = hook_failures("langchain", log)
+_guard = hook_guard("langchain", log)
 
 
-def _hook_failed(hook: str) -> None:
-    """A hook broke on what it was handed: counted, logged once per hook and error type with the
-    traceback, never raised."""
-    _failures.record(hook)
+class _Run(OpenSpan):
+    """An open LangChain run: the open span plus what its end needs from its start."""
 
-
-class _Run:
-    """What is known about an open run; becomes a ``Span`` at its end."""
-
-    __slots__ = (
-        "trace_id", "span_id", "parent_id", "name", "kind", "start_ns", "input", "attributes", "trace",
-        "node", "metadata", "params", "first_token_ns",
-    )
-    trace_id: str
-    span_id: str
-    parent_id: str | None
-    name: str
-    kind: str
-    start_ns: int
-    input: Any
-    trace: TraceAttributes | None
+    __slots__ = ("node", "metadata", "params")
+    framework = "langchain"
     node: Any
+    metadata: Any
+    params: Any
 
-    def __init__(self) -> None:
-        self.attributes: dict[str, Any] | None = None
-        self.metadata: Any = None
-        self.params: Any = None
-        self.first_token_ns: int | None = None
 
-    def set(self, key: str, value: Any) -> None:
-        if self.attributes is None:
-            self.attributes = {}
-        self.attributes[key] = value
-
-    def add_event(self, name: str, data: Any) -> None:
-        if self.attributes is None:
-            self.attributes = {}
-        events = self.attributes.get(attr.FRAMEWORK_EVENT)
-        if events is None:
-            events = self.attributes[attr.FRAMEWORK_EVENT] = []
-        events.append({"name": name, "time_ns": time.time_ns(), "data": data})
-
-    def context(self) -> SpanContext:
-        return SpanContext(self.trace_id, self.span_id, self.start_ns, self.trace)
+_LOW_64_BITS: Final = (1 << 64) - 1
 
 
 def _span_id(run_id: Any) -> str:
     """The low half of the run's UUID: random in uuid4 and uuid7 alike (uuid7's high half is a
-    timestamp, shared by runs started in the same millisecond)."""
+    timestamp, shared by runs started in the same millisecond). ``run_id.hex[16:]``, at half the
+    cost."""
     try:
-        return run_id.hex[16:]  # type: ignore[no-any-return]
+        return "%016x" % (run_id.int & _LOW_64_BITS)
     except Exception:
         return new_span_id()
 
@@ -151,67 +119,13 @@ def _start_attributes(tags: Any, metadata: Any) -> dict[str, Any] | None:
     return out or None
 
 
-def _is_control_flow(error: BaseException) -> bool:
-    """LangGraph interrupts and parent commands travel as exceptions; they are not failures."""
-    return any(cls.__name__ == "GraphBubbleUp" for cls in type(error).__mro__)
-
-
-def _int(value: Any) -> int:
-    return value if type(value) is int else 0
-
-
-def _usage(message: Any, response: Any) -> Usage | None:
-    """LangChain's standard ``usage_metadata`` (fast path), else any provider shape."""
-    raw = getattr(message, "usage_metadata", None)
-    if raw:
-        try:
-            inp, out = raw["input_tokens"], raw["output_tokens"]
-            if type(inp) is int and type(out) is int:
-                total = raw.get("total_tokens")
-                in_details = raw.get("input_token_details") or {}
-                out_details = raw.get("output_token_details") or {}
-                return Usage(
-                    input_tokens=inp, output_tokens=out, total_tokens=total if type(total) is int else inp + out,
-                    cache_read_tokens=_int(in_details.get("cache_read")),
-                    cache_write_tokens=_int(in_details.get("cache_creation")),
-                    reasoning_tokens=_int(out_details.get("reasoning")),
-                )
-        except Exception:
-            pass
-        usage = normalize_usage(raw)
-        if usage is not None:
-            return usage
-    llm_output = getattr(response, "llm_output", None)
-    return normalize_usage(llm_output) if llm_output else None
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    return None
-
-
-def _provider_cost(message: Any, response: Any) -> Cost | None:
-    """A cost the provider reported itself (OpenRouter and friends): it wins over the price table."""
-    response_metadata = getattr(message, "response_metadata", None)
-    llm_output = getattr(response, "llm_output", None)
-    for holder in (response_metadata, llm_output):
-        if not isinstance(holder, dict):
-            continue
-        for source in (holder, holder.get("token_usage"), holder.get("usage")):
-            if not isinstance(source, dict):
-                continue
-            total = _number(source.get("cost"))
-            if total is None:
-                total = _number(source.get("total_cost"))
-            if total is None:
-                continue
-            details = source.get("cost_details")
-            details = details if isinstance(details, dict) else {}
-            inp = _number(details.get("upstream_inference_prompt_cost")) or 0.0
-            out = _number(details.get("upstream_inference_completions_cost")) or 0.0
-            return Cost(input=inp, output=out, total=total, source="provider")
-    return None
+def _record_error(run: _Run, error: BaseException) -> None:
+    """The run's error; LangGraph interrupts and parent commands travel as exceptions but are no
+    failures: the run ends ok, marked with the interrupt."""
+    if any(cls.__name__ == "GraphBubbleUp" for cls in type(error).__mro__):
+        run.set_attribute("langgraph.interrupt", type(error).__name__)
+    else:
+        run.error = error_info(error)
 
 
 def _requested_model(run: _Run) -> str | None:
@@ -245,9 +159,9 @@ def _model_info(run: _Run, message: Any) -> ModelInfo | None:
     params = run.params if isinstance(run.params, dict) else {}
     requested, response = _requested_model(run), _response_model(message)
     if requested:
-        run.set(attr.GEN_AI_REQUEST_MODEL, requested)
+        run.set_attribute(attr.GEN_AI_REQUEST_MODEL, requested)
     if response:
-        run.set(attr.GEN_AI_RESPONSE_MODEL, response)
+        run.set_attribute(attr.GEN_AI_RESPONSE_MODEL, response)
     name = requested or response
     provider = _text(meta.get("ls_provider"))
     parameters = {key: value for key in _PARAMETER_KEYS if (value := params.get(key)) is not None}
@@ -296,93 +210,49 @@ class CallbackHandler(BaseCallbackHandler):
 
     def __init__(self) -> None:
         super().__init__()
-        self._runs: dict[Any, _Run] = {}
-        self._lock = threading.Lock()
-        self.evicted_runs = 0
+        self._spans: OpenSpans[_Run] = OpenSpans("LangChain", MAX_OPEN_RUNS)
+
+    @property
+    def _runs(self) -> dict[Any, _Run]:
+        """The open runs by run id (read-only view for tests and debugging)."""
+        return self._spans.by_id
+
+    @property
+    def evicted_runs(self) -> int:
+        """Runs dropped because their end never came (beyond ``MAX_OPEN_RUNS`` open at once)."""
+        return self._spans.evicted
 
     # ---- bookkeeping -------------------------------------------------------------------------
-    # Inserts and removals take the lock; single lookups (``dict.get``) are atomic on their own.
 
     def _start(
-        self, run_id: Any, parent_run_id: Any, name: str, kind: str, input: Any, tags: Any, metadata: Any,
+        self, run_id: Any, parent_run_id: Any, name: str, kind: SpanKind, input: Any, tags: Any, metadata: Any,
+        params: Any = None,
     ) -> _Run:
-        run = _Run()
-        run.start_ns = time.time_ns()
-        run.span_id = _span_id(run_id)
-        run.name = name
-        run.kind = kind
-        run.input = input
+        spans = self._spans
+        parent = spans.get(parent_run_id) if parent_run_id is not None else None
+        run = _Run(name, kind, input, parent, _span_id(run_id))
         node = metadata.get("langgraph_node") if isinstance(metadata, dict) else None
-        run.node = node
-        parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
-        if parent is not None:
-            run.trace_id, run.parent_id, run.trace = parent.trace_id, parent.span_id, parent.trace
-            if node is not None and node != parent.node and parent.kind == "chain":
-                parent.kind = "agent"  # its children are nodes of a graph: the parent is that graph
-            manual = CURRENT_SPAN.get()
-            if manual is not None and manual.start_ns > parent.start_ns and manual.trace_id == parent.trace_id:
-                run.parent_id = manual.span_id  # a manual span opened inside the parent run
-        else:
-            outer = current_context()
-            trace_attrs: TraceAttributes | None = current_trace_attributes()
-            if outer is not None:
-                run.trace_id, run.parent_id = outer.trace_id, outer.span_id
-                run.trace = trace_attrs if trace_attrs is not None else outer.trace
-            else:
-                run.trace_id, run.parent_id, run.trace = new_trace_id(), None, trace_attrs
+        run.node, run.metadata, run.params = node, metadata, params
         if tags or metadata:
             run.attributes = _start_attributes(tags, metadata)
-        if parent is None and isinstance(run_id, UUID):
-            run.set(attr.RUN_ID, str(run_id))
-        runs = self._runs
-        with self._lock:
-            runs[run_id] = run
-            if len(runs) > MAX_OPEN_RUNS:
-                self._evict_oldest()
+        if parent is not None:
+            if node is not None and node != parent.node and parent.kind == "chain":
+                parent.kind = "agent"  # its children are nodes of a graph: the parent is that graph
+        elif isinstance(run_id, UUID):
+            run.set_attribute(attr.RUN_ID, str(run_id))
+        spans.add(run_id, run)
         return run
 
-    def _evict_oldest(self) -> None:
-        """Runs whose end never came (a killed generator, a framework bug) must not pile up."""
-        runs, before = self._runs, self.evicted_runs
-        while len(runs) > MAX_OPEN_RUNS:
-            runs.pop(next(iter(runs)))
-            self.evicted_runs += 1
-        if before == 0 or before // 10_000 != self.evicted_runs // 10_000:
-            log.warning("spanmux: %d LangChain runs never ended and were dropped", self.evicted_runs)
-
-    def _pop(self, run_id: Any) -> _Run | None:
-        with self._lock:
-            return self._runs.pop(run_id, None)
-
-    def _emit(
-        self, run: _Run, output: Any, error: BaseException | None = None, *, model: ModelInfo | None = None,
-        usage: Usage | None = None, cost: Cost | None = None,
-    ) -> None:
-        status: Literal["ok", "error"] = "ok"
-        info: ErrorInfo | None = None
-        if error is not None:
-            if _is_control_flow(error):
-                run.set("langgraph.interrupt", type(error).__name__)
-            else:
-                status, info = "error", error_info(error)
-        first_token = run.first_token_ns
-        if first_token is not None:
-            run.set(attr.STREAMING, True)
-            run.set(attr.TIME_TO_FIRST_TOKEN_MS, (first_token - run.start_ns) / 1e6)
-        runtime.emit(Span(
-            trace_id=run.trace_id, span_id=run.span_id, parent_id=run.parent_id, name=run.name, kind=run.kind,
-            framework="langchain", start_ns=run.start_ns, end_ns=time.time_ns(), status=status, error=info,
-            input=run.input, output=output, model=model, usage=usage, cost=cost, completion_start_ns=first_token,
-            attributes=run.attributes, trace=run.trace,
-        ))
-
     def _end(self, run_id: Any, output: Any, error: BaseException | None = None) -> None:
-        run = self._pop(run_id)
+        run = self._spans.pop(run_id, None)
         if run is not None:
-            self._emit(run, output, error)
+            run.output = output
+            if error is not None:
+                _record_error(run, error)
+            run.finish()
 
     def _event(self, run_id: Any, name: str, data: Any) -> None:
-        run = self._runs.get(run_id)
+        run = self._spans.get(run_id)
         if run is not None:
             run.add_event(name, data)
 
@@ -392,10 +262,11 @@ class CallbackHandler(BaseCallbackHandler):
         self, serialized: dict[str, Any] | None, inputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
         tags: list[str] | None = None, metadata: dict[str, Any] | None = None, **kwargs: Any,
     ) -> None:
-        try:
+        with _guard:
             if runtime.active() is None:
                 return
             name = _text(kwargs.get("name")) or _serialized_name(serialized) or "chain"
+            kind: SpanKind
             if kwargs.get("run_type") == "parser" or name.endswith("OutputParser"):
                 kind = "parser"
             elif name == "LangGraph" or (
@@ -406,27 +277,21 @@ class CallbackHandler(BaseCallbackHandler):
             else:
                 kind = "chain"
             self._start(run_id, parent_run_id, name, kind, inputs, tags, metadata)
-        except Exception:
-            _hook_failed("on_chain_start")
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        try:
+        with _guard:
             kind = type(outputs)
             if kind is ChatPromptValue:  # what a prompt produced, as messages: cheaper and clearer than the model
                 outputs = outputs.messages
             elif kind is StringPromptValue:
                 outputs = outputs.text
             self._end(run_id, outputs)
-        except Exception:
-            _hook_failed("on_chain_end")
 
     def on_chain_error(
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any,
     ) -> None:
-        try:
+        with _guard:
             self._end(run_id, None, error)
-        except Exception:
-            _hook_failed("on_chain_error")
 
     # ---- chat models and LLMs ----------------------------------------------------------------
 
@@ -434,75 +299,62 @@ class CallbackHandler(BaseCallbackHandler):
         self, serialized: dict[str, Any] | None, messages: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
         tags: list[str] | None = None, metadata: dict[str, Any] | None = None, **kwargs: Any,
     ) -> None:
-        try:
+        with _guard:
             if runtime.active() is None:
                 return
             name = _text(kwargs.get("name")) or _serialized_name(serialized) or "chat_model"
             prompt = messages[0] if isinstance(messages, list) and len(messages) == 1 else messages
-            run = self._start(run_id, parent_run_id, name, "llm", prompt, tags, metadata)
-            run.metadata = metadata
-            run.params = kwargs.get("invocation_params")
-        except Exception:
-            _hook_failed("on_chat_model_start")
+            self._start(run_id, parent_run_id, name, "llm", prompt, tags, metadata, kwargs.get("invocation_params"))
 
     def on_llm_start(
         self, serialized: dict[str, Any] | None, prompts: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
         tags: list[str] | None = None, metadata: dict[str, Any] | None = None, **kwargs: Any,
     ) -> None:
-        try:
+        with _guard:
             if runtime.active() is None:
                 return
             name = _text(kwargs.get("name")) or _serialized_name(serialized) or "llm"
             prompt = prompts[0] if isinstance(prompts, list) and len(prompts) == 1 else prompts
-            run = self._start(run_id, parent_run_id, name, "llm", prompt, tags, metadata)
-            run.metadata = metadata
-            run.params = kwargs.get("invocation_params")
-        except Exception:
-            _hook_failed("on_llm_start")
+            self._start(run_id, parent_run_id, name, "llm", prompt, tags, metadata, kwargs.get("invocation_params"))
 
     def on_llm_new_token(self, token: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        try:
-            run = self._runs.get(run_id)
-            if run is not None and run.first_token_ns is None:
-                run.first_token_ns = time.time_ns()
-        except Exception:
-            _hook_failed("on_llm_new_token")
+        with _guard:
+            run = self._spans.get(run_id)
+            if run is not None:
+                run.first_token()
 
     def on_stream_event(self, event: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         """``stream_events(version="v3")`` reports chunks here instead of ``on_llm_new_token``."""
-        try:
-            run = self._runs.get(run_id)
-            if (run is not None and run.first_token_ns is None and isinstance(event, dict)
-                    and event.get("event") == "content-block-delta"):
-                run.first_token_ns = time.time_ns()
-        except Exception:
-            _hook_failed("on_stream_event")
+        with _guard:
+            run = self._spans.get(run_id)
+            if run is not None and isinstance(event, dict) and event.get("event") == "content-block-delta":
+                run.first_token()
 
     def on_llm_end(self, response: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        try:
-            run = self._pop(run_id)
+        with _guard:
+            run = self._spans.pop(run_id, None)
             if run is None:
                 return
             try:
-                message, output = _llm_output(response)
-                model, usage, cost = _model_info(run, message), _usage(message, response), _provider_cost(
-                    message, response)
+                message, run.output = _llm_output(response)
+                run.model = _model_info(run, message)
+                run.usage = langchain_usage(message, response)
+                run.cost = reported_cost(getattr(message, "response_metadata", None),
+                                         getattr(response, "llm_output", None))
             except Exception:  # a strange response: keep the span, without model details
-                _hook_failed("on_llm_end(details)")
-                message, output, model, usage, cost = None, response, None, None, None
-            self._emit(run, output, model=model, usage=usage, cost=cost)
-        except Exception:
-            _hook_failed("on_llm_end")
+                _guard.record("on_llm_end(details)")
+                run.output, run.model, run.usage, run.cost = response, None, None, None
+            run.finish()
 
     def on_llm_error(
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any,
     ) -> None:
-        try:
-            run = self._pop(run_id)
+        with _guard:
+            run = self._spans.pop(run_id, None)
             if run is not None:
-                self._emit(run, None, error, model=_model_info(run, None))
-        except Exception:
-            _hook_failed("on_llm_error")
+                _record_error(run, error)
+                run.model = _model_info(run, None)
+                run.finish()
 
     # ---- tools ---------------------------------------------------------------------------------
 
@@ -510,31 +362,25 @@ class CallbackHandler(BaseCallbackHandler):
         self, serialized: dict[str, Any] | None, input_str: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
         tags: list[str] | None = None, metadata: dict[str, Any] | None = None, inputs: Any = None, **kwargs: Any,
     ) -> None:
-        try:
+        with _guard:
             if runtime.active() is None:
                 return
             name = _text(kwargs.get("name")) or _serialized_name(serialized) or "tool"
-            run = self._start(run_id, parent_run_id, name, "tool", inputs if inputs is not None else input_str,
-                              tags, metadata)
+            run = self._start(run_id, parent_run_id, name, "tool", inputs if inputs is not None else input_str, tags,
+                              metadata)
             tool_call_id = kwargs.get("tool_call_id")
             if tool_call_id:
-                run.set(attr.GEN_AI_TOOL_CALL_ID, tool_call_id)
-        except Exception:
-            _hook_failed("on_tool_start")
+                run.set_attribute(attr.GEN_AI_TOOL_CALL_ID, tool_call_id)
 
     def on_tool_end(self, output: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        try:
+        with _guard:
             self._end(run_id, output)
-        except Exception:
-            _hook_failed("on_tool_end")
 
     def on_tool_error(
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any,
     ) -> None:
-        try:
+        with _guard:
             self._end(run_id, None, error)
-        except Exception:
-            _hook_failed("on_tool_error")
 
     # ---- retrievers ----------------------------------------------------------------------------
 
@@ -542,74 +388,59 @@ class CallbackHandler(BaseCallbackHandler):
         self, serialized: dict[str, Any] | None, query: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
         tags: list[str] | None = None, metadata: dict[str, Any] | None = None, **kwargs: Any,
     ) -> None:
-        try:
+        with _guard:
             if runtime.active() is None:
                 return
             name = _text(kwargs.get("name")) or _serialized_name(serialized) or "retriever"
             self._start(run_id, parent_run_id, name, "retriever", query, tags, metadata)
-        except Exception:
-            _hook_failed("on_retriever_start")
 
     def on_retriever_end(
         self, documents: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any,
     ) -> None:
-        try:
-            run = self._pop(run_id)
-            if run is None:
-                return
-            docs = _documents(documents)
-            run.set(attr.RETRIEVAL_DOCUMENTS, docs)
-            self._emit(run, docs)
-        except Exception:
-            _hook_failed("on_retriever_end")
+        with _guard:
+            run = self._spans.pop(run_id, None)
+            if run is not None:
+                run.output = _documents(documents)
+                run.set_attribute(attr.RETRIEVAL_DOCUMENTS, run.output)
+                run.finish()
 
     def on_retriever_error(
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any,
     ) -> None:
-        try:
+        with _guard:
             self._end(run_id, None, error)
-        except Exception:
-            _hook_failed("on_retriever_error")
 
     # ---- events on an open run -----------------------------------------------------------------
 
     def on_agent_action(self, action: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        try:
+        with _guard:
             self._event(run_id, "agent_action", {
                 "tool": getattr(action, "tool", None), "tool_input": getattr(action, "tool_input", None),
                 "log": getattr(action, "log", None),
             })
-        except Exception:
-            _hook_failed("on_agent_action")
 
     def on_agent_finish(self, finish: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        try:
+        with _guard:
             self._event(run_id, "agent_finish", {
                 "return_values": getattr(finish, "return_values", None), "log": getattr(finish, "log", None),
             })
-        except Exception:
-            _hook_failed("on_agent_finish")
 
     def on_custom_event(
         self, name: str, data: Any, *, run_id: UUID, tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None, **kwargs: Any,
     ) -> None:
-        try:
+        with _guard:
             self._event(run_id, _text(name) or "custom_event", data)
-        except Exception:
-            _hook_failed("on_custom_event")
 
     def on_retry(self, retry_state: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        try:
+        with _guard:
             self._event(run_id, "retry", {"attempt": getattr(retry_state, "attempt_number", None)})
-        except Exception:
-            _hook_failed("on_retry")
 
     def on_text(self, text: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         """Verbose console text of legacy chains: nothing worth a span."""
 
     def __repr__(self) -> str:
-        return f"<spanmux CallbackHandler open_runs={len(self._runs)}>"
+        return f"<spanmux CallbackHandler open_runs={len(self._spans)}>"
 
     def __copy__(self) -> CallbackHandler:
         return self  # one handler, one map of open runs: a copied config must keep feeding it
@@ -634,9 +465,9 @@ def _current_run_context() -> SpanContext | None:
         return None
     for handler in getattr(manager, "handlers", ()):
         if isinstance(handler, CallbackHandler):
-            run = handler._runs.get(parent_run_id)
+            run = handler._spans.get(parent_run_id)
             if run is not None:
-                return run.context()
+                return run
     return None
 
 

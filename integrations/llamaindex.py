@@ -7,8 +7,9 @@ process is traced without touching user code::
 
 Why it is built this way:
 
-- LlamaIndex gives every decorated call a span id and its parent's id; we keep our records in a
-  dict keyed by those ids under a lock (never a stack), so threads and asyncio tasks nest right.
+- LlamaIndex gives every decorated call a span id and its parent's id; we keep our records keyed
+  by those ids (``spanmux.open_spans.OpenSpans``, never a stack), so threads and asyncio tasks
+  nest right.
 - The span handler opens and closes records; the event handler enriches the open record named by
   ``event.span_id`` (model from ``model_dict``, token usage from the response, time to first token,
   reranker model).
@@ -24,8 +25,9 @@ Why it is built this way:
   model of the event fired on the outer one.
 - Models: ``gen_ai.request.model`` from the event's ``model_dict``, ``gen_ai.response.model`` from
   the response's ``raw``; the worker picks ``model.name`` from them (README, "Models").
-- LlamaIndex swallows handler exceptions silently, so every hook catches, counts and logs by
-  itself (once per hook and error type, see ``spanmux.tracer.HookFailures``).
+- LlamaIndex swallows handler exceptions silently, so every hook runs under the integration's
+  failure guard, which counts and logs them (once per hook and error type, see
+  ``spanmux.open_spans.HookGuard``).
 """
 
 from __future__ import annotations
@@ -49,18 +51,10 @@ from spanmux.attributes import (
     GEN_AI_TOOL_NAME,
     METADATA,
     RETRIEVAL_DOCUMENTS,
-    STREAMING,
-    TIME_TO_FIRST_TOKEN_MS,
 )
-from spanmux.context import (
-    CURRENT_SPAN,
-    SpanContext,
-    current_context,
-    current_trace_attributes,
-    register_provider,
-)
-from spanmux.model import ErrorInfo, ModelInfo, Span, TraceAttributes, Usage, new_span_id, new_trace_id
-from spanmux.tracer import error_info, hook_failures
+from spanmux.context import SpanContext, register_provider
+from spanmux.model import ModelInfo, SpanKind, TraceAttributes, Usage
+from spanmux.open_spans import OpenSpan, OpenSpans, error_info, hook_guard
 from spanmux.usage import normalize_usage
 
 __all__ = ["instrument", "is_instrumented", "uninstrument"]
@@ -88,47 +82,26 @@ step starts. The step's span has that event as its input already (dropped with t
 _CLOSED_MEMORY = 4096
 _STREAM_MEMORY = 1024
 
+_guard = hook_guard("llamaindex", log, names={
+    "enter": "new_span", "exit": "prepare_to_exit_span", "drop": "prepare_to_drop_span"})
 
-class _Record:
-    """One open LlamaIndex span: ids, timing and references to raw objects (serialized later)."""
 
-    __slots__ = (
-        "li_id", "trace_id", "span_id", "parent_id", "parent", "name", "kind", "start_ns", "end_ns", "input",
-        "output", "model", "usage", "completion_start_ns", "attributes", "trace", "error", "exited",
-        "awaiting_end", "pending_children", "holds_parent", "usage_below", "context", "stream_key",
-    )
+class _Record(OpenSpan):
+    """One open LlamaIndex span: the open span plus the state of its stream and of the LLM spans
+    wrapped around it."""
 
-    def __init__(self, trace_id: str, parent_id: str | None, parent: _Record | None, name: str, kind: str,
-                 start_ns: int, inputs: Any, trace: TraceAttributes | None) -> None:
-        self.li_id = ""
-        self.trace_id = trace_id
-        self.span_id = new_span_id()
-        self.parent_id = parent_id
-        self.parent = parent
-        self.name = name
-        self.kind = kind
-        self.start_ns = start_ns
-        self.end_ns = 0
-        self.input = inputs
-        self.output: Any = None
-        self.model: ModelInfo | None = None
-        self.usage: Usage | None = None
-        self.completion_start_ns: int | None = None
-        self.attributes: dict[str, Any] | None = None
-        self.trace = trace
-        self.error: ErrorInfo | None = None
-        self.exited = False          # LlamaIndex left the call (a stream may still be running)
-        self.awaiting_end = False    # an LLM start event was seen, its end event not yet
-        self.pending_children = 0    # nested LLM spans still streaming
-        self.holds_parent = False    # this streaming span keeps its parent LLM span open
-        self.usage_below = False     # a nested LLM span already reported this call's usage
-        self.context: SpanContext | None = None
-        self.stream_key: int | None = None
-
-    def set_attribute(self, key: str, value: Any) -> None:
-        if self.attributes is None:
-            self.attributes = {}
-        self.attributes[key] = value
+    __slots__ = ("li_id", "parent", "end_ns", "exited", "awaiting_end", "pending_children", "holds_parent",
+                 "usage_below", "stream_key")
+    framework = "llamaindex"
+    li_id: str
+    parent: _Record | None  # the enclosing LlamaIndex record, when it is the span's parent
+    end_ns: int
+    exited: bool            # LlamaIndex left the call (a stream may still be running)
+    awaiting_end: bool      # an LLM start event was seen, its end event not yet
+    pending_children: int   # nested LLM spans still streaming
+    holds_parent: bool      # this streaming span keeps its parent LLM span open
+    usage_below: bool       # a nested LLM span already reported this call's usage
+    stream_key: int | None
 
     def mark_delegating(self) -> None:
         """This span wraps a call of its own kind: it is not a model call itself."""
@@ -156,18 +129,15 @@ class _Record:
         return out
 
 
-class _Stream:
+class _Stream(SpanContext):
     """A generator returned by a span: lazily started calls inside it belong to that span."""
 
-    __slots__ = ("generator", "li_id", "trace_id", "span_id", "trace", "start_ns")
+    __slots__ = ("generator", "li_id")
 
     def __init__(self, generator: weakref.ref[Any], li_id: str, record: _Record) -> None:
+        super().__init__(record.trace_id, record.span_id, record.start_ns, record.trace)
         self.generator = generator  # weak: a generator's frame (and locals) must not outlive it
         self.li_id = li_id
-        self.trace_id = record.trace_id
-        self.span_id = record.span_id
-        self.trace = record.trace
-        self.start_ns = record.start_ns
 
 
 def _span_name(li_id: str) -> str:
@@ -294,7 +264,7 @@ class _Classifier:
     """Span kind per (class, method), decided once from LlamaIndex's base classes."""
 
     def __init__(self) -> None:
-        self.cache: dict[tuple[type, str], str] = {}
+        self.cache: dict[tuple[type, str], SpanKind] = {}
         self.agents = self._load(("llama_index.core.agent.workflow", "BaseWorkflowAgent"),
                                  ("llama_index.core.agent.workflow", "AgentWorkflow"),
                                  ("llama_index.core.base.agent.types", "BaseAgent"))
@@ -317,7 +287,7 @@ class _Classifier:
                 continue
         return tuple(found)
 
-    def kind(self, instance: Any, method: str) -> str:
+    def kind(self, instance: Any, method: str) -> SpanKind:
         if instance is None:
             return "chain"  # workflow steps and plain functions
         key = (type(instance), method)
@@ -326,7 +296,7 @@ class _Classifier:
             found = self.cache[key] = self._classify(key[0], method)
         return found
 
-    def _classify(self, cls: type, method: str) -> str:
+    def _classify(self, cls: type, method: str) -> SpanKind:
         if self.agents and issubclass(cls, self.agents):
             return "agent"
         if self.llms and issubclass(cls, self.llms):
@@ -349,13 +319,12 @@ class LlamaIndexTracer:
         from llama_index.core.instrumentation.span import active_span_id  # noqa: PLC0415
 
         self.active_span_id = active_span_id
-        self.lock = threading.Lock()
-        self.open: dict[str, _Record] = {}
-        self.closed: OrderedDict[str, tuple[str, str, TraceAttributes | None]] = OrderedDict()
+        self.spans: OpenSpans[_Record] = OpenSpans("LlamaIndex")
+        self.lock = self.spans.lock  # also guards closed, streams and pending_children
+        self.closed: OrderedDict[str, tuple[str, str, int, TraceAttributes | None]] = OrderedDict()
         self.streams: dict[int, _Stream] = {}
         self.classifier = _Classifier()
         self.enabled = True
-        self.failure_counter = hook_failures("llamaindex", log)
         self.events: dict[str, Callable[[_Record, Any], None]] = {
             "LLMChatStartEvent": self._on_llm_start,
             "LLMCompletionStartEvent": self._on_llm_start,
@@ -370,17 +339,19 @@ class LlamaIndexTracer:
         }
 
     @property
+    def open(self) -> dict[str, _Record]:
+        """The open records by LlamaIndex span id (read-only view for tests and debugging)."""
+        return self.spans.by_id
+
+    @property
     def failures(self) -> int:
         """Hook failures of this process (also in ``spanmux.stats()["integration_failures"]``)."""
-        return self.failure_counter.total
-
-    def _failed(self, where: str) -> None:
-        self.failure_counter.record(where)
+        return _guard.total
 
     # -- span handler
     def enter(self, li_id: str, bound_args: Any, instance: Any, parent_li_id: str | None,
               tags: Mapping[str, Any] | None) -> None:
-        try:
+        with _guard:
             if not self.enabled or runtime.active() is None:
                 return
             name = _span_name(li_id)
@@ -389,22 +360,18 @@ class LlamaIndexTracer:
                 tool_name = getattr(getattr(instance, "metadata", None), "name", None)
                 if isinstance(tool_name, str) and tool_name:
                     name = tool_name
-            start_ns = time.time_ns()
             arguments = getattr(bound_args, "arguments", None)
-            record = self._new_record(parent_li_id, name, kind, start_ns,
-                                      _inputs(arguments) if arguments is not None else None)
+            inputs = _inputs(arguments) if arguments is not None else None
+            record = self._new_record(li_id, parent_li_id, name, kind, inputs)
             if kind == "tool":
                 record.set_attribute(GEN_AI_TOOL_NAME, name)
-            self._nest_in_wrapper(record)
+            if kind == "llm" or kind == "embedding":
+                self._nest_in_wrapper(record)
             if tags:
                 kept = {k: v for k, v in tags.items() if k not in _CONTENT_TAGS}
                 if kept:
                     record.set_attribute(METADATA, kept)
-            record.li_id = li_id
-            with self.lock:
-                self.open[li_id] = record
-        except Exception:
-            self._failed("new_span")
+            self.spans.add(li_id, record)
 
     @staticmethod
     def _nest_in_wrapper(record: _Record) -> None:
@@ -426,28 +393,27 @@ class LlamaIndexTracer:
                 record.set_attribute(GEN_AI_REQUEST_MODEL, requested)
             record.set_attribute(GEN_AI_OPERATION_NAME, "embeddings")
 
-    def _new_record(self, parent_li_id: str | None, name: str, kind: str, start_ns: int, inputs: Any) -> _Record:
-        parent = self.open.get(parent_li_id) if parent_li_id else None
+    def _new_record(self, li_id: str, parent_li_id: str | None, name: str, kind: SpanKind, inputs: Any) -> _Record:
+        parent = self.spans.get(parent_li_id) if parent_li_id else None
         stream = self._running_stream() if self.streams else None
+        context: SpanContext | None = parent
+        exact = False
         if stream is not None and (parent is None or parent.start_ns <= stream.start_ns):
             # Started lazily inside a generator returned earlier: it belongs to that generator's span.
-            owner = self.open.get(stream.li_id)
-            return _Record(stream.trace_id, stream.span_id, owner, name, kind, start_ns, inputs, stream.trace)
-        if parent is not None:
-            manual = CURRENT_SPAN.get()
-            if manual is not None and manual.start_ns >= parent.start_ns and manual.trace_id == parent.trace_id:
-                # a manual span opened inside the LlamaIndex parent (in a tool, say) is the closer parent
-                return _Record(manual.trace_id, manual.span_id, None, name, kind, start_ns, inputs, manual.trace)
-            return _Record(parent.trace_id, parent.span_id, parent, name, kind, start_ns, inputs, parent.trace)
-        closed = self.closed.get(parent_li_id) if parent_li_id else None
-        if closed is not None:
-            return _Record(closed[0], closed[1], None, name, kind, start_ns, inputs, closed[2])
-        outer = current_context()
-        attributes = current_trace_attributes()
-        if outer is not None:
-            trace = attributes if attributes is not None else outer.trace
-            return _Record(outer.trace_id, outer.span_id, None, name, kind, start_ns, inputs, trace)
-        return _Record(new_trace_id(), None, None, name, kind, start_ns, inputs, attributes)
+            context, exact, parent = stream, True, self.spans.get(stream.li_id)
+        elif parent is None and parent_li_id:
+            closed = self.closed.get(parent_li_id)  # a parent that has ended already
+            if closed is not None:
+                context, exact = SpanContext(*closed), True
+        record = _Record(name, kind, inputs, context, None, exact)
+        # the enclosing record is the parent, unless a manual span opened inside it is closer
+        record.parent = parent if parent is not None and record.parent_id is parent.span_id else None
+        record.li_id = li_id
+        record.end_ns = 0
+        record.exited = record.awaiting_end = record.holds_parent = record.usage_below = False
+        record.pending_children = 0
+        record.stream_key = None
+        return record
 
     def _running_stream(self) -> _Stream | None:
         """The innermost registered generator whose frame is executing on this thread's stack."""
@@ -463,8 +429,8 @@ class LlamaIndexTracer:
         return None
 
     def exit(self, li_id: str, result: Any) -> None:
-        try:
-            record = self.open.get(li_id)
+        with _guard:
+            record = self.spans.get(li_id)
             if record is None:
                 return
             record.end_ns = time.time_ns()
@@ -487,12 +453,10 @@ class LlamaIndexTracer:
                     record.set_attribute(RETRIEVAL_DOCUMENTS, docs)
                     record.output = docs
             self._finish(record)
-        except Exception:
-            self._failed("prepare_to_exit_span")
 
     def drop(self, li_id: str, err: BaseException | None) -> None:
-        try:
-            record = self.open.get(li_id)
+        with _guard:
+            record = self.spans.get(li_id)
             if record is None:
                 return
             record.end_ns = time.time_ns()
@@ -500,8 +464,6 @@ class LlamaIndexTracer:
             if err is not None:
                 record.error = error_info(err)
             self._finish(record)
-        except Exception:
-            self._failed("prepare_to_drop_span")
 
     def _remember_stream(self, li_id: str, record: _Record, generator: Any) -> None:
         frame = _generator_frame(generator)
@@ -535,39 +497,33 @@ class LlamaIndexTracer:
                     stream = self.streams.get(key)
                     if stream is not None and stream.li_id == li_id:
                         del self.streams[key]
-                record = self.open.get(li_id)
+                record = self.spans.get(li_id)
                 if record is not None and record.exited:
                     self._finish(record)
-            except Exception:
-                self._failed("stream cleanup")
+            except Exception:  # a weakref callback: nobody above it to guard it
+                _guard.record("stream cleanup")
 
         return collected
 
     def _finish(self, record: _Record) -> None:
         li_id = record.li_id
-        with self.lock:
-            if self.open.pop(li_id, None) is None:
-                return
-            self.closed[li_id] = (record.trace_id, record.span_id, record.trace)
-            if len(self.closed) > _CLOSED_MEMORY:
-                self.closed.popitem(last=False)
-            if record.stream_key is not None and record.kind == "llm":
-                # an LLM stream that ended starts nothing more; other spans' generators stay
-                # registered until collected, for calls they start lazily
+        if self.spans.pop(li_id, None) is None:  # one step: of two racing ends, one emits
+            return
+        closed = self.closed
+        closed[li_id] = (record.trace_id, record.span_id, record.start_ns, record.trace)
+        if len(closed) > _CLOSED_MEMORY:
+            try:
+                closed.popitem(last=False)
+            except KeyError:  # emptied meanwhile (reset)
+                pass
+        if record.stream_key is not None and record.kind == "llm":
+            # an LLM stream that ended starts nothing more; other spans' generators stay
+            # registered until collected, for calls they start lazily
+            with self.lock:
                 stream = self.streams.get(record.stream_key)
                 if stream is not None and stream.li_id == li_id:
                     del self.streams[record.stream_key]
-        if record.completion_start_ns is not None:
-            record.set_attribute(STREAMING, True)
-            record.set_attribute(TIME_TO_FIRST_TOKEN_MS, (record.completion_start_ns - record.start_ns) / 1e6)
-        runtime.emit(Span(
-            trace_id=record.trace_id, span_id=record.span_id, parent_id=record.parent_id, name=record.name,
-            kind=record.kind, framework="llamaindex", start_ns=record.start_ns,
-            end_ns=max(record.end_ns, record.start_ns), status="error" if record.error else "ok",
-            error=record.error, input=record.input, output=record.output, model=record.model,
-            usage=record.usage, completion_start_ns=record.completion_start_ns, attributes=record.attributes,
-            trace=record.trace,
-        ))
+        record.finish(max(record.end_ns, record.start_ns))
         parent = record.parent
         record.parent = None
         if parent is not None and record.holds_parent:
@@ -582,15 +538,10 @@ class LlamaIndexTracer:
 
     def current(self) -> SpanContext | None:
         """Context provider: the open LlamaIndex span of this task/thread, for manual spans."""
-        if not self.enabled or not self.open:
+        if not self.enabled or not self.spans.by_id:
             return None
         li_id = self.active_span_id.get()
-        record = self.open.get(li_id) if li_id else None
-        if record is None:
-            return None
-        if record.context is None:
-            record.context = SpanContext(record.trace_id, record.span_id, record.start_ns, record.trace)
-        return record.context
+        return self.spans.get(li_id) if li_id else None
 
     # -- event handler
     def handle(self, event: Any) -> None:
@@ -598,11 +549,11 @@ class LlamaIndexTracer:
             hook = self.events.get(type(event).__name__)
             if hook is None:
                 return
-            record = self.open.get(event.span_id) if event.span_id else None
+            record = self.spans.get(event.span_id) if event.span_id else None
             if record is not None:
                 hook(record, event)
-        except Exception:
-            self._failed(f"event {type(event).__name__}")
+        except Exception:  # one guard for every event, counted under the event's name
+            _guard.record(f"event {type(event).__name__}")
 
     def _on_llm_start(self, record: _Record, event: Any) -> None:
         record.kind = "llm"
@@ -625,11 +576,10 @@ class LlamaIndexTracer:
 
     def _on_llm_progress(self, record: _Record, event: Any) -> None:
         if record.completion_start_ns is None:
-            now = time.time_ns()
-            record.completion_start_ns = now
-            for ancestor in record.llm_ancestors():
+            record.first_token()
+            for ancestor in record.llm_ancestors():  # the wrappers' first token is the same one
                 if ancestor.completion_start_ns is None:
-                    ancestor.completion_start_ns = now
+                    ancestor.completion_start_ns = record.completion_start_ns
 
     def _on_llm_end(self, record: _Record, event: Any) -> None:
         record.awaiting_end = False
@@ -677,7 +627,7 @@ class LlamaIndexTracer:
 
     def reset(self) -> None:
         with self.lock:
-            self.open.clear()
+            self.spans.by_id.clear()
             self.closed.clear()
             self.streams.clear()
 

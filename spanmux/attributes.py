@@ -1,8 +1,9 @@
-"""Attribute keys spanmux writes into ``Span.attributes`` and that backends map.
+"""Attribute keys spanmux writes into ``Span.attributes`` and that backends map: the one vocabulary.
 
 OpenTelemetry GenAI names (``gen_ai.*``) and OpenInference names are used where they exist, so
 mapping to MLflow, Langfuse and OTLP is a table lookup. The conventions are still marked
-"Development" upstream, hence the strings live here, once.
+"Development" upstream, hence the strings live here, once; a key nothing writes or reads is not
+kept. Span kinds are ``spanmux.model.SpanKind``.
 """
 
 from typing import Final
@@ -15,10 +16,6 @@ GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
 """Model name requested by the caller (OTel GenAI)."""
 GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
 """Model name reported in the response (OTel GenAI)."""
-GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
-"""Prompt tokens (OTel GenAI)."""
-GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
-"""Completion tokens (OTel GenAI)."""
 GEN_AI_TOOL_NAME: Final = "gen_ai.tool.name"
 """Name of the tool executed (OTel GenAI)."""
 GEN_AI_TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
@@ -34,8 +31,6 @@ GEN_AI_TOOL_CALL_ARGUMENTS: Final = "gen_ai.tool.call.arguments"
 GEN_AI_TOOL_CALL_RESULT: Final = "gen_ai.tool.call.result"
 """Content: what a tool returned (OTel GenAI)."""
 
-OPENINFERENCE_SPAN_KIND: Final = "openinference.span.kind"
-"""CHAIN, LLM, TOOL, RETRIEVER, EMBEDDING, AGENT, RERANKER, GUARDRAIL, EVALUATOR."""
 INPUT_VALUE: Final = "input.value"
 """Content: a span's input, OpenInference's name (for attributes copied from OpenInference code)."""
 OUTPUT_VALUE: Final = "output.value"
@@ -97,17 +92,3 @@ def is_content_key(key: str) -> bool:
         if head in CONTENT_ATTRIBUTES:
             return True
     return False
-
-OPENINFERENCE_KIND_BY_SPAN_KIND: Final[dict[str, str]] = {
-    "agent": "AGENT",
-    "chain": "CHAIN",
-    "llm": "LLM",
-    "embedding": "EMBEDDING",
-    "retriever": "RETRIEVER",
-    "reranker": "RERANKER",
-    "tool": "TOOL",
-    "parser": "CHAIN",
-    "evaluator": "EVALUATOR",
-    "guardrail": "GUARDRAIL",
-    "span": "CHAIN",
-}

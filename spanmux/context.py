@@ -2,8 +2,9 @@
 
 Manual spans keep their context in a ContextVar. Integrations whose framework keeps its own
 notion of "current run" (LangChain's child config) register a provider; the innermost of all
-candidates (latest start) wins, so a manual span inside a LangChain tool nests under the tool,
-and a LangChain chain inside a manual span nests under the manual span.
+candidates (latest start; a framework span on a tie) wins, so a manual span inside a LangChain
+tool nests under the tool, and a LangChain chain inside a manual span nests under the manual span.
+The parent rule built on it is ``spanmux.open_spans.OpenSpan.place``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from spanmux.model import TraceAttributes
 
 
 class SpanContext:
+    """Where a span sits: its ids, start time and trace attributes. Every open span
+    (``spanmux.open_spans.OpenSpan``) is one, so a provider returns its open span as is."""
+
     __slots__ = ("trace_id", "span_id", "start_ns", "trace")
 
     def __init__(self, trace_id: str, span_id: str, start_ns: int, trace: TraceAttributes | None) -> None:

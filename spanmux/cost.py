@@ -1,10 +1,10 @@
 """USD cost of LLM and embedding spans, computed on the worker thread.
 
-Order of precedence: a cost the provider reported (already on the span, source ``provider``),
-then a ``pricing:`` override from the YAML (source ``config``), then the genai-prices table
-(source ``price-table``), which knows cached-input, cache-write and reasoning prices where the
-provider has them. A model nobody prices gets no cost, raises nothing, and is counted in
-``spanmux.stats()["costs"]``.
+Order of precedence: a cost the provider reported (already on the span, source ``provider``,
+found by ``spanmux.usage.reported_cost``), then a ``pricing:`` override from the YAML (source
+``config``), then the genai-prices table (source ``price-table``), which knows cached-input,
+cache-write and reasoning prices where the provider has them. A model nobody prices gets no cost,
+raises nothing, and is counted in ``spanmux.stats()["costs"]``.
 
 Model names arrive in many spellings: ``gpt-4o-mini``, ``models/gemini-1.5-flash``, litellm/DSPy
 style ``openai/gpt-4o-mini``, OpenRouter style ``openrouter/anthropic/claude-3.5-sonnet``. A

@@ -12,8 +12,9 @@ replaces them with JSON-able, size-bounded values before any backend sees them.
 from __future__ import annotations
 
 import os
+import random
 import time
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol, get_args
 
 import msgspec
 
@@ -21,10 +22,9 @@ SpanKind = Literal[
     "agent", "chain", "llm", "embedding", "retriever", "reranker", "tool", "parser",
     "evaluator", "guardrail", "span",
 ]
-SPAN_KINDS: Final[tuple[str, ...]] = (
-    "agent", "chain", "llm", "embedding", "retriever", "reranker", "tool", "parser",
-    "evaluator", "guardrail", "span",
-)
+"""What a span is; the one list every backend maps from (``Span.kind``). A type only: building a
+Span checks nothing (msgspec validates on decode, so spool files are checked when read back)."""
+SPAN_KINDS: Final[tuple[SpanKind, ...]] = get_args(SpanKind)
 Framework = Literal["langchain", "llamaindex", "dspy", "manual"]
 Status = Literal["ok", "error"]
 ScoreDataType = Literal["numeric", "boolean", "categorical"]
@@ -32,14 +32,23 @@ ScoreSource = Literal["human", "llm_judge", "code"]
 CostSource = Literal["provider", "price-table", "config"]
 
 
+_ids = random.Random()
+"""Our own generator, seeded from ``os.urandom``: ``random.seed()`` in the user's program does not
+touch it, and a forked child reseeds it (below). Half the cost of ``os.urandom`` per id (one
+system call each), on every span's start."""
+os.register_at_fork(after_in_child=_ids.seed)
+_random_bits = _ids.getrandbits
+
+
 def new_trace_id() -> str:
-    """32 lowercase hex digits: a valid OpenTelemetry trace id, reused as-is by every backend."""
-    return os.urandom(16).hex()
+    """32 lowercase hex digits, never all zeros: a valid OpenTelemetry trace id, reused as-is by
+    every backend."""
+    return "%032x" % (_random_bits(128) or 1)
 
 
 def new_span_id() -> str:
-    """16 lowercase hex digits: a valid OpenTelemetry span id."""
-    return os.urandom(8).hex()
+    """16 lowercase hex digits, never all zeros: a valid OpenTelemetry span id."""
+    return "%016x" % (_random_bits(64) or 1)
 
 
 class ErrorInfo(msgspec.Struct, frozen=True):
@@ -93,7 +102,7 @@ class Span(msgspec.Struct, frozen=True, kw_only=True):
     span_id: str
     parent_id: str | None
     name: str
-    kind: str
+    kind: SpanKind
     framework: str
     start_ns: int
     end_ns: int
@@ -112,6 +121,21 @@ class Span(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def duration_ms(self) -> float:
         return (self.end_ns - self.start_ns) / 1e6
+
+
+class _Streamed(Protocol):
+    @property
+    def start_ns(self) -> int: ...
+    @property
+    def completion_start_ns(self) -> int | None: ...
+
+
+def time_to_first_token_ns(span: _Streamed) -> int | None:
+    """Nanoseconds from a call's start to its first streamed token, None when it did not stream.
+    The one derivation of time to first token: integrations only record ``completion_start_ns``;
+    the span's ``llm.time_to_first_token_ms`` attribute and every backend's field come from here."""
+    first = span.completion_start_ns
+    return None if first is None else first - span.start_ns
 
 
 class Score(msgspec.Struct, frozen=True, kw_only=True):

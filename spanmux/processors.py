@@ -19,7 +19,7 @@ from spanmux.attributes import (
 from spanmux.config_schemas import ObservabilityConfig
 from spanmux.model import ErrorInfo, ModelInfo, Span, Usage
 from spanmux.serialize import to_jsonable
-from spanmux.usage import is_model_call
+from spanmux.usage import is_delegating, is_model_call
 
 log = logging.getLogger("spanmux.processors")
 
@@ -28,20 +28,24 @@ _WRAPPABLE_KINDS = frozenset({"llm", "embedding"})
 _PARENTS_KEPT = 10_000
 
 
-_SECRET_MARKERS = ("api_key", "apikey", "secret", "password", "authorization", "auth_token", "access_token",
-                   "credential", "cookie", "private_key")
+_SECRET_MARKERS = ("key", "secret", "password", "auth", "access_token", "credential", "cookie", "header")
+"""Parts of a parameter name that mark a credential: ``api_key``, ``openai_api_key``,
+``client_secret``, ``authorization``, ``access_token``, ``default_headers``..."""
+
+
+def is_secret(key: Any) -> bool:
+    """Whether a model parameter's name looks like a credential (or a setting that may hold one:
+    ``api_*`` endpoints and headers)."""
+    lowered = str(key).lower()
+    return lowered.startswith("api_") or any(marker in lowered for marker in _SECRET_MARKERS)
 
 
 def without_secrets(params: dict[str, Any]) -> dict[str, Any]:
     """Model parameters minus anything that looks like a credential: some frameworks hand the
-    client's settings (``api_key``, headers) along with temperature and max_tokens."""
-    clean: dict[str, Any] = {}
-    for key, value in params.items():
-        lowered = str(key).lower()
-        if any(marker in lowered for marker in _SECRET_MARKERS) or lowered in ("headers", "default_headers"):
-            continue
-        clean[key] = without_secrets(value) if isinstance(value, dict) else value
-    return clean
+    client's settings (``api_key``, headers) along with temperature and max_tokens. The one secret
+    filter: the worker applies it to every span's model parameters, whatever the framework."""
+    return {key: without_secrets(value) if isinstance(value, dict) else value
+            for key, value in params.items() if not is_secret(key)}
 
 
 def trace_is_sampled(trace_id: str, rate: float) -> bool:
@@ -134,7 +138,7 @@ class SpanProcessor:
         before their parent; a span with its own reported usage stays a call."""
         if span.kind not in _WRAPPABLE_KINDS:
             return False
-        if (span.attributes or {}).get(DELEGATES) is True:
+        if is_delegating(span):
             return True
         own_usage = span.usage is not None and not span.usage.estimated
         return not own_usage and self._wrapped.get(span.span_id) == span.kind

@@ -6,9 +6,7 @@ import functools
 import inspect
 import logging
 import sys
-import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -18,17 +16,17 @@ from spanmux import runtime
 from spanmux.context import CURRENT_SPAN, TRACE_ATTRIBUTES, SpanContext, current_context
 from spanmux.model import (
     SPAN_KINDS,
-    ErrorInfo,
     ModelInfo,
     ScoreDataType,
     ScoreSource,
-    Span,
+    SpanKind,
     TraceAttributes,
     Usage,
     make_score,
     new_span_id,
-    new_trace_id,
 )
+from spanmux.open_spans import OpenSpan, error_info
+from spanmux.open_spans import integration_failures as integration_failures  # runtime.stats() reads it here
 
 log = logging.getLogger("spanmux")
 P = ParamSpec("P")
@@ -36,7 +34,7 @@ R = TypeVar("R")
 _WARNED_KINDS: set[str] = set()
 
 
-def _unknown_kind(kind: str) -> str:
+def _unknown_kind(kind: str) -> SpanKind:
     """Record an unknown kind as ``span``, warning once per kind; only unknown kinds get here."""
     key = kind if isinstance(kind, str) else repr(kind)
     if key not in _WARNED_KINDS and len(_WARNED_KINDS) < 100:
@@ -51,15 +49,6 @@ MAX_YIELDED_ITEMS = 1000
 """Items of a traced generator kept as the span's output (the worker also bounds their size)."""
 
 
-def error_info(exc: BaseException) -> ErrorInfo:
-    try:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:]
-        message = str(exc)
-    except Exception:
-        tb, message = None, f"<{type(exc).__name__}>"
-    return ErrorInfo(type(exc).__name__, message, tb)
-
-
 def _consumer_stopped(thrown: BaseException) -> bool:
     """An exception thrown into an async generator at ``yield`` that only means its consumer
     stopped (closed it, or was cancelled): not an error of the generator."""
@@ -69,71 +58,13 @@ def _consumer_stopped(thrown: BaseException) -> bool:
     return asyncio is not None and isinstance(thrown, asyncio.CancelledError)
 
 
-class HookFailures:
-    """Failures of one integration's hooks. Frameworks swallow (LlamaIndex) or must never see
-    (LangChain, DSPy) a hook's exception, so each one is counted here, and the first of each
-    (hook, error type) is logged with its traceback: a second, different bug in another hook
-    is not hidden behind the first one. Totals are in ``spanmux.stats()["integration_failures"]``."""
-
-    def __init__(self, integration: str, logger: logging.Logger) -> None:
-        self.integration = integration
-        self.logger = logger
-        self.total = 0
-        self.by_hook: dict[str, int] = {}
-        self._logged: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
-
-    def record(self, hook: str) -> None:
-        """Call inside the ``except`` block of a hook."""
-        error = sys.exc_info()[1]
-        error_type = type(error).__name__ if error is not None else "unknown"
-        key = (hook, error_type)
-        with self._lock:
-            self.total += 1
-            self.by_hook[hook] = self.by_hook.get(hook, 0) + 1
-            first = key not in self._logged and len(self._logged) < 1000
-            if first:
-                self._logged.add(key)
-        if first:
-            self.logger.warning("spanmux %s hook %s failed with %s; the span may be incomplete (later %s "
-                                "failures there are only counted, see spanmux.stats())", self.integration, hook,
-                                error_type, error_type, exc_info=True)
-        else:
-            self.logger.debug("spanmux %s hook %s failed again", self.integration, hook, exc_info=True)
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            return {"total": self.total, "by_hook": dict(self.by_hook)}
-
-
-_hook_failures: dict[str, HookFailures] = {}
-_hook_failures_lock = threading.Lock()
-
-
-def hook_failures(integration: str, logger: logging.Logger) -> HookFailures:
-    """The process-wide failure counter of an integration (created on first use)."""
-    with _hook_failures_lock:
-        found = _hook_failures.get(integration)
-        if found is None:
-            found = _hook_failures[integration] = HookFailures(integration, logger)
-        return found
-
-
-def integration_failures() -> dict[str, dict[str, Any]]:
-    """``{integration: {"total": n, "by_hook": {hook: n}}}`` for ``spanmux.stats()``."""
-    with _hook_failures_lock:
-        counters = list(_hook_failures.values())
-    return {c.integration: c.stats() for c in counters if c.total}
-
-
-class ManualSpan:
+class ManualSpan(OpenSpan):
     """A span you open yourself; a context manager (sync and async). Exceptions pass through and
-    are recorded on the span."""
+    are recorded on the span. Placed in its trace when it starts, by the same rule as every
+    framework span (``spanmux.open_spans``)."""
 
-    __slots__ = (
-        "name", "kind", "input", "output", "attributes", "model", "usage", "trace_id", "span_id",
-        "parent_id", "start_ns", "trace", "_token", "_error", "_ended",
-    )
+    __slots__ = ("_token", "_ended")
+    framework = "manual"
 
     def __init__(
         self,
@@ -143,20 +74,23 @@ class ManualSpan:
         attributes: dict[str, Any] | None = None,
         model: str | None = None,
     ) -> None:
+        # not OpenSpan.__init__: a manual span is placed and timed when it starts, not when made
         self.name = name
         self.kind = kind if kind in SPAN_KINDS else _unknown_kind(kind)
         self.input = input
-        self.output: Any = None
+        self.output = None
         self.attributes = dict(attributes) if attributes else None
         self.model = ModelInfo(name=model) if model else None
-        self.usage: Usage | None = None
+        self.usage = None
+        self.cost = None
+        self.error = None
+        self.completion_start_ns = None
         self.trace_id = ""
         self.span_id = ""
-        self.parent_id: str | None = None
+        self.parent_id = None
         self.start_ns = 0
-        self.trace: TraceAttributes | None = None
+        self.trace = None
         self._token: Any = None
-        self._error: ErrorInfo | None = None
         self._ended = False
 
     # -- recording
@@ -165,11 +99,6 @@ class ManualSpan:
 
     def set_output(self, value: Any) -> None:
         self.output = value
-
-    def set_attribute(self, key: str, value: Any) -> None:
-        if self.attributes is None:
-            self.attributes = {}
-        self.attributes[key] = value
 
     def set_model(self, name: str, provider: str | None = None, **parameters: Any) -> None:
         self.model = ModelInfo(name, provider, parameters or None)
@@ -185,22 +114,17 @@ class ManualSpan:
         )
 
     def record_error(self, exc: BaseException) -> None:
-        self._error = error_info(exc)
+        self.error = error_info(exc)
 
     def score(self, name: str, value: float | bool | str, comment: str | None = None) -> None:
         score(self.trace_id, name, value, comment=comment, span_id=self.span_id)
 
     # -- lifecycle
     def start(self) -> ManualSpan:
-        parent = current_context()
-        attrs = TRACE_ATTRIBUTES.get()
-        if parent is not None:
-            self.trace_id, self.parent_id = parent.trace_id, parent.span_id
-            self.trace = attrs if attrs is not None else parent.trace
-        else:
-            self.trace_id, self.trace = new_trace_id(), attrs
+        self.place(None)
         self.span_id = new_span_id()
         self.start_ns = time.time_ns()
+        # a small context of its own, not the span: a task started inside keeps only the ids
         self._token = CURRENT_SPAN.set(SpanContext(self.trace_id, self.span_id, self.start_ns, self.trace))
         return self
 
@@ -213,15 +137,7 @@ class ManualSpan:
                 CURRENT_SPAN.reset(self._token)
             except ValueError:  # ended in another context (async generator, callback)
                 pass
-        if exc is not None:
-            self.record_error(exc)
-        runtime.emit(Span(
-            trace_id=self.trace_id, span_id=self.span_id, parent_id=self.parent_id, name=self.name,
-            kind=self.kind, framework="manual", start_ns=self.start_ns, end_ns=time.time_ns(),
-            status="error" if self._error else "ok", error=self._error, input=self.input,
-            output=self.output, model=self.model, usage=self.usage, attributes=self.attributes,
-            trace=self.trace,
-        ))
+        self.finish(exception=exc)
 
     def __enter__(self) -> ManualSpan:
         return self.start()

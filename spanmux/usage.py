@@ -20,6 +20,9 @@ holds one of them under ``usage`` / ``usage_metadata`` / ``token_usage`` / ``usa
   cacheWriteInputTokens
 - Ollama: prompt_eval_count, eval_count; Cohere: meta.billed_units.{input,output}_tokens
 
+``langchain_usage`` reads LangChain's own ``usage_metadata`` standard directly first (the common
+case, without the search); ``reported_cost`` finds a cost the provider reported itself.
+
 The result follows OpenAI semantics: ``input_tokens`` includes cached tokens (read and written),
 ``output_tokens`` includes reasoning tokens. Shapes that report them apart (Anthropic, Bedrock,
 Gemini thoughts) are folded in, so the price library and every backend see one convention.
@@ -31,7 +34,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from spanmux.attributes import DELEGATES
-from spanmux.model import Span, Usage
+from spanmux.model import Cost, Span, Usage
 
 _WRAPPERS = ("usage", "usage_metadata", "token_usage", "usageMetadata", "meta", "billed_units", "llm_output",
              "response_metadata", "raw", "additional_kwargs")
@@ -177,6 +180,67 @@ def _normalize(raw: Any, estimated: bool) -> Usage | None:
     )
 
 
+def _exact_int(value: Any) -> int:
+    return value if type(value) is int else 0
+
+
+def langchain_usage(message: Any, response: Any) -> Usage | None:
+    """Usage of a LangChain model call: the message's ``usage_metadata`` (LangChain's standard,
+    read directly when it holds plain ints: the common case), else any provider shape in it or in
+    the ``LLMResult``'s ``llm_output``."""
+    raw = getattr(message, "usage_metadata", None)
+    if raw:
+        try:
+            inp, out = raw["input_tokens"], raw["output_tokens"]
+            if type(inp) is int and type(out) is int:
+                total = raw.get("total_tokens")
+                in_details = raw.get("input_token_details") or {}
+                out_details = raw.get("output_token_details") or {}
+                return Usage(
+                    input_tokens=inp, output_tokens=out, total_tokens=total if type(total) is int else inp + out,
+                    cache_read_tokens=_exact_int(in_details.get("cache_read")),
+                    cache_write_tokens=_exact_int(in_details.get("cache_creation")),
+                    reasoning_tokens=_exact_int(out_details.get("reasoning")),
+                )
+        except Exception:  # not the standard shape after all: the general search decides
+            pass
+        usage = normalize_usage(raw)
+        if usage is not None:
+            return usage
+    llm_output = getattr(response, "llm_output", None)
+    return normalize_usage(llm_output) if llm_output else None
+
+
+def _amount(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return None
+
+
+def reported_cost(*holders: Any, zero_is_a_cost: bool = True) -> Cost | None:
+    """A cost the provider reported itself (OpenRouter, litellm): ``cost`` or ``total_cost`` in a
+    holder dict or in its ``token_usage`` / ``usage``, split by ``cost_details`` when given. It
+    wins over the price table (source ``provider``). ``zero_is_a_cost=False`` reads 0 as "not
+    reported" (DSPy's figure is 0 for cache hits and models litellm does not price)."""
+    for holder in holders:
+        if not isinstance(holder, dict):
+            continue
+        for source in (holder, holder.get("token_usage"), holder.get("usage")):
+            if not isinstance(source, dict):
+                continue
+            total = _amount(source.get("cost"))
+            if total is None or (not total and not zero_is_a_cost):
+                total = _amount(source.get("total_cost"))
+            if total is None or (not total and not zero_is_a_cost):
+                continue
+            details = source.get("cost_details")
+            details = details if isinstance(details, dict) else {}
+            inp = _amount(details.get("upstream_inference_prompt_cost")) or 0.0
+            out = _amount(details.get("upstream_inference_completions_cost")) or 0.0
+            return Cost(input=inp, output=out, total=total, source="provider")
+    return None
+
+
 def add_usage(a: Usage | None, b: Usage | None) -> Usage | None:
     """Sum of two usages (either may be None), e.g. the chunks of a stream."""
     if a is None:
@@ -191,8 +255,13 @@ def add_usage(a: Usage | None, b: Usage | None) -> Usage | None:
     )
 
 
+def is_delegating(span: Span) -> bool:
+    """Whether a span is marked as a delegating wrapper (``spanmux.delegates``: set by the
+    integrations, and by the worker, which then drops its usage and cost)."""
+    return span.attributes is not None and span.attributes.get(DELEGATES) is True
+
+
 def is_model_call(span: Span) -> bool:
     """Whether a span is one call to a model, the unit of every ``llm_calls`` count (store,
-    ``spanmux.stats()``, MLflow, Langfuse): an ``llm`` span that is not a delegating wrapper
-    (``spanmux.delegates``, set by integrations and by the worker)."""
-    return span.kind == "llm" and not (span.attributes is not None and span.attributes.get(DELEGATES) is True)
+    ``spanmux.stats()``, MLflow, Langfuse): an ``llm`` span that is not a delegating wrapper."""
+    return span.kind == "llm" and not is_delegating(span)

@@ -216,3 +216,32 @@ def test_is_model_call_excludes_delegating_wrappers() -> None:
     assert is_model_call(span("llm")) and is_model_call(span("llm", {DELEGATES: False}))
     assert not is_model_call(span("llm", {DELEGATES: True}))
     assert not is_model_call(span("embedding")) and not is_model_call(span("chain"))
+
+
+def test_langchain_usage_reads_usage_metadata_directly_and_falls_back() -> None:
+    from types import SimpleNamespace
+
+    from spanmux.usage import langchain_usage
+
+    message = SimpleNamespace(usage_metadata={
+        "input_tokens": 120, "output_tokens": 30, "total_tokens": 150,
+        "input_token_details": {"cache_read": 100, "cache_creation": 4}, "output_token_details": {"reasoning": 8}})
+    assert langchain_usage(message, None) == _u(120, 30, read=100, write=4, reasoning=8)
+    odd = SimpleNamespace(usage_metadata={"prompt_tokens": 7, "completion_tokens": 2})  # not the standard shape
+    assert langchain_usage(odd, None) == _u(7, 2)
+    legacy = SimpleNamespace(llm_output={"token_usage": {"prompt_tokens": 5, "completion_tokens": 1}})
+    assert langchain_usage(None, legacy) == _u(5, 1)
+    assert langchain_usage(None, None) is None
+
+
+def test_reported_cost_from_the_provider() -> None:
+    from spanmux.model import Cost
+    from spanmux.usage import reported_cost
+
+    openrouter = {"token_usage": {"prompt_tokens": 10, "cost": 0.0125, "cost_details": {
+        "upstream_inference_prompt_cost": 0.01, "upstream_inference_completions_cost": 0.0025}}}
+    assert reported_cost(None, openrouter) == Cost(0.01, 0.0025, 0.0125, "provider")
+    assert reported_cost({"total_cost": 2}) == Cost(0.0, 0.0, 2.0, "provider")
+    assert reported_cost({"cost": 0.0}) == Cost(0.0, 0.0, 0.0, "provider")  # a free model, as reported
+    assert reported_cost({"cost": 0.0}, zero_is_a_cost=False) is None  # DSPy: 0 means not priced
+    assert reported_cost({"cost": True}, {"cost": -1}, "text", None) is None
