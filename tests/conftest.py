@@ -18,6 +18,7 @@ import spanmux  # noqa: E402
 from spanmux import runtime  # noqa: E402
 from spanmux.backends.local import LocalStore, TraceSummary  # noqa: E402
 from spanmux.model import Span  # noqa: E402
+from spanmux.testing import Captured, capture  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -79,6 +80,13 @@ def traced(tmp_path: Path) -> TracedStore:
         "flush_interval": 0.05,
     })
     return TracedStore(path)
+
+
+@pytest.fixture
+def captured() -> Iterator[Captured]:
+    """spanmux configured with an InMemoryBackend (``spanmux.testing.capture``) for the test."""
+    with capture(flush_interval=0.05) as found:
+        yield found
 
 
 class MemoryBackend:

@@ -1,4 +1,5 @@
-"""Manual spans for code outside a framework: span, observe, trace_context, current ids, scores."""
+"""Manual spans for code outside a framework: span, observe, trace_context, current ids, scores,
+checked on what reached the backends (``spanmux.testing.capture``)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import asyncio
 import threading
 
 import pytest
-from conftest import TracedStore, tree
 
 import spanmux
+from spanmux.testing import Captured, render_tree
 
 
-def test_nested_spans_form_a_tree(traced: TracedStore) -> None:
+def test_nested_spans_form_a_tree(captured: Captured) -> None:
     with spanmux.span("agent", kind="agent", input={"q": "weather?"}) as root:
         with spanmux.span("search", kind="retriever") as s:
             s.set_output(["doc1", "doc2"])
@@ -19,15 +20,15 @@ def test_nested_spans_form_a_tree(traced: TracedStore) -> None:
             llm.set_usage(input_tokens=12, output_tokens=4)
             llm.set_output("sunny")
         root.set_output("sunny")
-    spans = traced.only_trace()
-    assert tree(spans) == [(0, "agent", "agent"), (1, "retriever", "search"), (1, "llm", "answer")]
+    (spans,) = captured.traces()
+    assert render_tree(spans) == ["agent: agent", "  retriever: search", "  llm: answer"]
     assert spans[0].input == {"q": "weather?"} and spans[0].output == "sunny"
     assert spans[2].usage is not None and spans[2].usage.total_tokens == 16
     assert spans[2].model is not None and spans[2].model.name == "gpt-4o-mini"
     assert spans[2].cost is not None and spans[2].cost.total > 0  # priced from the table on the worker
 
 
-def test_observe_sync_async_and_generators(traced: TracedStore) -> None:
+def test_observe_sync_async_and_generators(captured: Captured) -> None:
     @spanmux.observe(kind="tool")
     def add(a: int, b: int = 2) -> int:
         return a + b
@@ -43,25 +44,24 @@ def test_observe_sync_async_and_generators(traced: TracedStore) -> None:
     with spanmux.span("root"):
         assert asyncio.run(twice(1)) == 6
         assert list(count(3)) == [0, 1, 2]
-    spans = traced.only_trace()
-    assert tree(spans) == [(0, "span", "root"), (1, "span", "twice"), (2, "tool", "add"),
-                           (1, "chain", "count")]
+    (spans,) = captured.traces()
+    assert render_tree(spans) == ["span: root", "  span: twice", "    tool: add", "  chain: count"]
     assert spans[2].input == {"a": 1} and spans[2].output == 3
     assert spans[3].output == [0, 1, 2]
 
 
-def test_exceptions_pass_through_and_are_recorded(traced: TracedStore) -> None:
+def test_exceptions_pass_through_and_are_recorded(captured: Captured) -> None:
     @spanmux.observe(kind="tool")
     def broken() -> None:
         raise KeyError("missing")
 
     with pytest.raises(KeyError):
         broken()
-    (span,) = traced.only_trace()
+    (span,) = captured.spans
     assert span.status == "error" and span.error is not None and span.error.type == "KeyError"
 
 
-def test_async_context_manager_and_concurrent_tasks(traced: TracedStore) -> None:
+def test_async_context_manager_and_concurrent_tasks(captured: Captured) -> None:
     async def job(i: int) -> None:
         async with spanmux.span(f"job{i}") as s, spanmux.span(f"step{i}"):
             await asyncio.sleep(0)
@@ -71,15 +71,14 @@ def test_async_context_manager_and_concurrent_tasks(traced: TracedStore) -> None
         await asyncio.gather(*(job(i) for i in range(20)))
 
     asyncio.run(main())
-    traces = traced.traces()
+    traces = captured.traces()
     assert len(traces) == 20
-    for summary in traces:
-        spans = traced.trace(summary.trace_id)
+    for spans in traces:
         i = spans[0].attributes["i"]  # type: ignore[index]
-        assert tree(spans) == [(0, "span", f"job{i}"), (1, "span", f"step{i}")]
+        assert render_tree(spans) == [f"span: job{i}", f"  span: step{i}"]
 
 
-def test_threads_get_separate_traces(traced: TracedStore) -> None:
+def test_threads_get_separate_traces(captured: Captured) -> None:
     def work(i: int) -> None:
         with spanmux.span(f"t{i}"), spanmux.span("inner"):
             pass
@@ -89,51 +88,50 @@ def test_threads_get_separate_traces(traced: TracedStore) -> None:
         t.start()
     for t in threads:
         t.join()
-    traces = traced.traces()
-    assert len(traces) == 8 and all(t.span_count == 2 for t in traces)
+    traces = captured.traces()
+    assert len(traces) == 8 and all(len(t) == 2 for t in traces)
 
 
-def test_trace_context_sets_trace_fields_and_nests(traced: TracedStore) -> None:
+def test_trace_context_sets_trace_fields_and_nests(captured: Captured) -> None:
     with spanmux.trace_context(user_id="u1", session_id="s1", tags=["prod"], metadata={"variant": "B"}):
         with spanmux.trace_context(tags=["beta"], metadata={"prompt.version": "3"}), spanmux.span("run"):
             trace_id = spanmux.current_trace_id()
             span_id = spanmux.current_span_id()
     assert spanmux.current_trace_id() is None
-    (summary,) = traced.traces()
-    assert summary.trace_id == trace_id and summary.root_span_id == span_id
-    assert summary.user_id == "u1" and summary.session_id == "s1"
-    assert summary.tags == ["prod", "beta"]
-    assert summary.metadata == {"variant": "B", "prompt.version": "3"}
+    ((root,),) = captured.traces()
+    assert root.trace_id == trace_id and root.span_id == span_id and root.parent_id is None
+    assert root.trace is not None and root.trace.user_id == "u1" and root.trace.session_id == "s1"
+    assert list(root.trace.tags) == ["prod", "beta"]
+    assert root.trace.metadata == {"variant": "B", "prompt.version": "3"}
 
 
-def test_score_inside_a_trace_and_bad_scores_never_raise(traced: TracedStore) -> None:
+def test_score_inside_a_trace_and_bad_scores_never_raise(captured: Captured) -> None:
     with spanmux.span("answer") as s:
         spanmux.score(None, "helpful", 1)  # None: the current trace
         s.score("grounded", False)
     assert spanmux.score(None, "orphan", 1.0) is None  # no trace: ignored, logged
     assert spanmux.score("abc", "bad", object()) is None  # type: ignore[arg-type]
-    with traced.store() as db:
-        assert sorted(sc.name for sc in db.get_scores(s.trace_id)) == ["grounded", "helpful"]
+    assert sorted(sc.name for sc in captured.scores if sc.trace_id == s.trace_id) == ["grounded", "helpful"]
+    assert len(captured.scores) == 2
 
 
-def test_ids_are_opentelemetry_compatible(traced: TracedStore) -> None:
+def test_ids_are_opentelemetry_compatible(captured: Captured) -> None:
     with spanmux.span("x") as s:
         pass
     assert len(s.trace_id) == 32 and int(s.trace_id, 16) > 0
     assert len(s.span_id) == 16 and int(s.span_id, 16) > 0
 
 
-def test_credentials_in_model_parameters_never_reach_a_store(traced: TracedStore) -> None:
+def test_credentials_in_model_parameters_never_reach_a_store(captured: Captured) -> None:
     with spanmux.span("call", kind="llm") as s:
         s.set_model("gpt-4o-mini", "openai", temperature=0.2, api_key="sk-LEAK", openai_api_key="sk-LEAK",
                     default_headers={"Authorization": "Bearer sk-LEAK"}, extra={"client_secret": "sk-LEAK"})
-    (span,) = traced.only_trace()
+    (span,) = captured.spans
     assert span.model is not None and span.model.parameters == {"temperature": 0.2, "extra": {}}
-    with traced.store() as db:
-        assert "sk-LEAK" not in str(db.get_trace(span.trace_id))
+    assert "sk-LEAK" not in str(captured.spans)  # what every backend receives
 
 
-def test_observe_async_generator_spans_the_iteration_and_records_what_it_yielded(traced: TracedStore) -> None:
+def test_observe_async_generator_spans_the_iteration_and_records_what_it_yielded(captured: Captured) -> None:
     @spanmux.observe(kind="chain")
     async def tokens(n: int):  # type: ignore[no-untyped-def]
         for i in range(n):
@@ -160,12 +158,12 @@ def test_observe_async_generator_spans_the_iteration_and_records_what_it_yielded
 
     got, count, early = asyncio.run(main())
     assert got == ["t0", "t1", "t2"] and count == spanmux.tracer.MAX_YIELDED_ITEMS + 5 and early == ["t0", "t1"]
-    spans = traced.only_trace()
-    assert tree(spans) == [
-        (0, "span", "root"),
-        (1, "chain", "tokens"), (2, "span", "step-0"), (2, "span", "step-1"), (2, "span", "step-2"),
-        (1, "span", "many"),
-        (1, "chain", "tokens"), (2, "span", "step-0"), (2, "span", "step-1"),
+    (spans,) = captured.traces()
+    assert render_tree(spans) == [
+        "span: root",
+        "  chain: tokens", "    span: step-0", "    span: step-1", "    span: step-2",
+        "  span: many",
+        "  chain: tokens", "    span: step-0", "    span: step-1",
     ]
     full, bounded, closed = (s for s in spans if s.name in ("tokens", "many"))
     assert full.input == {"n": 3} and full.output == ["t0", "t1", "t2"] and full.status == "ok"
@@ -174,7 +172,7 @@ def test_observe_async_generator_spans_the_iteration_and_records_what_it_yielded
     assert closed.output == ["t0", "t1"] and closed.status == "ok"
 
 
-def test_observe_async_generator_error_is_recorded(traced: TracedStore) -> None:
+def test_observe_async_generator_error_is_recorded(captured: Captured) -> None:
     @spanmux.observe
     async def failing():  # type: ignore[no-untyped-def]
         yield 1
@@ -188,12 +186,12 @@ def test_observe_async_generator_error_is_recorded(traced: TracedStore) -> None:
         return out
 
     assert asyncio.run(main()) == [1]
-    (span,) = traced.only_trace()
+    (span,) = captured.spans
     assert span.status == "error" and span.error is not None and span.error.type == "ValueError"
     assert span.output == [1]
 
 
-def test_sync_generator_closed_early_is_not_an_error(traced: TracedStore) -> None:
+def test_sync_generator_closed_early_is_not_an_error(captured: Captured) -> None:
     @spanmux.observe
     def numbers():  # type: ignore[no-untyped-def]
         yield from range(10)
@@ -201,5 +199,5 @@ def test_sync_generator_closed_early_is_not_an_error(traced: TracedStore) -> Non
     for i in numbers():
         if i == 2:
             break
-    (span,) = traced.only_trace()
+    (span,) = captured.spans
     assert span.status == "ok" and span.output == [0, 1, 2]
