@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -19,6 +19,7 @@ from spanmux import runtime  # noqa: E402
 from spanmux.backends.local import LocalStore, TraceSummary  # noqa: E402
 from spanmux.model import Span  # noqa: E402
 from spanmux.testing import Captured, capture  # noqa: E402
+from spanmux.usage import is_model_call  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +58,31 @@ class TracedStore:
         found = self.traces()
         assert len(found) == 1, f"expected one trace, found {len(found)}: {[t.name for t in found]}"
         return self.trace(found[0].trace_id)
+
+
+class Totals(NamedTuple):
+    """A trace's figures summed from its spans, the way the store's trace summary counts them
+    (the store's own summary is tested in test_local_store.py and test_token_totals.py)."""
+
+    spans: int
+    errors: int
+    llm_calls: int
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cost_total: float | None
+    models: list[str]
+
+
+def trace_totals(spans: list[Span]) -> Totals:
+    usages = [s.usage for s in spans if s.usage is not None]
+    costs = [s.cost.total for s in spans if s.cost is not None and s.cost.total is not None]
+    models = list(dict.fromkeys(s.model.name for s in spans if s.model is not None and s.model.name))
+    return Totals(
+        len(spans), sum(s.status == "error" for s in spans), sum(is_model_call(s) for s in spans),
+        sum(u.input_tokens for u in usages), sum(u.output_tokens for u in usages), sum(u.total_tokens for u in usages),
+        sum(costs) if costs else None, models,
+    )
 
 
 def tree(spans: list[Span]) -> list[tuple[int, str, str]]:

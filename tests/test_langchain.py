@@ -1,5 +1,6 @@
-"""LangChain and LangGraph runs, offline with LangChain's fake chat models, read back from the
-built-in store: the whole tree (kinds, names, parents), models, tokens and costs."""
+"""LangChain and LangGraph runs, offline with LangChain's fake chat models, checked on what reached
+the backends (``spanmux.testing.capture``): the whole tree (kinds, names, parents), models, tokens
+and costs."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 pytest.importorskip("langchain_core")
 pytest.importorskip("langgraph")
 
-from conftest import TracedStore, tree  # noqa: E402
+from conftest import trace_totals  # noqa: E402
 from langchain.agents import create_agent  # noqa: E402
 from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
 from langchain_core.callbacks.manager import dispatch_custom_event  # noqa: E402
@@ -38,6 +39,7 @@ import spanmux  # noqa: E402
 from spanmux.integrations import langchain as lc  # noqa: E402
 from spanmux.integrations.langchain import CallbackHandler  # noqa: E402
 from spanmux.model import Span  # noqa: E402
+from spanmux.testing import Captured, render_tree  # noqa: E402
 
 USAGE = {"input_tokens": 12, "output_tokens": 5, "total_tokens": 17}
 MODEL = "gpt-4o-mini"
@@ -105,11 +107,11 @@ def by_name(spans: list[Span]) -> dict[str, Span]:
 
 
 def assert_chain_trace(spans: list[Span]) -> None:
-    assert tree(spans) == [
-        (0, "chain", "RunnableSequence"),
-        (1, "chain", "ChatPromptTemplate"),
-        (1, "llm", "FakeChat"),
-        (1, "parser", "StrOutputParser"),
+    assert render_tree(spans) == [
+        "chain: RunnableSequence",
+        "  chain: ChatPromptTemplate",
+        "  llm: FakeChat",
+        "  parser: StrOutputParser",
     ]
     root = spans[0]
     assert root.parent_id is None
@@ -120,11 +122,11 @@ def assert_chain_trace(spans: list[Span]) -> None:
 
 # ---- a prompt | chat model | parser chain ----------------------------------------------------------
 
-def test_chain_tree_model_tokens_and_cost(traced: TracedStore) -> None:
+def test_chain_tree_model_tokens_and_cost(captured: Captured) -> None:
     chain = make_chain()
     assert chain.invoke({"q": "Capital of France?"}, config={"callbacks": [CallbackHandler()]}) == "Paris"
 
-    spans = traced.only_trace()
+    (spans,) = captured.traces()
     assert_chain_trace(spans)
     root, llm = spans[0], by_name(spans)["FakeChat"]
     assert len(root.trace_id) == 32 and len(root.span_id) == 16
@@ -143,37 +145,37 @@ def test_chain_tree_model_tokens_and_cost(traced: TracedStore) -> None:
         {"role": "system", "content": "Answer briefly."}, {"role": "human", "content": "Capital of France?"}]
     assert llm.output["content"] == "Paris"
 
-    (summary,) = traced.traces()
-    assert summary.name == "RunnableSequence" and summary.status == "ok"
-    assert (summary.span_count, summary.llm_calls, summary.total_tokens) == (4, 1, 17)
-    assert summary.models == [MODEL]
-    assert summary.cost_total == pytest.approx(llm.cost.total)
+    totals = trace_totals(spans)
+    assert root.name == "RunnableSequence" and root.status == "ok"
+    assert (totals.spans, totals.llm_calls, totals.total_tokens) == (4, 1, 17)
+    assert totals.models == [MODEL]
+    assert totals.cost_total == pytest.approx(llm.cost.total)
 
 
-def test_provider_reported_cost_wins(traced: TracedStore) -> None:
+def test_provider_reported_cost_wins(captured: Captured) -> None:
     message = AIMessage("ok", usage_metadata=dict(USAGE),
                         response_metadata={"model_name": MODEL, "token_usage": {"cost": 0.0125}})
     FakeChat(responses=[message]).invoke("hi", config={"callbacks": [CallbackHandler()]})
-    (llm,) = traced.only_trace()
+    (llm,) = captured.spans
     assert llm.kind == "llm" and llm.cost is not None
     assert (llm.cost.total, llm.cost.source) == (0.0125, "provider")
 
 
 # ---- LangGraph: a tool-calling agent -----------------------------------------------------------
 
-def test_langgraph_agent_with_two_tools(traced: TracedStore) -> None:
+def test_langgraph_agent_with_two_tools(captured: Captured) -> None:
     result = two_tool_agent().invoke({"messages": [("user", "2+3 and 4*5?")]},
                                      config={"callbacks": [CallbackHandler()]})
     assert result["messages"][-1].content == "2+3=5 and 4*5=20"
 
-    spans = traced.only_trace()
-    shape = tree(spans)
-    assert shape[0] == (0, "agent", "LangGraph")
+    (spans,) = captured.traces()
+    shape = render_tree(spans)
+    assert shape[0] == "agent: LangGraph"
     assert sorted(shape[1:]) == sorted([
-        (1, "chain", "model"), (2, "llm", "FakeChat"),
-        (1, "chain", "tools"), (2, "tool", "add"),
-        (1, "chain", "tools"), (2, "tool", "multiply"),
-        (1, "chain", "model"), (2, "llm", "FakeChat"),
+        "  chain: model", "    llm: FakeChat",
+        "  chain: tools", "    tool: add",
+        "  chain: tools", "    tool: multiply",
+        "  chain: model", "    llm: FakeChat",
     ])
     ids = {s.span_id: s for s in spans}
     root = spans[0]
@@ -192,22 +194,22 @@ def test_langgraph_agent_with_two_tools(traced: TracedStore) -> None:
     assert tools["multiply"].attributes is not None
     assert tools["multiply"].attributes["gen_ai.tool.call.id"] == "call_2"
 
-    (summary,) = traced.traces()
-    assert (summary.name, summary.status, summary.span_count) == ("LangGraph", "ok", 9)
-    assert (summary.llm_calls, summary.input_tokens, summary.output_tokens, summary.total_tokens) == (2, 24, 10, 34)
-    assert summary.cost_total is not None and summary.cost_total > 0
+    totals = trace_totals(spans)
+    assert (root.name, root.status, totals.spans) == ("LangGraph", "ok", 9)
+    assert (totals.llm_calls, totals.input_tokens, totals.output_tokens, totals.total_tokens) == (2, 24, 10, 34)
+    assert totals.cost_total is not None and totals.cost_total > 0
 
 
-def test_failing_tool_marks_tool_and_trace_as_errors(traced: TracedStore) -> None:
+def test_failing_tool_marks_tool_and_trace_as_errors(captured: Captured) -> None:
     agent = create_agent(FakeChat(responses=[answer("", tool_calls=[tool_call("explode", "call_9", reason="x")])]),
                          tools=[explode])
     with pytest.raises(ValueError, match="boom: x"):
         agent.invoke({"messages": [("user", "go")]}, config={"callbacks": [CallbackHandler()]})
 
-    spans = traced.only_trace()
-    assert tree(spans) == [
-        (0, "agent", "LangGraph"), (1, "chain", "model"), (2, "llm", "FakeChat"),
-        (1, "chain", "tools"), (2, "tool", "explode"),
+    (spans,) = captured.traces()
+    assert render_tree(spans) == [
+        "agent: LangGraph", "  chain: model", "    llm: FakeChat",
+        "  chain: tools", "    tool: explode",
     ]
     failed = by_name(spans)["explode"]
     assert failed.status == "error" and failed.error is not None
@@ -215,21 +217,20 @@ def test_failing_tool_marks_tool_and_trace_as_errors(traced: TracedStore) -> Non
     assert failed.error.traceback and "boom" in failed.error.traceback
     assert by_name(spans)["LangGraph"].status == "error"
     assert by_name(spans)["FakeChat"].status == "ok"
-    (summary,) = traced.traces()
-    assert (summary.status, summary.error_count) == ("error", 3)
+    assert (spans[0].status, trace_totals(spans).errors) == ("error", 3)
 
 
 # ---- streaming ------------------------------------------------------------------------------------
 
-def test_streaming_records_time_to_first_token(traced: TracedStore) -> None:
+def test_streaming_records_time_to_first_token(captured: Captured) -> None:
     model = StreamingChat(messages=iter([AIMessage("The answer is Paris")]))
     chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | model | StrOutputParser()
     pieces = list(chain.stream({"q": "Capital?"}, config={"callbacks": [CallbackHandler()]}))
     assert "".join(pieces) == "The answer is Paris" and len(pieces) > 3
 
-    spans = traced.only_trace()
-    assert tree(spans) == [(0, "chain", "RunnableSequence"), (1, "chain", "ChatPromptTemplate"),
-                           (1, "llm", "StreamingChat"), (1, "parser", "StrOutputParser")]
+    (spans,) = captured.traces()
+    assert render_tree(spans) == ["chain: RunnableSequence", "  chain: ChatPromptTemplate",
+                                  "  llm: StreamingChat", "  parser: StrOutputParser"]
     llm = by_name(spans)["StreamingChat"]
     assert llm.completion_start_ns is not None and llm.start_ns <= llm.completion_start_ns <= llm.end_ns
     assert llm.attributes is not None and llm.attributes["llm.streaming"] is True
@@ -242,37 +243,36 @@ def test_streaming_records_time_to_first_token(traced: TracedStore) -> None:
 
 # ---- concurrency: batch, asyncio, threads ------------------------------------------------------------
 
-def assert_separate_chain_traces(traced: TracedStore, questions: list[str]) -> None:
-    summaries = traced.traces()
-    assert len(summaries) == len(questions)
+def assert_separate_chain_traces(captured: Captured, questions: list[str]) -> None:
+    traces = captured.traces()
+    assert len(traces) == len(questions)
     seen = []
-    for summary in summaries:
-        spans = traced.trace(summary.trace_id)
+    for spans in traces:
         assert_chain_trace(spans)
-        assert summary.total_tokens == 17
+        assert trace_totals(spans).total_tokens == 17
         question = spans[0].input["q"]
         assert question in json.dumps(by_name(spans)["FakeChat"].input)  # no cross-talk between calls
         seen.append(question)
     assert sorted(seen) == sorted(questions)
 
 
-def test_batch_of_20_gives_20_trees(traced: TracedStore) -> None:
+def test_batch_of_20_gives_20_trees(captured: Captured) -> None:
     questions = [f"question {i}" for i in range(20)]
     outputs = make_chain(20).batch([{"q": q} for q in questions], config={"callbacks": [CallbackHandler()]})
     assert outputs == ["Paris"] * 20
-    assert_separate_chain_traces(traced, questions)
+    assert_separate_chain_traces(captured, questions)
 
 
-async def test_ainvoke_20_concurrent_calls(traced: TracedStore) -> None:
+async def test_ainvoke_20_concurrent_calls(captured: Captured) -> None:
     chain, handler = make_chain(20), CallbackHandler()
     questions = [f"async question {i}" for i in range(20)]
     outputs = await asyncio.gather(*(chain.ainvoke({"q": q}, config={"callbacks": [handler]}) for q in questions))
     assert outputs == ["Paris"] * 20
-    assert_separate_chain_traces(traced, questions)
+    assert_separate_chain_traces(captured, questions)
     assert handler._runs == {}
 
 
-def test_chain_from_8_threads_at_once(traced: TracedStore) -> None:
+def test_chain_from_8_threads_at_once(captured: Captured) -> None:
     chain, handler = make_chain(40), CallbackHandler()
     start = threading.Barrier(8)
 
@@ -283,27 +283,27 @@ def test_chain_from_8_threads_at_once(traced: TracedStore) -> None:
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(worker, range(8)))
     assert results == [["Paris"] * 5] * 8
-    assert_separate_chain_traces(traced, [f"thread {i} call {n}" for i in range(8) for n in range(5)])
+    assert_separate_chain_traces(captured, [f"thread {i} call {n}" for i in range(8) for n in range(5)])
 
 
 # ---- nesting with manual spans ----------------------------------------------------------------------
 
-def test_chain_inside_manual_span_nests(traced: TracedStore) -> None:
+def test_chain_inside_manual_span_nests(captured: Captured) -> None:
     with spanmux.trace_context(user_id="u1", session_id="s1"), spanmux.span("request", kind="agent") as outer:
         make_chain().invoke({"q": "hi"}, config={"callbacks": [CallbackHandler()]})
-    spans = traced.only_trace()
-    assert tree(spans) == [
-        (0, "agent", "request"), (1, "chain", "RunnableSequence"), (2, "chain", "ChatPromptTemplate"),
-        (2, "llm", "FakeChat"), (2, "parser", "StrOutputParser"),
+    (spans,) = captured.traces()
+    assert render_tree(spans) == [
+        "agent: request", "  chain: RunnableSequence", "    chain: ChatPromptTemplate",
+        "    llm: FakeChat", "    parser: StrOutputParser",
     ]
     assert {s.trace_id for s in spans} == {outer.trace_id}
     assert spans[1].parent_id == outer.span_id
     assert all(s.trace is not None and s.trace.user_id == "u1" for s in spans)
-    (summary,) = traced.traces()
-    assert (summary.user_id, summary.session_id, summary.total_tokens) == ("u1", "s1", 17)
+    trace = spans[0].trace
+    assert trace is not None and (trace.user_id, trace.session_id, trace_totals(spans).total_tokens) == ("u1", "s1", 17)
 
 
-def test_observed_function_inside_tool_nests_under_tool(traced: TracedStore) -> None:
+def test_observed_function_inside_tool_nests_under_tool(captured: Captured) -> None:
     seen: dict[str, Any] = {}
 
     @spanmux.observe(name="lookup", kind="retriever")
@@ -323,11 +323,11 @@ def test_observed_function_inside_tool_nests_under_tool(traced: TracedStore) -> 
     with spanmux.trace_context(tags=["prod"]):
         agent.invoke({"messages": [("user", "weather in Oslo?")]}, config={"callbacks": [CallbackHandler()]})
 
-    spans = traced.only_trace()
+    (spans,) = captured.traces()
     assert seen["trace_id"] == spans[0].trace_id
-    shape = tree(spans)
-    index = shape.index((2, "tool", "weather"))
-    assert shape[index + 1:index + 3] == [(3, "span", "format"), (3, "retriever", "lookup")]
+    shape = render_tree(spans)
+    index = shape.index("    tool: weather")
+    assert shape[index + 1:index + 3] == ["      span: format", "      retriever: lookup"]
     tool_span, lookup_span = by_name(spans)["weather"], by_name(spans)["lookup"]
     assert lookup_span.parent_id == tool_span.span_id and lookup_span.framework == "manual"
     assert lookup_span.output == "Oslo is sunny"
@@ -341,15 +341,15 @@ class CityRetriever(BaseRetriever):
         return [Document(page_content=f"{query} fact {i}", metadata={"rank": i}, id=f"doc-{i}") for i in range(2)]
 
 
-def test_retriever_documents_and_custom_events(traced: TracedStore) -> None:
+def test_retriever_documents_and_custom_events(captured: Captured) -> None:
     def note(docs: list[Document]) -> int:
         dispatch_custom_event("docs_seen", {"count": len(docs)})
         return len(docs)
 
     chain = CityRetriever() | RunnableLambda(note)
     assert chain.invoke("Oslo", config={"callbacks": [CallbackHandler()]}) == 2
-    spans = traced.only_trace()
-    assert tree(spans) == [(0, "chain", "RunnableSequence"), (1, "retriever", "CityRetriever"), (1, "chain", "note")]
+    (spans,) = captured.traces()
+    assert render_tree(spans) == ["chain: RunnableSequence", "  retriever: CityRetriever", "  chain: note"]
     retriever, lambda_span = by_name(spans)["CityRetriever"], by_name(spans)["note"]
     assert retriever.input == "Oslo"
     assert retriever.attributes is not None and retriever.attributes["retrieval.documents"] == [
@@ -363,7 +363,7 @@ def test_retriever_documents_and_custom_events(traced: TracedStore) -> None:
 
 # ---- process-wide instrumentation ---------------------------------------------------------------------
 
-def test_instrument_is_idempotent_and_undone(traced: TracedStore) -> None:
+def test_instrument_is_idempotent_and_undone(captured: Captured) -> None:
     from langchain_core.tracers.context import _configure_hooks
 
     chain = make_chain(3)
@@ -375,25 +375,25 @@ def test_instrument_is_idempotent_and_undone(traced: TracedStore) -> None:
     spanmux.uninstrument()
     chain.invoke({"q": "after uninstrument"})
 
-    summaries = traced.traces()
-    assert len(summaries) == 2
-    for summary in summaries:
-        assert_chain_trace(traced.trace(summary.trace_id))
+    traces = captured.traces()
+    assert len(traces) == 2
+    for spans in traces:
+        assert_chain_trace(spans)
     spanmux.instrument("langchain")
     assert sum(1 for hook in _configure_hooks if hook[0] is lc._switch) == 1
 
 
-async def test_instrumented_agent_via_ainvoke(traced: TracedStore) -> None:
+async def test_instrumented_agent_via_ainvoke(captured: Captured) -> None:
     import copy
 
     spanmux.instrument("langchain")
     agent = two_tool_agent()
     copy.deepcopy(agent)  # a copied runnable config keeps the same handler
     await agent.ainvoke({"messages": [("user", "2+3 and 4*5?")]})
-    spans = traced.only_trace()
-    assert tree(spans)[0] == (0, "agent", "LangGraph") and len(spans) == 9
+    (spans,) = captured.traces()
+    assert render_tree(spans)[0] == "agent: LangGraph" and len(spans) == 9
     assert sorted(s.name for s in spans if s.kind == "tool") == ["add", "multiply"]
-    assert traced.traces()[0].total_tokens == 34
+    assert trace_totals(spans).total_tokens == 34
 
 
 def test_disabled_config_records_nothing(tmp_path: Path) -> None:
@@ -417,7 +417,7 @@ class NoRepr:
     __str__ = __repr__
 
 
-def test_hostile_values_never_raise_and_are_recorded(traced: TracedStore) -> None:
+def test_hostile_values_never_raise_and_are_recorded(captured: Captured) -> None:
     cyclic: dict[str, Any] = {"name": "loop"}
     cyclic["self"] = cyclic
     big = "x" * (10 * 1024 * 1024)
@@ -427,7 +427,7 @@ def test_hostile_values_never_raise_and_are_recorded(traced: TracedStore) -> Non
         step = RunnableLambda(lambda _x, v=value: v).with_config(run_name=label)
         assert step.invoke(value, config={"callbacks": [handler]}) is value
 
-    spans = {s.name: s for t in traced.traces() for s in traced.trace(t.trace_id)}
+    spans = {s.name: s for s in captured.spans}
     assert set(spans) == set(values)
     assert spans["none"].input is None and spans["none"].status == "ok"
     assert spans["cyclic"].input["self"] == "<cycle>"
@@ -468,7 +468,7 @@ def test_hooks_survive_garbage_handed_directly() -> None:
     assert handler._runs == {}
 
 
-def test_orphaned_runs_are_bounded(traced: TracedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_orphaned_runs_are_bounded(captured: Captured, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lc, "MAX_OPEN_RUNS", 10)
     handler = CallbackHandler()
     first = [uuid.uuid4() for _ in range(15)]
@@ -478,7 +478,7 @@ def test_orphaned_runs_are_bounded(traced: TracedStore, monkeypatch: pytest.Monk
     assert set(handler._runs) == set(first[5:])
 
 
-def test_do_nothing_handler_still_works_beside_ours(traced: TracedStore) -> None:
+def test_do_nothing_handler_still_works_beside_ours(captured: Captured) -> None:
     """Other handlers on the same run see every event; ours does not swallow or reorder them."""
     events: list[str] = []
 
@@ -491,10 +491,11 @@ def test_do_nothing_handler_still_works_beside_ours(traced: TracedStore) -> None
 
     make_chain().invoke({"q": "hi"}, config={"callbacks": [Recorder(), CallbackHandler()]})
     assert events.count("start") == 3 and events.count("end") == 3
-    assert_chain_trace(traced.only_trace())
+    (spans,) = captured.traces()
+    assert_chain_trace(spans)
 
 
-def test_legacy_text_llm_and_graph_interrupt(traced: TracedStore) -> None:
+def test_legacy_text_llm_and_graph_interrupt(captured: Captured) -> None:
     """A completion-style LLM goes through on_llm_start; a LangGraph interrupt is not a failure."""
     from typing import TypedDict
 
@@ -520,13 +521,11 @@ def test_legacy_text_llm_and_graph_interrupt(traced: TracedStore) -> None:
     assert "__interrupt__" in app.invoke({"answer": ""}, config=config)
     assert app.invoke(Command(resume="the meaning of life"), config=config) == {"answer": "forty-two"}
 
-    first, second = sorted(traced.traces(), key=lambda t: t.start_ns)
-    paused = traced.trace(first.trace_id)
-    assert tree(paused) == [(0, "agent", "LangGraph"), (1, "chain", "ask_human")]
-    assert first.status == "ok" and all(s.status == "ok" for s in paused)
+    paused, resumed = captured.traces()  # earliest first
+    assert render_tree(paused) == ["agent: LangGraph", "  chain: ask_human"]
+    assert paused[0].status == "ok" and all(s.status == "ok" for s in paused)
     assert paused[1].attributes is not None and paused[1].attributes["langgraph.interrupt"] == "GraphInterrupt"
-    resumed = traced.trace(second.trace_id)
-    assert tree(resumed) == [(0, "agent", "LangGraph"), (1, "chain", "ask_human"), (2, "llm", "FakeListLLM")]
+    assert render_tree(resumed) == ["agent: LangGraph", "  chain: ask_human", "    llm: FakeListLLM"]
     assert resumed[2].input == "the meaning of life" and resumed[2].output == "forty-two"
 
 
