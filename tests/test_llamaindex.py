@@ -1,6 +1,7 @@
 """LlamaIndex programs, offline with LlamaIndex's own mock models, traced through the root
-instrumentation dispatcher and read back from the built-in store: the whole tree (kinds, names,
-parents), models, token totals, streaming timing, errors and nesting with manual spans."""
+instrumentation dispatcher and checked on what reached the backends (``spanmux.testing.capture``;
+the tests that cross-check the store, Langfuse and MLflow read those): the whole tree (kinds,
+names, parents), models, token totals, streaming timing, errors and nesting with manual spans."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from conftest import TracedStore, tree  # noqa: E402
+from conftest import TracedStore, trace_totals  # noqa: E402
 from langfuse_server import LangfuseContractServer  # noqa: E402
 from llama_index.core import Document, VectorStoreIndex  # noqa: E402
 from llama_index.core.agent.workflow import FunctionAgent  # noqa: E402
@@ -40,6 +41,7 @@ import spanmux  # noqa: E402
 from spanmux import attributes as attr  # noqa: E402
 from spanmux.integrations import llamaindex as li  # noqa: E402
 from spanmux.model import Span, new_span_id  # noqa: E402
+from spanmux.testing import Captured, render_tree  # noqa: E402
 
 MODEL = "gpt-4o-mini"
 rerank_dispatcher = get_dispatcher(__name__)
@@ -50,17 +52,17 @@ TEXTS = [
 ]
 
 QUERY_TREE = [
-    (0, "chain", "RetrieverQueryEngine.query"),
-    (1, "chain", "RetrieverQueryEngine._query"),
-    (2, "retriever", "VectorIndexRetriever.retrieve"),
-    (3, "retriever", "VectorIndexRetriever._retrieve"),
-    (4, "embedding", "MockEmbedding.get_query_embedding"),
-    (5, "embedding", "MockEmbedding._get_query_embedding"),
-    (2, "chain", "CompactAndRefine.synthesize"),
-    (3, "chain", "CompactAndRefine.get_response"),
-    (4, "chain", "TokenTextSplitter.split_text"),
-    (4, "chain", "CompactAndRefine.get_response"),
-    (5, "chain", "TokenTextSplitter.split_text"),
+    "chain: RetrieverQueryEngine.query",
+    "  chain: RetrieverQueryEngine._query",
+    "    retriever: VectorIndexRetriever.retrieve",
+    "      retriever: VectorIndexRetriever._retrieve",
+    "        embedding: MockEmbedding.get_query_embedding",
+    "          embedding: MockEmbedding._get_query_embedding",
+    "    chain: CompactAndRefine.synthesize",
+    "      chain: CompactAndRefine.get_response",
+    "        chain: TokenTextSplitter.split_text",
+    "        chain: CompactAndRefine.get_response",
+    "          chain: TokenTextSplitter.split_text",
 ]
 
 
@@ -132,7 +134,7 @@ def instrumented() -> Iterator[li.LlamaIndexTracer]:
 
 @pytest.fixture
 def index() -> VectorStoreIndex:
-    """Built before instrumenting, so each test's store holds only the traces it makes."""
+    """Built before instrumenting, so each test captures only the traces it makes."""
     docs = [Document(text=text, id_=f"doc-{i}") for i, text in enumerate(TEXTS)]
     return VectorStoreIndex.from_documents(docs, embed_model=MockEmbedding(embed_dim=8))
 
@@ -149,6 +151,12 @@ def one(spans: list[Span], name: str) -> Span:
 
 def trace_tokens(spans: list[Span]) -> int:
     return sum(s.usage.total_tokens for s in spans if s.usage is not None)
+
+
+def at_depth(shape: list[str], depth: int) -> list[str]:
+    """The ``render_tree`` lines of one depth, without their indent."""
+    indent = "  " * depth
+    return [line[len(indent):] for line in shape if line.startswith(indent) and line[len(indent)] != " "]
 
 
 def assert_well_formed(spans: list[Span]) -> None:
@@ -169,16 +177,16 @@ def assert_usage_once(spans: list[Span]) -> None:
             assert s.usage is None, f"wrapper {s.name} counts usage"
 
 
-def test_sync_query_tree(traced: TracedStore, index: VectorStoreIndex, instrumented: Any) -> None:
+def test_sync_query_tree(captured: Captured, index: VectorStoreIndex, instrumented: Any) -> None:
     engine = index.as_query_engine(llm=NamedMockLLM(max_tokens=6), similarity_top_k=2)
     response = engine.query("What is the capital of France?")
     assert str(response) == "text text text text text text"
 
-    spans = traced.only_trace()
-    assert tree(spans) == QUERY_TREE + [
-        (5, "chain", "DefaultRefineProgram.__call__"),
-        (6, "llm", "NamedMockLLM.predict"),
-        (7, "llm", "NamedMockLLM.complete"),
+    (spans,) = captured.traces()
+    assert render_tree(spans) == QUERY_TREE + [
+        "          chain: DefaultRefineProgram.__call__",
+        "            llm: NamedMockLLM.predict",
+        "              llm: NamedMockLLM.complete",
     ]
     assert_well_formed(spans)
     root = spans[0]
@@ -205,33 +213,33 @@ def test_sync_query_tree(traced: TracedStore, index: VectorStoreIndex, instrumen
     assert complete.cost is not None and complete.cost.total > 0
     assert predict.usage is None
     assert_usage_once(spans)
-    summary = traced.traces()[0]
-    assert summary.total_tokens == complete.usage.total_tokens == trace_tokens(spans)
-    assert summary.models == [MODEL]
+    totals = trace_totals(spans)
+    assert totals.total_tokens == complete.usage.total_tokens == trace_tokens(spans)
+    assert totals.models == [MODEL]
 
 
-async def test_async_query_counts_delegating_wrappers_once(traced: TracedStore, index: VectorStoreIndex,
+async def test_async_query_counts_delegating_wrappers_once(captured: Captured, index: VectorStoreIndex,
                                                           instrumented: Any) -> None:
     engine = index.as_query_engine(llm=UsageLLM(usage_shape="anthropic"), similarity_top_k=2)
     response = await engine.aquery("What is the capital of France?")
     assert str(response) == "Paris."
 
-    spans = traced.only_trace()
-    assert tree(spans) == [
-        (0, "chain", "RetrieverQueryEngine.aquery"),
-        (1, "chain", "RetrieverQueryEngine._aquery"),
-        (2, "retriever", "VectorIndexRetriever.aretrieve"),
-        (3, "retriever", "VectorIndexRetriever._aretrieve"),
-        (4, "embedding", "MockEmbedding.aget_query_embedding"),
-        (5, "embedding", "MockEmbedding._aget_query_embedding"),
-        (2, "chain", "CompactAndRefine.asynthesize"),
-        (3, "chain", "CompactAndRefine.aget_response"),
-        (4, "chain", "TokenTextSplitter.split_text"),
-        (4, "chain", "CompactAndRefine.aget_response"),
-        (5, "chain", "TokenTextSplitter.split_text"),
-        (5, "llm", "UsageLLM.apredict"),
-        (6, "llm", "UsageLLM.achat"),
-        (7, "llm", "UsageLLM.chat"),
+    (spans,) = captured.traces()
+    assert render_tree(spans) == [
+        "chain: RetrieverQueryEngine.aquery",
+        "  chain: RetrieverQueryEngine._aquery",
+        "    retriever: VectorIndexRetriever.aretrieve",
+        "      retriever: VectorIndexRetriever._aretrieve",
+        "        embedding: MockEmbedding.aget_query_embedding",
+        "          embedding: MockEmbedding._aget_query_embedding",
+        "    chain: CompactAndRefine.asynthesize",
+        "      chain: CompactAndRefine.aget_response",
+        "        chain: TokenTextSplitter.split_text",
+        "        chain: CompactAndRefine.aget_response",
+        "          chain: TokenTextSplitter.split_text",
+        "          llm: UsageLLM.apredict",
+        "            llm: UsageLLM.achat",
+        "              llm: UsageLLM.chat",
     ]
     assert_well_formed(spans)
     complete = one(spans, "UsageLLM.chat")
@@ -242,19 +250,19 @@ async def test_async_query_counts_delegating_wrappers_once(traced: TracedStore, 
     for wrapper in ("UsageLLM.apredict", "UsageLLM.achat"):
         assert one(spans, wrapper).usage is None
         assert one(spans, wrapper).model.name == "claude-3-5-haiku-latest"
-    summary = traced.traces()[0]
-    assert summary.total_tokens == 18, "achat over chat doubled the tokens"
-    assert complete.cost is not None and summary.cost_total == pytest.approx(complete.cost.total)
+    totals = trace_totals(spans)
+    assert totals.total_tokens == 18, "achat over chat doubled the tokens"
+    assert complete.cost is not None and totals.cost_total == pytest.approx(complete.cost.total)
 
 
 @pytest.mark.parametrize("shape", ["anthropic", "gemini", "additional_kwargs"])
-async def test_usage_under_provider_key_names(traced: TracedStore, instrumented: Any, shape: str) -> None:
+async def test_usage_under_provider_key_names(captured: Captured, instrumented: Any, shape: str) -> None:
     llm = UsageLLM(usage_shape=shape)
     response = await llm.achat([ChatMessage(role="user", content="Capital of France?")])
     assert response.message.content == "Paris."
 
-    spans = traced.only_trace()
-    assert tree(spans) == [(0, "llm", "UsageLLM.achat"), (1, "llm", "UsageLLM.chat")]
+    (spans,) = captured.traces()
+    assert render_tree(spans) == ["llm: UsageLLM.achat", "  llm: UsageLLM.chat"]
     achat, chat = spans
     assert chat.usage is not None
     assert (chat.usage.input_tokens, chat.usage.output_tokens, chat.usage.total_tokens) == (11, 7, 18)
@@ -262,10 +270,10 @@ async def test_usage_under_provider_key_names(traced: TracedStore, instrumented:
     assert chat.input["messages"] == [{"role": "user", "content": "Capital of France?"}]
     assert chat.output["content"] == "Paris."
     assert chat.attributes[attr.GEN_AI_OPERATION_NAME] == "chat"
-    assert traced.traces()[0].total_tokens == 18
+    assert trace_totals(spans).total_tokens == 18
 
 
-def test_streaming_query_stays_open_until_the_stream_ends(traced: TracedStore, index: VectorStoreIndex,
+def test_streaming_query_stays_open_until_the_stream_ends(captured: Captured, index: VectorStoreIndex,
                                                           instrumented: Any) -> None:
     engine = index.as_query_engine(llm=UsageLLM(), similarity_top_k=2, streaming=True)
     response = engine.query("What is the capital of France?")
@@ -274,11 +282,11 @@ def test_streaming_query_stays_open_until_the_stream_ends(traced: TracedStore, i
         chunks.append(token)
     assert "".join(chunks) == "Paris."
 
-    spans = traced.only_trace()  # the LLM call starts lazily, yet lands in the query's trace
-    assert tree(spans) == QUERY_TREE + [
-        (5, "llm", "UsageLLM.stream"),
-        (6, "llm", "UsageLLM.stream_chat"),
-        (7, "llm", "UsageLLM.stream_complete"),
+    (spans,) = captured.traces()  # the LLM call starts lazily, yet lands in the query's trace
+    assert render_tree(spans) == QUERY_TREE + [
+        "          llm: UsageLLM.stream",
+        "            llm: UsageLLM.stream_chat",
+        "              llm: UsageLLM.stream_complete",
     ]
     assert_well_formed(spans)
     stream, chat = one(spans, "UsageLLM.stream"), one(spans, "UsageLLM.stream_chat")
@@ -292,10 +300,10 @@ def test_streaming_query_stays_open_until_the_stream_ends(traced: TracedStore, i
     assert inner.output == "Paris."
     assert inner.usage.total_tokens == 18 and stream.usage is None and chat.usage is None
     assert stream.end_ns >= chat.end_ns >= inner.end_ns
-    assert traced.traces()[0].total_tokens == 18
+    assert trace_totals(spans).total_tokens == 18
 
 
-async def test_async_streaming_chat(traced: TracedStore, instrumented: Any) -> None:
+async def test_async_streaming_chat(captured: Captured, instrumented: Any) -> None:
     llm = UsageLLM()
     with spanmux.span("stream-session"):
         stream = await llm.astream_chat([ChatMessage(role="user", content="Capital?")])
@@ -304,18 +312,18 @@ async def test_async_streaming_chat(traced: TracedStore, instrumented: Any) -> N
             text = chunk.message.content
     assert text == "Paris."
 
-    spans = traced.only_trace()
+    (spans,) = captured.traces()
     # astream_chat over stream_chat over stream_complete: the inner calls start lazily, inside the
     # generator astream_chat returned, and nest under it.
-    assert tree(spans) == [
-        (0, "span", "stream-session"),
-        (1, "llm", "UsageLLM.astream_chat"),
-        (2, "llm", "UsageLLM.stream_chat"),
-        (3, "llm", "UsageLLM.stream_complete"),
+    assert render_tree(spans) == [
+        "span: stream-session",
+        "  llm: UsageLLM.astream_chat",
+        "    llm: UsageLLM.stream_chat",
+        "      llm: UsageLLM.stream_complete",
     ]
     assert_well_formed(spans)
     assert_usage_once(spans)
-    assert traced.traces()[0].total_tokens == 18
+    assert trace_totals(spans).total_tokens == 18
     assert all(s.completion_start_ns is not None for s in spans if s.kind == "llm")
 
 
@@ -334,23 +342,23 @@ class NamedFunctionCallingLLM(MockFunctionCallingLLM):
         return LLMMetadata(is_function_calling_model=True, model_name=MODEL)
 
 
-async def test_function_agent_with_tool(traced: TracedStore, instrumented: Any) -> None:
+async def test_function_agent_with_tool(captured: Captured, instrumented: Any) -> None:
     agent = FunctionAgent(tools=[FunctionTool.from_defaults(get_weather)], llm=NamedFunctionCallingLLM(),
                           system_prompt="You answer weather questions.")
     with spanmux.trace_context(user_id="u1", session_id="s1"):
         result = await agent.run("What is the weather in Paris?")
     assert str(result) == "Tool calls complete."
 
-    spans = traced.only_trace()
+    (spans,) = captured.traces()
     assert_well_formed(spans)
-    shape = tree(spans)
-    assert shape[0] == (0, "agent", "FunctionAgent.run")
-    steps = [name for depth, kind, name in shape if depth == 1]
+    shape = render_tree(spans)
+    assert shape[0] == "agent: FunctionAgent.run"
+    steps = [line.split(": ", 1)[1] for line in at_depth(shape, 1)]
     assert steps[:3] == ["BaseWorkflowAgent.init_run", "BaseWorkflowAgent.setup_agent",
                          "BaseWorkflowAgent.run_agent_step"]
     assert steps.count("BaseWorkflowAgent.run_agent_step") == 2
     assert "BaseWorkflowAgent.call_tool" in steps
-    assert all(kind == "chain" for depth, kind, _ in shape if depth == 1)
+    assert all(line.startswith("chain: ") for line in at_depth(shape, 1))
 
     ids = {s.span_id: s for s in spans}
     llm_calls = by_name(spans, "NamedFunctionCallingLLM.astream_chat")
@@ -368,13 +376,12 @@ async def test_function_agent_with_tool(traced: TracedStore, instrumented: Any) 
     summary_call = one(spans, "NamedMockLLM.complete")  # and LlamaIndex calls inside it nest under it
     assert summary_call.parent_id == manual.span_id and summary_call.kind == "llm"
     assert all(s.trace is not None and s.trace.user_id == "u1" and s.trace.session_id == "s1" for s in spans)
-    summary = traced.traces()[0]
-    assert summary.user_id == "u1"
-    assert summary.total_tokens == trace_tokens(spans) == sum(
+    assert spans[0].trace is not None and spans[0].trace.user_id == "u1"
+    assert trace_totals(spans).total_tokens == trace_tokens(spans) == sum(
         c.usage.total_tokens for c in [*llm_calls, summary_call])
 
 
-def test_manual_span_around_indexing_and_query(traced: TracedStore, instrumented: Any) -> None:
+def test_manual_span_around_indexing_and_query(captured: Captured, instrumented: Any) -> None:
     docs = [Document(text=text, id_=f"doc-{i}") for i, text in enumerate(TEXTS)]
     with spanmux.span("rag-pipeline", kind="chain") as outer:
         with spanmux.span("build-index"):
@@ -382,27 +389,26 @@ def test_manual_span_around_indexing_and_query(traced: TracedStore, instrumented
         answer = index.as_query_engine(llm=NamedMockLLM(max_tokens=3)).query("Capital of Germany?")
         outer.set_output(str(answer))
 
-    spans = traced.only_trace()
+    (spans,) = captured.traces()
     assert_well_formed(spans)
-    shape = tree(spans)
-    assert shape[0] == (0, "chain", "rag-pipeline")
-    assert [(d, k, n) for d, k, n in shape if d == 1] == [
-        (1, "span", "build-index"), (1, "chain", "RetrieverQueryEngine.query")]
-    under_build = [(d, k, n) for d, k, n in shape if d == 2 and n.startswith(("SentenceSplitter", "MockEmbedding"))]
-    assert under_build == [(2, "chain", "SentenceSplitter.__call__"),
-                           (2, "embedding", "MockEmbedding.get_text_embedding_batch")]
+    shape = render_tree(spans)
+    assert shape[0] == "chain: rag-pipeline"
+    assert at_depth(shape, 1) == ["span: build-index", "chain: RetrieverQueryEngine.query"]
+    under_build = [line for line in at_depth(shape, 2)
+                   if line.split(": ", 1)[1].startswith(("SentenceSplitter", "MockEmbedding"))]
+    assert under_build == ["chain: SentenceSplitter.__call__", "embedding: MockEmbedding.get_text_embedding_batch"]
     batch = one(spans, "MockEmbedding.get_text_embedding_batch")
     assert batch.output == {"embeddings": 3, "embedding_dimensions": 8}
     assert len(by_name(spans, "MockEmbedding._get_text_embedding")) == 3
 
 
-def test_exception_inside_a_query_is_recorded(traced: TracedStore, index: VectorStoreIndex,
+def test_exception_inside_a_query_is_recorded(captured: Captured, index: VectorStoreIndex,
                                               instrumented: Any) -> None:
     engine = index.as_query_engine(llm=UsageLLM(fail=True))
     with pytest.raises(RuntimeError, match="provider unavailable"):
         engine.query("What is the capital of France?")
 
-    spans = traced.only_trace()
+    (spans,) = captured.traces()
     assert_well_formed(spans)
     failed = [s for s in spans if s.status == "error"]
     assert [s.name for s in failed] == [
@@ -414,10 +420,10 @@ def test_exception_inside_a_query_is_recorded(traced: TracedStore, index: Vector
         assert s.error.type == "RuntimeError" and s.error.message == "provider unavailable"
         assert "Traceback" in (s.error.traceback or "")
     assert one(spans, "VectorIndexRetriever.retrieve").status == "ok"
-    assert traced.traces()[0].status == "error"
+    assert spans[0].status == "error"
 
 
-def test_uninstrument_stops_tracing_and_instrument_is_idempotent(traced: TracedStore,
+def test_uninstrument_stops_tracing_and_instrument_is_idempotent(captured: Captured,
                                                                  index: VectorStoreIndex) -> None:
     dispatcher = get_dispatcher()
     handlers_before = (len(dispatcher.span_handlers), len(dispatcher.event_handlers))
@@ -429,20 +435,20 @@ def test_uninstrument_stops_tracing_and_instrument_is_idempotent(traced: TracedS
 
     engine = index.as_query_engine(llm=NamedMockLLM(max_tokens=2))
     engine.query("first")
-    first = traced.only_trace()
+    (first,) = captured.traces()
     assert len(first) == len(QUERY_TREE) + 3, "a second instrument() must not duplicate spans"
 
     spanmux.uninstrument("llamaindex")
     assert not li.is_instrumented()
     assert (len(dispatcher.span_handlers), len(dispatcher.event_handlers)) == handlers_before
     engine.query("second")
-    assert len(traced.traces()) == 1
+    assert len(captured.traces()) == 1
     with spanmux.span("manual-only"):
         assert spanmux.current_trace_id() is not None
-    assert sorted(t.name for t in traced.traces()) == ["RetrieverQueryEngine.query", "manual-only"]
+    assert sorted(t[0].name for t in captured.traces()) == ["RetrieverQueryEngine.query", "manual-only"]
 
 
-def test_handler_never_raises_into_llamaindex(traced: TracedStore, instrumented: li.LlamaIndexTracer) -> None:
+def test_handler_never_raises_into_llamaindex(captured: Captured, instrumented: li.LlamaIndexTracer) -> None:
     tracer = instrumented
     # Hooks handed garbage or unknown ids log and carry on.
     tracer.enter("x", None, object(), "missing-parent", None)
@@ -450,11 +456,11 @@ def test_handler_never_raises_into_llamaindex(traced: TracedStore, instrumented:
     tracer.drop("unknown", ValueError("boom"))
     tracer.handle(object())
     tracer.exit("x", None)
-    spans = traced.only_trace()
-    assert tree(spans) == [(0, "chain", "x")]
+    (spans,) = captured.traces()
+    assert render_tree(spans) == ["chain: x"]
 
 
-def test_concurrent_queries_in_threads_keep_their_trees(traced: TracedStore, index: VectorStoreIndex,
+def test_concurrent_queries_in_threads_keep_their_trees(captured: Captured, index: VectorStoreIndex,
                                                         instrumented: Any) -> None:
     from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
@@ -466,28 +472,26 @@ def test_concurrent_queries_in_threads_keep_their_trees(traced: TracedStore, ind
 
     with ThreadPoolExecutor(4) as pool:
         assert len(list(pool.map(ask, range(8)))) == 8
-    found = traced.traces()
-    assert sorted(t.name for t in found) == sorted(f"request-{i}" for i in range(8))
-    for summary in found:
-        spans = traced.trace(summary.trace_id)
+    found = captured.traces()
+    assert sorted(t[0].name for t in found) == sorted(f"request-{i}" for i in range(8))
+    for spans in found:
         assert_well_formed(spans)
-        assert tree(spans)[:2] == [(0, "span", summary.name), (1, "chain", "RetrieverQueryEngine.query")]
+        assert render_tree(spans)[:2] == [f"span: {spans[0].name}", "  chain: RetrieverQueryEngine.query"]
         assert len(spans) == len(QUERY_TREE) + 4
 
 
-def test_async_gather_of_queries(traced: TracedStore, index: VectorStoreIndex, instrumented: Any) -> None:
+def test_async_gather_of_queries(captured: Captured, index: VectorStoreIndex, instrumented: Any) -> None:
     engine = index.as_query_engine(llm=UsageLLM())
 
     async def main() -> list[Any]:
         return await asyncio.gather(*(engine.aquery(f"question {i}") for i in range(4)))
 
     assert len(asyncio.run(main())) == 4
-    found = traced.traces()
+    found = captured.traces()
     assert len(found) == 4
-    for summary in found:
-        spans = traced.trace(summary.trace_id)
+    for spans in found:
         assert_well_formed(spans)
-        assert summary.total_tokens == 18
+        assert trace_totals(spans).total_tokens == 18
 
 
 class KeywordRerank(BaseNodePostprocessor):
@@ -503,13 +507,13 @@ class KeywordRerank(BaseNodePostprocessor):
         return ranked
 
 
-def test_reranker_span_records_model_and_documents(traced: TracedStore, index: VectorStoreIndex,
+def test_reranker_span_records_model_and_documents(captured: Captured, index: VectorStoreIndex,
                                                    instrumented: Any) -> None:
     engine = index.as_query_engine(llm=NamedMockLLM(max_tokens=2), similarity_top_k=3,
                                    node_postprocessors=[KeywordRerank()])
     engine.query("Capital of France?")
 
-    spans = traced.only_trace()
+    (spans,) = captured.traces()
     assert_well_formed(spans)
     ids = {s.span_id: s for s in spans}
     rerank = one(spans, "KeywordRerank._postprocess_nodes")
@@ -527,16 +531,16 @@ class Greeter(Workflow):
         return StopEvent(result=f"hello {ev.get('name')}")
 
 
-async def test_workflow_is_a_chain_with_its_steps(traced: TracedStore, instrumented: Any) -> None:
+async def test_workflow_is_a_chain_with_its_steps(captured: Captured, instrumented: Any) -> None:
     assert await Greeter().run(name="Ada") == "hello Ada"
 
-    spans = traced.only_trace()
-    assert tree(spans) == [(0, "chain", "Greeter.run"), (1, "chain", "Greeter.greet")]
+    (spans,) = captured.traces()
+    assert render_tree(spans) == ["chain: Greeter.run", "  chain: Greeter.greet"]
     assert_well_formed(spans)
     assert spans[1].output is not None
 
 
-def test_streams_closed_early_or_dropped_still_end_their_spans(traced: TracedStore, instrumented: Any) -> None:
+def test_streams_closed_early_or_dropped_still_end_their_spans(captured: Captured, instrumented: Any) -> None:
     import gc  # noqa: PLC0415
 
     llm = UsageLLM()
@@ -548,13 +552,13 @@ def test_streams_closed_early_or_dropped_still_end_their_spans(traced: TracedSto
     del stream
     gc.collect()
 
-    found = {t.name: traced.trace(t.trace_id) for t in traced.traces()}
+    found = {t[0].name: t for t in captured.traces()}
     assert set(found) == {"early-break", "never-consumed"}
     early = found["early-break"]
-    assert tree(early) == [(0, "span", "early-break"), (1, "llm", "UsageLLM.stream_complete")]
+    assert render_tree(early) == ["span: early-break", "  llm: UsageLLM.stream_complete"]
     assert early[1].status == "ok" and early[1].completion_start_ns is not None
     dropped = found["never-consumed"]
-    assert tree(dropped) == [(0, "span", "never-consumed"), (1, "llm", "UsageLLM.stream_complete")]
+    assert render_tree(dropped) == ["span: never-consumed", "  llm: UsageLLM.stream_complete"]
     assert dropped[1].completion_start_ns is None and dropped[1].output is None
     assert not instrumented.open, "no span may stay open forever"
 
@@ -611,7 +615,7 @@ def test_predict_over_complete_is_one_model_call_in_store_stats_and_every_backen
     assert llm.predict(PromptTemplate("Capital of {country}?"), country="France") == "Paris."
 
     spans = store.only_trace()
-    assert tree(spans) == [(0, "llm", "CompletionLLM.predict"), (1, "llm", "CompletionLLM.complete")]
+    assert render_tree(spans) == ["llm: CompletionLLM.predict", "  llm: CompletionLLM.complete"]
     predict, complete = spans
     assert predict.attributes[attr.DELEGATES] is True
     assert predict.usage is None and predict.cost is None
@@ -650,7 +654,7 @@ def test_predict_over_complete_is_one_model_call_in_store_stats_and_every_backen
     assert row["llm_calls"] == 1
 
 
-async def test_wrappers_across_a_chain_delegate_too(traced: TracedStore, instrumented: Any) -> None:
+async def test_wrappers_across_a_chain_delegate_too(captured: Captured, instrumented: Any) -> None:
     """``astructured_predict`` > program > ``achat`` > ``chat``: one call, three wrappers."""
     from pydantic import BaseModel  # noqa: PLC0415
 
@@ -668,12 +672,12 @@ async def test_wrappers_across_a_chain_delegate_too(traced: TracedStore, instrum
     city = await llm.astructured_predict(City, PromptTemplate("Capital of {country}?"), country="France")
     assert city.name == "Paris"
 
-    spans = traced.only_trace()
+    (spans,) = captured.traces()
     calls = [s for s in spans if s.kind == "llm" and attr.DELEGATES not in (s.attributes or {})]
     assert [s.name for s in calls] == ["JsonLLM.chat"]
     assert all(s.usage is None and s.cost is None for s in spans if s.kind == "llm" and s not in calls)
-    summary = traced.traces()[0]
-    assert summary.llm_calls == 1 and summary.total_tokens == 18
+    totals = trace_totals(spans)
+    assert totals.llm_calls == 1 and totals.total_tokens == 18
 
 
 class NamedEmbedding(MockEmbedding):
@@ -691,9 +695,9 @@ async def test_requested_and_response_model_kept_and_embeddings_carry_their_mode
         NamedEmbedding(embed_dim=4).get_query_embedding("Capital of France?")
 
     spans = store.only_trace()
-    assert tree(spans) == [
-        (0, "span", "ask"), (1, "llm", "UsageLLM.achat"), (2, "llm", "UsageLLM.chat"),
-        (1, "embedding", "NamedEmbedding.get_query_embedding"), (2, "embedding", "NamedEmbedding._get_query_embedding"),
+    assert render_tree(spans) == [
+        "span: ask", "  llm: UsageLLM.achat", "    llm: UsageLLM.chat",
+        "  embedding: NamedEmbedding.get_query_embedding", "    embedding: NamedEmbedding._get_query_embedding",
     ]
     achat, chat = one(spans, "UsageLLM.achat"), one(spans, "UsageLLM.chat")
     for s in (achat, chat):
@@ -725,7 +729,7 @@ class _Hostile:
 
 
 def test_handler_failures_logged_once_per_hook_and_error_type_and_all_counted(
-        traced: TracedStore, instrumented: li.LlamaIndexTracer, caplog: pytest.LogCaptureFixture) -> None:
+        captured: Captured, instrumented: li.LlamaIndexTracer, caplog: pytest.LogCaptureFixture) -> None:
     tracer = instrumented
     before = spanmux.stats()["integration_failures"].get("llamaindex", {"total": 0, "by_hook": {}})
     caplog.set_level("DEBUG", logger="spanmux.integrations.llamaindex")
@@ -744,4 +748,5 @@ def test_handler_failures_logged_once_per_hook_and_error_type_and_all_counted(
     assert after["total"] - before["total"] == 5
     assert after["by_hook"]["new_span"] - before["by_hook"].get("new_span", 0) == 4
     assert tracer.failures == after["total"]
-    assert tree(traced.only_trace()) == [(0, "chain", "C.call")]
+    (spans,) = captured.traces()
+    assert render_tree(spans) == ["chain: C.call"]
