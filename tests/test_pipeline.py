@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MemoryBackend, TracedStore
+from conftest import TracedStore
 
 import spanmux
 from spanmux import runtime
@@ -20,6 +20,7 @@ from spanmux.config_schemas import ObservabilityConfig
 from spanmux.model import Span, make_score, new_span_id, new_trace_id
 from spanmux.pipeline import Pipeline
 from spanmux.processors import SpanProcessor, trace_is_sampled
+from spanmux.testing import InMemoryBackend, capture
 
 
 def make_span(name: str = "step", trace_id: str | None = None, **kw: object) -> Span:
@@ -28,14 +29,14 @@ def make_span(name: str = "step", trace_id: str | None = None, **kw: object) -> 
                 kind="chain", framework="manual", start_ns=now, end_ns=now + 1000, **kw)  # type: ignore[arg-type]
 
 
-def pipeline(tmp_path: Path, *backends: MemoryBackend, **kw: object) -> Pipeline:
+def pipeline(tmp_path: Path, *backends: InMemoryBackend, **kw: object) -> Pipeline:
     settings = ObservabilityConfig()
     options = {"flush_interval": 0.05, "spool_dir": str(tmp_path / "spool"), **kw}
     return Pipeline([(f"b{i}", b) for i, b in enumerate(backends)], SpanProcessor(settings), **options)  # type: ignore[arg-type]
 
 
 def test_flush_waits_for_everything_emitted_before_it(tmp_path: Path) -> None:
-    backend = MemoryBackend()
+    backend = InMemoryBackend()
     p = pipeline(tmp_path, backend, flush_interval=60)  # no timer help: only flush delivers
     for i in range(1000):
         p.emit(make_span(f"s{i}"))
@@ -47,7 +48,8 @@ def test_flush_waits_for_everything_emitted_before_it(tmp_path: Path) -> None:
 
 
 def test_a_failing_backend_never_stops_the_others(tmp_path: Path) -> None:
-    good, bad = MemoryBackend(), MemoryBackend(always_fail=True)
+    good, bad = InMemoryBackend(), InMemoryBackend()
+    bad.fail()
     p = pipeline(tmp_path, good, bad)
     for _ in range(50):
         p.emit(make_span())
@@ -61,7 +63,8 @@ def test_a_failing_backend_never_stops_the_others(tmp_path: Path) -> None:
 
 
 def test_a_backend_that_comes_back_gets_everything_exactly_once(tmp_path: Path) -> None:
-    backend = MemoryBackend(fail_first=3)
+    backend = InMemoryBackend()
+    backend.fail(times=3)
     p = pipeline(tmp_path, backend, batch_size=10)
     emitted = [make_span(f"s{i}") for i in range(100)]
     for span in emitted:
@@ -74,14 +77,15 @@ def test_a_backend_that_comes_back_gets_everything_exactly_once(tmp_path: Path) 
 
 
 def test_spool_is_replayed_by_the_next_process(tmp_path: Path) -> None:
-    down = MemoryBackend(always_fail=True)
+    down = InMemoryBackend()
+    down.fail()
     first = pipeline(tmp_path, down)
     spans = [make_span() for _ in range(20)]
     for s in spans:
         first.emit(s)
     first.shutdown(0.5)  # the backend stays down past the exit deadline
     assert list((tmp_path / "spool" / "b0").glob("*.batch")), "undelivered batches must wait on disk"
-    back = MemoryBackend()
+    back = InMemoryBackend()
     second = pipeline(tmp_path, back)
     assert second.flush(10)
     assert sorted(s.span_id for s in back.spans) == sorted(s.span_id for s in spans)
@@ -90,7 +94,7 @@ def test_spool_is_replayed_by_the_next_process(tmp_path: Path) -> None:
 
 
 def test_queue_overflow_spills_to_disk_and_is_delivered(tmp_path: Path) -> None:
-    backend = MemoryBackend()
+    backend = InMemoryBackend()
     gate = threading.Event()
     settings = ObservabilityConfig()
     processor = SpanProcessor(settings)
@@ -116,7 +120,7 @@ def test_queue_overflow_spills_to_disk_and_is_delivered(tmp_path: Path) -> None:
 
 
 def test_shutdown_flushes_and_closes_backends(tmp_path: Path) -> None:
-    backend = MemoryBackend()
+    backend = InMemoryBackend()
     p = pipeline(tmp_path, backend, flush_interval=60)
     p.emit(make_span())
     p.shutdown(5)
@@ -124,7 +128,7 @@ def test_shutdown_flushes_and_closes_backends(tmp_path: Path) -> None:
 
 
 def test_processor_errors_are_contained(tmp_path: Path) -> None:
-    backend = MemoryBackend()
+    backend = InMemoryBackend()
     calls = {"n": 0}
 
     def flaky(span: Span) -> Span | None:
@@ -142,23 +146,23 @@ def test_processor_errors_are_contained(tmp_path: Path) -> None:
     p.shutdown()
 
 
-def test_sampling_keeps_or_drops_whole_traces(traced: TracedStore) -> None:
-    spanmux.configure({"sample_rate": 0.5, "local": {"path": str(traced.path)}, "spool_dir": "spool"})
-    kept = 0
-    for _ in range(200):
-        with spanmux.span("root") as root, spanmux.span("child"):
-            pass
-        kept += trace_is_sampled(root.trace_id, 0.5)
-    rows = traced.traces()
-    assert len(rows) == kept and 60 < kept < 140
-    assert all(r.span_count == 2 for r in rows)
+def test_sampling_keeps_or_drops_whole_traces() -> None:
+    with capture(sample_rate=0.5) as captured:
+        kept = 0
+        for _ in range(200):
+            with spanmux.span("root") as root, spanmux.span("child"):
+                pass
+            kept += trace_is_sampled(root.trace_id, 0.5)
+        traces = captured.traces()
+    assert len(traces) == kept and 60 < kept < 140
+    assert all(len(t) == 2 for t in traces)
 
 
-def test_capture_content_false_records_no_inputs_or_outputs(traced: TracedStore) -> None:
-    spanmux.configure({"capture_content": False, "local": {"path": str(traced.path)}, "spool_dir": "spool"})
-    with spanmux.span("secret-work", input={"password": "hunter2"}) as s:
-        s.set_output("the answer")
-    (span,) = traced.only_trace()
+def test_capture_content_false_records_no_inputs_or_outputs() -> None:
+    with capture(capture_content=False) as captured:
+        with spanmux.span("secret-work", input={"password": "hunter2"}) as s:
+            s.set_output("the answer")
+        (span,) = captured.spans
     assert span.input is None and span.output is None
 
 
