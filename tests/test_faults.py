@@ -18,93 +18,38 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import msgspec
 import pytest
 
 import spanmux
-from spanmux import registry, runtime
-from spanmux.backend import ExportError
 from spanmux.backends.local import LocalStore
-from spanmux.model import Score, Span
+from spanmux.model import Span
 from spanmux.spool import SpooledBatch
+from spanmux.testing import InMemoryBackend
 
 TRACES = "/api/public/otel/v1/traces"
 
 
-# ---------------------------------------------------------------- test backends, by registry name
-class SwitchableBackend:
-    """Keeps what it receives in memory; while the class-wide ``down`` is set it fails like a
-    server that is unreachable. Every instance is listed in ``instances`` by its configured name."""
+# ---------------------------------------------------------------- test backends
+class HangingBackend(InMemoryBackend):
+    """An export that does not return until the test releases it (a server that stopped answering)."""
 
-    name = "switchable"
-    config_model = None
-    required_modules: tuple[str, ...] = ()
-    extra = None
-    down = threading.Event()
-    fail_every = 0  # >0: every n-th export call fails (an intermittent backend)
-    instances: ClassVar[list[SwitchableBackend]] = []
-
-    def __init__(self, config: Any = None, settings: Any = None) -> None:
-        self.spans: list[Span] = []
-        self.scores: list[Score] = []
-        self.calls = 0
-        self.lock = threading.Lock()
-        type(self).instances.append(self)
+    def __init__(self, name: str = "hanging") -> None:
+        super().__init__(name)
+        self.release = threading.Event()
 
     def export(self, spans: Any, scores: Any) -> None:
-        with self.lock:
-            self.calls += 1
-            calls = self.calls
-        if type(self).down.is_set():
-            raise ExportError("switchable backend is down (connection refused)", retryable=True)
-        if self.fail_every and calls % self.fail_every == 0:
-            raise ExportError("switchable backend answered 503", retryable=True)
-        with self.lock:
-            self.spans.extend(spans)
-            self.scores.extend(scores)
-
-    def force_flush(self, timeout: float) -> bool:
-        return True
-
-    def shutdown(self, timeout: float) -> None:
-        return None
-
-
-class HangingBackend(SwitchableBackend):
-    """An export that never returns until the test releases it (a server that stopped answering)."""
-
-    release = threading.Event()
-    instances: ClassVar[list[SwitchableBackend]] = []
-
-    def export(self, spans: Any, scores: Any) -> None:
-        type(self).release.wait()
+        self.release.wait()
         super().export(spans, scores)
 
 
 @pytest.fixture
-def test_backends(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Register the backends above under the names the tests configure."""
-    known = registry.known_backends()
-    for name in ("mem_a", "mem_b", "flaky"):
-        monkeypatch.setitem(known, name, f"{__name__}:SwitchableBackend")
-    monkeypatch.setitem(known, "hanging", f"{__name__}:HangingBackend")
-    SwitchableBackend.instances.clear()
-    HangingBackend.instances.clear()
-    SwitchableBackend.down.clear()
-    SwitchableBackend.fail_every = 0
-    HangingBackend.release.clear()
-    yield
-    HangingBackend.release.set()  # free any lane thread still stuck in it
-    SwitchableBackend.down.clear()
-    SwitchableBackend.fail_every = 0
-
-
-def backend(name: str) -> Any:
-    pipeline = runtime.active()
-    assert pipeline is not None
-    return next(lane.backend for lane in pipeline.lanes if lane.name == name)
+def hanging() -> Iterator[HangingBackend]:
+    backend = HangingBackend()
+    yield backend
+    backend.release.set()  # free a lane thread still stuck in it
 
 
 def lane_stats(name: str) -> dict[str, Any]:
@@ -159,7 +104,7 @@ def next_run_delivers_exactly(tmp_path: Path, langfuse_server: Any, span_ids: li
     assert len(langfuse_server.all_scores()) == scores
 
 
-def base_config(tmp_path: Path, backends: list[str], **extra: Any) -> dict[str, Any]:
+def base_config(tmp_path: Path, backends: list[Any], **extra: Any) -> dict[str, Any]:
     return {
         "backends": backends,
         "local": {"path": str(tmp_path / "store.db")},
@@ -221,9 +166,9 @@ def test_wrong_langfuse_key_is_reported_once_and_kept_until_fixed(
 
 # ---------------------------------------------------------------- hanging backends
 def test_hanging_backend_never_blocks_the_caller_nor_the_other_backends(
-    test_backends: None, tmp_path: Path
+    hanging: HangingBackend, tmp_path: Path
 ) -> None:
-    spanmux.configure(base_config(tmp_path, ["local", "hanging"], batch_size=25))
+    spanmux.configure(base_config(tmp_path, ["local", hanging], batch_size=25))
     started = time.perf_counter()
     span_ids, _ = emit_traces(100)
     emit_seconds = time.perf_counter() - started
@@ -239,10 +184,10 @@ def test_hanging_backend_never_blocks_the_caller_nor_the_other_backends(
     assert sorted(set(waiting_spans)) == sorted(span_ids) and len(set(waiting_scores)) == 100
 
     # the next run, with the backend answering again, replays the spool
-    HangingBackend.release.set()
-    spanmux.configure(base_config(tmp_path, ["hanging"]))
+    hanging.release.set()
+    fresh = InMemoryBackend("hanging")  # same name, so the same spool
+    spanmux.configure(base_config(tmp_path, [fresh]))
     flush_until_spools_empty("hanging")
-    fresh = HangingBackend.instances[-1]
     assert sorted({s.span_id for s in fresh.spans}) == sorted(span_ids)
     assert len({s.id for s in fresh.scores}) == 100
 
@@ -334,14 +279,16 @@ def _per_call_seconds(count: int, chunk: int = 1000) -> float:
     return statistics.median(timings)
 
 
-def test_100k_spans_while_every_backend_is_down(test_backends: None, tmp_path: Path) -> None:
-    spanmux.configure(base_config(tmp_path, ["mem_a", "mem_b"], queue_size=20_000))
+def test_100k_spans_while_every_backend_is_down(tmp_path: Path) -> None:
+    memories = {name: InMemoryBackend(name) for name in ("mem_a", "mem_b")}
+    spanmux.configure(base_config(tmp_path, list(memories.values()), queue_size=20_000))
     normal = _per_call_seconds(10_000)  # both backends up
     assert spanmux.flush(timeout=30)
-    delivered_before = len(backend("mem_a").spans)
-    assert delivered_before == len(backend("mem_b").spans) == 10_000
+    delivered_before = len(memories["mem_a"].spans)
+    assert delivered_before == len(memories["mem_b"].spans) == 10_000
 
-    SwitchableBackend.down.set()
+    for memory in memories.values():
+        memory.fail()  # unreachable, like a server that is down
     gc.collect()
     with RssPeak() as rss:
         down = _per_call_seconds(100_000)
@@ -359,10 +306,11 @@ def test_100k_spans_while_every_backend_is_down(test_backends: None, tmp_path: P
         assert lane["spooled_spans"] == 100_000 and lane["dropped_spans"] == 0
     assert stats["overflow_dropped"] == 0
 
-    SwitchableBackend.down.clear()  # recovery
+    for memory in memories.values():
+        memory.recover()
     flush_until_spools_empty("mem_a", "mem_b")
     for name in ("mem_a", "mem_b"):
-        ids = [s.span_id for s in backend(name).spans]
+        ids = [s.span_id for s in memories[name].spans]
         assert len(ids) == len(set(ids)) == 110_000
 
 
@@ -433,7 +381,7 @@ def test_sigkill_loses_nothing_that_reached_the_spool(langfuse_server: Any, tmp_
 THREADS, TRACES_PER_THREAD, TASKS = 16, 10, 1000
 
 
-def test_threads_and_asyncio_tasks_with_an_intermittent_backend(test_backends: None, tmp_path: Path) -> None:
+def test_threads_and_asyncio_tasks_with_an_intermittent_backend(tmp_path: Path) -> None:
     pytest.importorskip("langchain_core")
     from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
     from langchain_core.messages import AIMessage
@@ -442,8 +390,9 @@ def test_threads_and_asyncio_tasks_with_an_intermittent_backend(test_backends: N
 
     from spanmux.integrations.langchain import CallbackHandler
 
-    SwitchableBackend.fail_every = 3
-    spanmux.configure(base_config(tmp_path, ["local", "flaky"], batch_size=64))
+    flaky = InMemoryBackend("flaky")
+    flaky.fail(every=3)  # every third export call answers 503
+    spanmux.configure(base_config(tmp_path, ["local", flaky], batch_size=64))
     usage = {"input_tokens": 12, "output_tokens": 5, "total_tokens": 17}
     chat = FakeMessagesListChatModel(responses=[AIMessage("Paris", usage_metadata=usage,
                                                           response_metadata={"model_name": "gpt-4o-mini"})])
@@ -502,7 +451,6 @@ def test_threads_and_asyncio_tasks_with_an_intermittent_backend(test_backends: N
         (0, "agent"), (1, "tool"), (1, "chain"), (2, "chain"), (2, "llm"), (2, "parser"),
     )}, shapes
     assert len(local_ids) == traces * 6
-    flaky = backend("flaky")
     assert sorted(s.span_id for s in flaky.spans) == local_ids  # exactly once, after the retries
     assert len(flaky.scores) == traces and lane_stats("flaky")["export_errors"] >= 1
 
@@ -600,8 +548,6 @@ def test_mlflow_server_stopped_mid_run_then_restarted(tmp_path: Path, monkeypatc
 
 # ---------------------------------------------------------------- the queue overflows for a long time
 def test_long_queue_overflow_is_cheap_for_the_caller_and_fully_delivered(tmp_path: Path) -> None:
-    from conftest import MemoryBackend
-
     from spanmux.config_schemas import ObservabilityConfig
     from spanmux.pipeline import Pipeline
     from spanmux.processors import SpanProcessor
@@ -614,7 +560,7 @@ def test_long_queue_overflow_is_cheap_for_the_caller_and_fully_delivered(tmp_pat
             gate.wait(60)
         return processor(span)
 
-    memory = MemoryBackend()
+    memory = InMemoryBackend()
     pipeline = Pipeline([("mem", memory)], stuck_worker, queue_size=1000, batch_size=100, flush_interval=0.05,
                         spool_dir=str(tmp_path / "spool"))
     spans = [_span(n) for n in range(30_000)]
