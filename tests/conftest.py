@@ -15,10 +15,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import spanmux  # noqa: E402
-from spanmux import runtime  # noqa: E402
 from spanmux.backends.local import LocalStore, TraceSummary  # noqa: E402
 from spanmux.model import Span  # noqa: E402
-from spanmux.testing import Captured, capture  # noqa: E402
+from spanmux.testing import Captured, capture, reset  # noqa: E402
 from spanmux.usage import is_model_call  # noqa: E402
 
 
@@ -27,9 +26,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SPANMUX_CONFIG", raising=False)
     yield
-    runtime.uninstrument()
-    runtime.shutdown(timeout=1.0)  # a backend a test left down is not retried for the default 10 s
-    runtime.reset()
+    reset(timeout=1.0)  # uninstrument, forget the configuration; a backend left down is not retried for 10 s
 
 
 class TracedStore:
@@ -85,17 +82,6 @@ def trace_totals(spans: list[Span]) -> Totals:
     )
 
 
-def tree(spans: list[Span]) -> list[tuple[int, str, str]]:
-    """(depth, kind, name) per span in tree order: a readable shape to assert on."""
-    depth: dict[str, int] = {}
-    out = []
-    for s in spans:
-        d = depth.get(s.parent_id, -1) + 1 if s.parent_id else 0
-        depth[s.span_id] = d
-        out.append((d, s.kind, s.name))
-    return out
-
-
 @pytest.fixture
 def traced(tmp_path: Path) -> TracedStore:
     path = tmp_path / "store" / "spanmux.db"
@@ -113,44 +99,6 @@ def captured() -> Iterator[Captured]:
     """spanmux configured with an InMemoryBackend (``spanmux.testing.capture``) for the test."""
     with capture(flush_interval=0.05) as found:
         yield found
-
-
-class MemoryBackend:
-    """A backend keeping what it receives; ``fail_first`` export calls raise a retryable error."""
-
-    name = "memory"
-    config_model = None
-    required_modules: tuple[str, ...] = ()
-    extra = None
-
-    def __init__(self, config: Any = None, settings: Any = None, *, fail_first: int = 0,
-                 always_fail: bool = False) -> None:
-        import threading
-
-        self.spans: list[Span] = []
-        self.scores: list[Any] = []
-        self.calls = 0
-        self.fail_first = fail_first
-        self.always_fail = always_fail
-        self.closed = False
-        self.gate: threading.Event | None = None
-
-    def export(self, spans: Any, scores: Any) -> None:
-        from spanmux.backend import ExportError
-
-        self.calls += 1
-        if self.gate is not None:
-            self.gate.wait(30)
-        if self.always_fail or self.calls <= self.fail_first:
-            raise ExportError("memory backend is down", retryable=True)
-        self.spans.extend(spans)
-        self.scores.extend(scores)
-
-    def force_flush(self, timeout: float) -> bool:
-        return True
-
-    def shutdown(self, timeout: float) -> None:
-        self.closed = True
 
 
 @pytest.fixture
