@@ -97,18 +97,22 @@ def _serialized_name(serialized: Any) -> str | None:
 
 
 def _start_attributes(tags: Any, metadata: Any) -> dict[str, Any] | None:
-    """User tags and metadata, without LangChain's own bookkeeping."""
+    """User tags and metadata, without LangChain's own bookkeeping. Plain loops: on Python 3.11 a
+    comprehension is a function call of its own, and every run of a chain comes here."""
     out: dict[str, Any] = {}
     try:
         if tags:
-            kept = [t for t in tags if not (isinstance(t, str) and t.startswith(_NOISY_TAG_PREFIXES))]
+            kept = []
+            for tag in tags:
+                if not (isinstance(tag, str) and tag.startswith(_NOISY_TAG_PREFIXES)):
+                    kept.append(tag)
             if kept:
                 out[attr.TAGS] = kept
         if metadata:
-            meta = {
-                k: v for k, v in metadata.items()
-                if k not in _NOISY_METADATA and not (isinstance(k, str) and k.startswith("ls_"))
-            }
+            meta = {}
+            for key, value in metadata.items():
+                if key not in _NOISY_METADATA and not (isinstance(key, str) and key.startswith("ls_")):
+                    meta[key] = value
             if meta:
                 out[attr.METADATA] = meta
             node = metadata.get("langgraph_node")
@@ -300,34 +304,38 @@ class CallbackHandler(BaseCallbackHandler):
         tags: list[str] | None = None, metadata: dict[str, Any] | None = None, **kwargs: Any,
     ) -> None:
         with _guard:
-            if runtime.active() is None:
-                return
-            name = _text(kwargs.get("name")) or _serialized_name(serialized) or "chat_model"
-            prompt = messages[0] if isinstance(messages, list) and len(messages) == 1 else messages
-            self._start(run_id, parent_run_id, name, "llm", prompt, tags, metadata, kwargs.get("invocation_params"))
+            self._start_model(run_id, parent_run_id, serialized, messages, tags, metadata, kwargs, "chat_model")
 
     def on_llm_start(
         self, serialized: dict[str, Any] | None, prompts: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
         tags: list[str] | None = None, metadata: dict[str, Any] | None = None, **kwargs: Any,
     ) -> None:
         with _guard:
-            if runtime.active() is None:
-                return
-            name = _text(kwargs.get("name")) or _serialized_name(serialized) or "llm"
-            prompt = prompts[0] if isinstance(prompts, list) and len(prompts) == 1 else prompts
-            self._start(run_id, parent_run_id, name, "llm", prompt, tags, metadata, kwargs.get("invocation_params"))
+            self._start_model(run_id, parent_run_id, serialized, prompts, tags, metadata, kwargs, "llm")
+
+    def _start_model(
+        self, run_id: Any, parent_run_id: Any, serialized: Any, prompts: Any, tags: Any, metadata: Any,
+        kwargs: dict[str, Any], default_name: str,
+    ) -> None:
+        """A chat model's or an LLM's run: one prompt (a list of messages, or a string) is the input."""
+        if runtime.active() is None:
+            return
+        name = _text(kwargs.get("name")) or _serialized_name(serialized) or default_name
+        prompt = prompts[0] if isinstance(prompts, list) and len(prompts) == 1 else prompts
+        self._start(run_id, parent_run_id, name, "llm", prompt, tags, metadata, kwargs.get("invocation_params"))
 
     def on_llm_new_token(self, token: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         with _guard:
             run = self._spans.get(run_id)
-            if run is not None:
+            if run is not None and run.completion_start_ns is None:  # every token comes here: the first counts
                 run.first_token()
 
     def on_stream_event(self, event: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         """``stream_events(version="v3")`` reports chunks here instead of ``on_llm_new_token``."""
         with _guard:
             run = self._spans.get(run_id)
-            if run is not None and isinstance(event, dict) and event.get("event") == "content-block-delta":
+            if (run is not None and run.completion_start_ns is None and isinstance(event, dict)
+                    and event.get("event") == "content-block-delta"):
                 run.first_token()
 
     def on_llm_end(self, response: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:

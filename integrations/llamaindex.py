@@ -430,11 +430,9 @@ class LlamaIndexTracer:
 
     def exit(self, li_id: str, result: Any) -> None:
         with _guard:
-            record = self.spans.get(li_id)
+            record = self._left(li_id)
             if record is None:
                 return
-            record.end_ns = time.time_ns()
-            record.exited = True
             generator = _streamed_generator(result)
             if generator is not None:
                 self._remember_stream(li_id, record, generator)
@@ -456,14 +454,20 @@ class LlamaIndexTracer:
 
     def drop(self, li_id: str, err: BaseException | None) -> None:
         with _guard:
-            record = self.spans.get(li_id)
-            if record is None:
-                return
+            record = self._left(li_id)
+            if record is not None:
+                if err is not None:
+                    record.error = error_info(err)
+                self._finish(record)
+
+    def _left(self, li_id: str) -> _Record | None:
+        """The open record of the call LlamaIndex has just left, its end time taken (a stream it
+        returned may still be running)."""
+        record = self.spans.get(li_id)
+        if record is not None:
             record.end_ns = time.time_ns()
             record.exited = True
-            if err is not None:
-                record.error = error_info(err)
-            self._finish(record)
+        return record
 
     def _remember_stream(self, li_id: str, record: _Record, generator: Any) -> None:
         frame = _generator_frame(generator)
