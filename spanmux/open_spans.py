@@ -4,16 +4,17 @@ its end, kept once so the frameworks cannot drift apart.
 - ``OpenSpan``: the record of a span still running. It is its own ``SpanContext`` (a context
   provider hands it out as is), it is placed in its trace by the one parent rule when it is made,
   and ``finish()`` is the one place an open span becomes a ``Span``.
-- ``OpenSpans``: the framework's own id -> open span, written under one lock, read without one
-  (a single dict read is atomic), and bounded: spans whose end never comes are dropped, counted.
+- ``OpenSpans``: the framework's own id -> open span. Single dict reads, inserts and removals are
+  atomic, so the hot path takes no lock; one lock serializes the rest (dropping the oldest spans
+  beyond the bound, counted and logged: spans whose end never comes must not pile up).
 - ``HookGuard``: a framework must never see a hook's exception (LangChain and DSPy log it at every
   call, LlamaIndex swallows it). The guard counts every failure per integration and hook for
   ``spanmux.stats()`` and logs the first of each (hook, error type) with its traceback.
 - ``error_info``: the ``ErrorInfo`` of an exception.
 
 Integrations keep only the mapping from their framework's hooks to these pieces. The hot path is a
-dict insert and a pop under a lock, ``time.time_ns()`` and one ``Span(...)``; the guard is one
-``with`` around each hook's body.
+dict insert and a pop, ``time.time_ns()`` and one ``Span(...)``; the guard is one ``with`` around
+each hook's body.
 """
 
 from __future__ import annotations
