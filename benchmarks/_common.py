@@ -71,7 +71,7 @@ def machine() -> dict[str, Any]:
 
 def run_json(args: list[str], timeout: float) -> Any:
     """Run a benchmark script in a fresh interpreter and parse its last stdout line as JSON."""
-    import json  # noqa: PLC0415
+    import json
 
     done = subprocess.run([python(), *args], capture_output=True, text=True, env=child_env(),
                           timeout=timeout, cwd=str(ROOT), check=False)

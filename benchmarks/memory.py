@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median, rss_kb, run_json  # noqa: E402
+from _common import machine, median, rss_kb, run_json
 
 HEAVY_MODULES = ("langchain_core", "langchain", "langgraph", "llama_index", "dspy", "mlflow", "langfuse",
                  "opentelemetry", "genai_prices", "tiktoken", "litellm", "openai", "pydantic_core._pydantic_core_x")
@@ -55,7 +55,7 @@ class DownBackend:
         self.calls = 0
 
     def export(self, spans: Any, scores: Any) -> None:
-        from spanmux.backend import ExportError  # noqa: PLC0415
+        from spanmux.backend import ExportError
 
         self.calls += 1
         raise ExportError("service unavailable (benchmark)", retryable=True)
@@ -68,11 +68,11 @@ class DownBackend:
 
 
 def memory_backend_down(total: int, spool_mb: int) -> dict[str, Any]:
-    from store import spans_in_chunks  # noqa: PLC0415
+    from store import spans_in_chunks
 
-    from spanmux.config_schemas import ObservabilityConfig  # noqa: PLC0415
-    from spanmux.pipeline import Pipeline  # noqa: PLC0415
-    from spanmux.processors import SpanProcessor  # noqa: PLC0415
+    from spanmux.config_schemas import ObservabilityConfig
+    from spanmux.pipeline import Pipeline
+    from spanmux.processors import SpanProcessor
 
     settings = ObservabilityConfig(estimate_tokens=False)
     backend = DownBackend()

@@ -19,10 +19,10 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import spanmux  # noqa: E402
-from spanmux.backends.mlflow import MlflowBackend  # noqa: E402
-from spanmux.config_schemas.observability import MlflowConfig  # noqa: E402
-from spanmux.model import Cost, ModelInfo, Span, Usage, new_span_id, new_trace_id  # noqa: E402
+import spanmux
+from spanmux.backends.mlflow import MlflowBackend
+from spanmux.config_schemas.observability import MlflowConfig
+from spanmux.model import Cost, ModelInfo, Span, Usage, new_span_id, new_trace_id
 
 
 def make_trace(start: int) -> list[Span]:
@@ -86,7 +86,7 @@ def main() -> None:
     server = None
     if args.server:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from mlflow_server import MlflowServer  # noqa: PLC0415
+        from mlflow_server import MlflowServer
 
         server = MlflowServer(folder / "server").start()
         uris.append(("server", server.url))

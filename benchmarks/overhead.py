@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import child_env, machine, median, python  # noqa: E402
+from _common import child_env, machine, median, python
 
 CONFIGS = ("none", "noop_handler", "spanmux_local", "spanmux_local_priced", "spanmux_mlflow", "spanmux_langfuse",
            "langfuse_handler", "mlflow_autolog")
@@ -35,12 +35,12 @@ PUBLIC_KEY, SECRET_KEY = "pk-lf-bench", "sk-lf-bench"
 
 def _workloads() -> dict[str, Any]:
     """Factories of the two offline workloads (fake models: no network, deterministic)."""
-    from langchain.agents import create_agent  # noqa: PLC0415
-    from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel  # noqa: PLC0415
-    from langchain_core.messages import AIMessage  # noqa: PLC0415
-    from langchain_core.output_parsers import StrOutputParser  # noqa: PLC0415
-    from langchain_core.prompts import ChatPromptTemplate  # noqa: PLC0415
-    from langchain_core.tools import tool  # noqa: PLC0415
+    from langchain.agents import create_agent
+    from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+    from langchain_core.messages import AIMessage
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.tools import tool
 
     usage = {"input_tokens": 12, "output_tokens": 5, "total_tokens": 17}
 
@@ -80,12 +80,12 @@ def _setup(config: str, folder: Path, sink: str) -> tuple[list[Any], Any]:
     if config == "none":
         return [], lambda: None
     if config == "noop_handler":
-        from langchain_core.callbacks import BaseCallbackHandler  # noqa: PLC0415
+        from langchain_core.callbacks import BaseCallbackHandler
 
         return [BaseCallbackHandler()], lambda: None
     if config.startswith("spanmux_"):
-        import spanmux  # noqa: PLC0415
-        from spanmux.integrations.langchain import CallbackHandler  # noqa: PLC0415
+        import spanmux
+        from spanmux.integrations.langchain import CallbackHandler
 
         backend = config.removeprefix("spanmux_").removesuffix("_priced")
         block: dict[str, Any] = {"backends": [backend], "spool_dir": str(folder / "spool"),
@@ -104,13 +104,13 @@ def _setup(config: str, folder: Path, sink: str) -> tuple[list[Any], Any]:
                 raise RuntimeError("spanmux.flush timed out")
         return [CallbackHandler()], flush
     if config == "langfuse_handler":
-        from langfuse import Langfuse  # noqa: PLC0415
-        from langfuse.langchain import CallbackHandler as LangfuseHandler  # noqa: PLC0415
+        from langfuse import Langfuse
+        from langfuse.langchain import CallbackHandler as LangfuseHandler
 
         client = Langfuse(public_key=PUBLIC_KEY, secret_key=SECRET_KEY, host=sink, tracing_enabled=True)
         return [LangfuseHandler(public_key=PUBLIC_KEY)], client.flush
     if config == "mlflow_autolog":
-        import mlflow  # noqa: PLC0415
+        import mlflow
 
         mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow-autolog.db'}")
         mlflow.set_experiment("bench-autolog")

@@ -27,7 +27,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_POST = do_GET = do_PUT = _answer  # noqa: N815
+    do_POST = do_GET = do_PUT = _answer
 
     def log_message(self, *args: object) -> None:
         pass

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median  # noqa: E402
+from _common import machine, median
 
-import spanmux  # noqa: E402
-from spanmux.model import ModelInfo, Span, Usage, new_span_id, new_trace_id  # noqa: E402
+import spanmux
+from spanmux.model import ModelInfo, Span, Usage, new_span_id, new_trace_id
 
 CHUNK = 50_000
 BATCH = 512
@@ -83,8 +83,8 @@ def pipeline_ingest(total: int, folder: Path) -> dict[str, Any]:
 
 
 def direct_ingest(total: int, path: Path) -> dict[str, Any]:
-    from spanmux.backends.local import LocalBackend  # noqa: PLC0415
-    from spanmux.config_schemas.observability import LocalConfig  # noqa: PLC0415
+    from spanmux.backends.local import LocalBackend
+    from spanmux.config_schemas.observability import LocalConfig
 
     backend = LocalBackend(LocalConfig(path=str(path)))
     elapsed = 0.0
@@ -102,7 +102,7 @@ def direct_ingest(total: int, path: Path) -> dict[str, Any]:
 
 
 def read_latency(path: Path, trace_ids: list[str], repeats: int) -> dict[str, Any]:
-    from spanmux.store import LocalStore  # noqa: PLC0415
+    from spanmux.store import LocalStore
 
     with LocalStore(path) as store:
         store.list_traces(limit=50)  # first query pays for opening pages
@@ -128,10 +128,10 @@ def mlflow_ingest(total: int, folder: Path) -> dict[str, Any]:
     if total <= 0:
         return {"status": "n/a", "reason": "skipped (--mlflow-spans 0)"}
     try:
-        from spanmux.backends.mlflow import MlflowBackend  # noqa: PLC0415
-        from spanmux.config_schemas import ObservabilityConfig  # noqa: PLC0415
-        from spanmux.config_schemas.observability import MlflowConfig  # noqa: PLC0415
-        from spanmux.processors import SpanProcessor  # noqa: PLC0415
+        from spanmux.backends.mlflow import MlflowBackend
+        from spanmux.config_schemas import ObservabilityConfig
+        from spanmux.config_schemas.observability import MlflowConfig
+        from spanmux.processors import SpanProcessor
     except ImportError as exc:
         return {"status": "n/a", "reason": repr(exc)}
     try:
@@ -146,7 +146,7 @@ def mlflow_ingest(total: int, folder: Path) -> dict[str, Any]:
         backend.force_flush(120)
         elapsed = time.perf_counter() - started
         backend.shutdown(30)
-    except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, not fatal
+    except Exception as exc:
         return {"status": "n/a", "reason": repr(exc)[:300]}
     size = sum(p.stat().st_size for p in folder.glob("mlflow.db*"))
     return {"spans": total, "spans_per_s": round(total / elapsed), "bytes_per_span": round(size / total, 1)}

@@ -18,14 +18,14 @@ from typing import Any
 # DSPy keeps a disk cache (default ~/.dspy_cache); keep this demo's under .spanmux/ instead.
 os.environ.setdefault("DSPY_CACHEDIR", os.path.join(".spanmux", "dspy-cache"))
 
-import dspy  # noqa: E402
-from dspy.clients.engines.dummy_engine import AsyncDummyEngine, DummyEngine  # noqa: E402
-from dspy.lm15 import Usage  # noqa: E402
-from dspy.utils import DummyLM  # noqa: E402
+import dspy
+from dspy.clients.engines.dummy_engine import AsyncDummyEngine, DummyEngine
+from dspy.lm15 import Usage
+from dspy.utils import DummyLM
 
-import spanmux  # noqa: E402
-from spanmux.cli import explore_hint, print_recent  # noqa: E402
-from spanmux.integrations.dspy import Callback  # noqa: E402
+import spanmux
+from spanmux.cli import explore_hint, print_recent
+from spanmux.integrations.dspy import Callback
 
 # 1. Where traces go: the observability block, here as a dict (a YAML file works the same).
 settings = spanmux.configure({

@@ -16,8 +16,8 @@ from typing import Any
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # MLflow must not fetch litellm prices
 
-import spanmux  # noqa: E402
-from spanmux.backends.local import LocalStore  # noqa: E402
+import spanmux
+from spanmux.backends.local import LocalStore
 
 settings = spanmux.configure(Path(__file__).with_name("mlflow_agent.yaml"))
 

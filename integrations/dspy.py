@@ -122,7 +122,7 @@ def _module_kind(instance: Any) -> SpanKind:
     cls = type(instance)
     kind = _kinds.get(cls)
     if kind is None:
-        import dspy  # noqa: PLC0415 - already imported by the time a hook runs
+        import dspy
 
         retrieve = getattr(dspy, "Retrieve", None)
         if issubclass(cls, dspy.ReAct):

@@ -505,7 +505,7 @@ def instrument() -> None:
     """Trace every LangChain/LangGraph run in this process without passing callbacks. Idempotent.
     A chain that already carries a ``CallbackHandler`` is not traced twice."""
     global _hook_registered
-    from langchain_core.tracers.context import register_configure_hook  # noqa: PLC0415
+    from langchain_core.tracers.context import register_configure_hook
 
     with _switch_lock:
         if _switch.handler is None:

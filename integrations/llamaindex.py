@@ -277,7 +277,7 @@ class _Classifier:
 
     @staticmethod
     def _load(*paths: tuple[str, str]) -> tuple[type, ...]:
-        import importlib  # noqa: PLC0415
+        import importlib
 
         found = []
         for module, name in paths:
@@ -316,7 +316,7 @@ class LlamaIndexTracer:
     """State shared by the span handler and the event handler."""
 
     def __init__(self) -> None:
-        from llama_index.core.instrumentation.span import active_span_id  # noqa: PLC0415
+        from llama_index.core.instrumentation.span import active_span_id
 
         self.active_span_id = active_span_id
         self.spans: OpenSpans[_Record] = OpenSpans("LlamaIndex")
@@ -638,9 +638,9 @@ class LlamaIndexTracer:
 
 def _handlers(tracer: LlamaIndexTracer) -> tuple[Any, Any]:
     """Build the LlamaIndex handler objects (the framework is imported here, not at import time)."""
-    from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: PLC0415
-    from llama_index.core.instrumentation.span import BaseSpan  # noqa: PLC0415
-    from llama_index.core.instrumentation.span_handlers import BaseSpanHandler  # noqa: PLC0415
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+    from llama_index.core.instrumentation.span import BaseSpan
+    from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 
     class SpanmuxSpanHandler(BaseSpanHandler[BaseSpan]):
         """Opens/closes spanmux records; returns None so LlamaIndex keeps no span objects itself."""
@@ -687,7 +687,7 @@ def _provider_hook() -> SpanContext | None:
 
 def instrument() -> LlamaIndexTracer:
     """Trace every LlamaIndex call of this process (idempotent). Returns the shared tracer."""
-    from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]  # noqa: PLC0415
+    from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
 
     global _tracer, _attached
     with _lock:
@@ -710,7 +710,7 @@ def uninstrument() -> None:
     with _lock:
         if _attached is None:
             return
-        from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]  # noqa: PLC0415
+        from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
 
         span_handler, event_handler = _attached
         dispatcher = get_dispatcher()

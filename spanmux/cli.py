@@ -60,7 +60,7 @@ def _error(message: object, colour: str = "red") -> None:
 
 def _version(value: bool) -> None:
     if value:
-        from spanmux import __version__  # noqa: PLC0415
+        from spanmux import __version__
 
         sys.stdout.write(f"spanmux {__version__}\n")
         raise typer.Exit()
@@ -142,7 +142,7 @@ def _parse_since(since: str | None) -> int | None:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if since[-1] in units and since[:-1].replace(".", "", 1).isdigit():
         return int((time.time() - float(since[:-1]) * units[since[-1]]) * 1e9)
-    from datetime import datetime  # noqa: PLC0415
+    from datetime import datetime
 
     try:
         return int(datetime.fromisoformat(since).timestamp() * 1e9)
@@ -295,9 +295,9 @@ def _trace_fields(summary: Any) -> list[str]:
 def validate(file: Annotated[Path, typer.Argument(help="A YAML file with an observability block.")]) -> None:
     """Run the checks configure() runs (building the backends, connecting to none) and say what
     they could not check."""
-    from rich.markup import escape  # noqa: PLC0415
+    from rich.markup import escape
 
-    from spanmux.registry import check_config  # noqa: PLC0415
+    from spanmux.registry import check_config
 
     try:
         checked = check_config(file, log_findings=False)
@@ -320,8 +320,8 @@ def schema(
     write: Annotated[bool, typer.Option("--write", help="Rewrite the committed schema file.")] = False,
 ) -> None:
     """Print the JSON Schema of the observability block (for editors)."""
-    from spanmux.config_schemas import json_schema  # noqa: PLC0415
-    from spanmux.config_schemas.observability import SCHEMA_FILE  # noqa: PLC0415
+    from spanmux.config_schemas import json_schema
+    from spanmux.config_schemas.observability import SCHEMA_FILE
 
     text = json_schema()
     if write:
@@ -357,7 +357,7 @@ def stats(
     as_json: JsonOption = False,
 ) -> None:
     """Compare groups of traces (A/B): count, error rate, p50/p95 latency, tokens, cost, scores."""
-    from spanmux.comparison import check_grouping, compare  # noqa: PLC0415
+    from spanmux.comparison import check_grouping, compare
 
     try:
         check_grouping(by)
@@ -402,8 +402,8 @@ ConfigOption = Annotated[
 
 def _load(config: Path | None) -> Any:
     """The validated configuration, or a clean exit with the problems listed."""
-    from spanmux.config import load_config  # noqa: PLC0415
-    from spanmux.registry import known_backends  # noqa: PLC0415
+    from spanmux.config import load_config
+    from spanmux.registry import known_backends
 
     try:
         return load_config(config, known_backends())

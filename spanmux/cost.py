@@ -69,7 +69,7 @@ def _candidates(model: str, provider: str | None) -> list[Resolution]:
 
 
 def _price_usage(usage: Usage) -> Any:
-    from genai_prices import Usage as PriceUsage  # noqa: PLC0415
+    from genai_prices import Usage as PriceUsage
 
     values: dict[str, int] = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
     if usage.cache_read_tokens:
@@ -115,7 +115,7 @@ class LinearPrice:
 
     @classmethod
     def probe(cls, model_ref: str, provider_id: str | None) -> LinearPrice | None:
-        from genai_prices import calc_price  # noqa: PLC0415
+        from genai_prices import calc_price
 
         def price(input_tokens: int = 0, output_tokens: int = 0, cache_read_tokens: int = 0,
                   cache_write_tokens: int = 0, reasoning_tokens: int = 0) -> tuple[float, float]:
@@ -258,7 +258,7 @@ class CostCalculator:
                 self._remember(key, (model_ref, provider_id))
                 return linear.cost(usage)
             try:
-                from genai_prices import calc_price  # noqa: PLC0415
+                from genai_prices import calc_price
 
                 result = calc_price(_price_usage(usage), model_ref, provider_id=provider_id)
             except LookupError:

@@ -277,6 +277,13 @@ class HookGuard:
         with self._lock:
             return {"total": self.total, "by_hook": dict(self.by_hook)}
 
+    def forget(self) -> None:
+        """Counts to zero and every (hook, error type) unlogged again, as in a fresh process."""
+        with self._lock:
+            self.total = 0
+            self.by_hook.clear()
+            self._logged.clear()
+
 
 _guards: dict[str, HookGuard] = {}
 _guards_lock = threading.Lock()
@@ -290,6 +297,14 @@ def hook_guard(integration: str, logger: logging.Logger, names: Mapping[str, str
         if found is None:
             found = _guards[integration] = HookGuard(integration, logger, names)
         return found
+
+
+def forget_failures() -> None:
+    """Every integration's failure counts and log-once memory cleared (``spanmux.testing.reset``)."""
+    with _guards_lock:
+        guards = list(_guards.values())
+    for guard in guards:
+        guard.forget()
 
 
 def integration_failures() -> dict[str, dict[str, Any]]:

@@ -64,7 +64,7 @@ class SpanProcessor:
     """Callable turning a raw span into the span every backend receives (or None: sampled out)."""
 
     def __init__(self, settings: ObservabilityConfig) -> None:
-        from spanmux.cost import CostCalculator  # noqa: PLC0415 - keeps genai-prices off import time
+        from spanmux.cost import CostCalculator
 
         self.sample_rate = settings.sample_rate
         self.capture_content = settings.capture_content
@@ -152,7 +152,7 @@ class SpanProcessor:
     def _estimate(self, span: Span, changes: dict[str, Any]) -> Usage | None:
         """Token estimate from the serialized input/output (serialized here when content is not
         captured: counted, then dropped)."""
-        from spanmux.tokens import estimate_usage  # noqa: PLC0415 - tiktoken loads on first need
+        from spanmux.tokens import estimate_usage
 
         if self.capture_content:
             input_value, output_value = changes.get("input"), changes.get("output")

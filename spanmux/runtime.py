@@ -64,8 +64,8 @@ class State:
 
 def prepare(source: str | os.PathLike[str] | Mapping[str, Any] | None = None) -> State:
     """Check ``source`` and start its pipeline, without making it the active one yet."""
-    from spanmux.processors import SpanProcessor  # noqa: PLC0415
-    from spanmux.registry import check_config  # noqa: PLC0415
+    from spanmux.processors import SpanProcessor
+    from spanmux.registry import check_config
 
     checked = check_config(source)  # the same checks `spanmux validate` runs
     loaded = checked.loaded
@@ -175,7 +175,7 @@ def reset(timeout: float = 10.0) -> None:
 
 def stats() -> dict[str, Any]:
     pipeline = _pipeline
-    from spanmux.tracer import integration_failures  # noqa: PLC0415 - tracer imports this module
+    from spanmux.tracer import integration_failures
 
     base: dict[str, Any] = {"enabled": pipeline is not None, "source": _source}
     if pipeline is not None:
@@ -242,8 +242,8 @@ _instrumented: set[str] = set()
 def instrument(*frameworks: str) -> list[str]:
     """Attach spanmux process-wide to each named framework that is installed (all three when
     none is named). Idempotent. Returns the frameworks now instrumented."""
-    import importlib  # noqa: PLC0415
-    import importlib.util  # noqa: PLC0415
+    import importlib
+    import importlib.util
 
     requested = frameworks or _INTEGRATIONS
     packages = {"langchain": "langchain_core", "llamaindex": "llama_index.core", "dspy": "dspy"}
@@ -265,7 +265,7 @@ def instrument(*frameworks: str) -> list[str]:
 
 
 def uninstrument(*frameworks: str) -> None:
-    import importlib  # noqa: PLC0415
+    import importlib
 
     for name in list(frameworks or _instrumented):
         if name in _instrumented:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from spanmux import runtime
 from spanmux.backend import BaseBackend, ExportError
 from spanmux.model import Score, Span
+from spanmux.open_spans import forget_failures
 from spanmux.pipeline import Pipeline
 from spanmux.store import order_tree
 
@@ -266,3 +267,4 @@ def reset(timeout: float = 1.0) -> None:
     span configures from the environment again. Call it between tests."""
     runtime.uninstrument()
     runtime.reset(timeout)
+    forget_failures()

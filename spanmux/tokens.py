@@ -91,9 +91,9 @@ def _offline_bpe(url: str, expected_hash: str | None = None) -> dict[bytes, int]
 def _load_encoding(name: str) -> Any:
     """A tiktoken ``Encoding`` built from a local BPE file, or None."""
     try:
-        import tiktoken  # noqa: PLC0415
-        import tiktoken.registry  # noqa: PLC0415
-        from tiktoken_ext import openai_public  # type: ignore[import-untyped]  # noqa: PLC0415
+        import tiktoken
+        import tiktoken.registry
+        from tiktoken_ext import openai_public  # type: ignore[import-untyped]
     except ImportError:
         return None
     loaded = tiktoken.registry.ENCODINGS.get(name)  # already built by LlamaIndex or litellm

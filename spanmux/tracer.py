@@ -38,7 +38,7 @@ def _unknown_kind(kind: str) -> SpanKind:
     """Record an unknown kind as ``span``, warning once per kind; only unknown kinds get here."""
     key = kind if isinstance(kind, str) else repr(kind)
     if key not in _WARNED_KINDS and len(_WARNED_KINDS) < 100:
-        from spanmux.errors import did_you_mean  # noqa: PLC0415
+        from spanmux.errors import did_you_mean
 
         _WARNED_KINDS.add(key)
         log.warning("unknown span kind %r, recorded as 'span'%s valid kinds: %s",

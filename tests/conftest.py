@@ -14,11 +14,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-import spanmux  # noqa: E402
-from spanmux.backends.local import LocalStore, TraceSummary  # noqa: E402
-from spanmux.model import Span  # noqa: E402
-from spanmux.testing import Captured, capture, reset  # noqa: E402
-from spanmux.usage import is_model_call  # noqa: E402
+import spanmux
+from spanmux.backends.local import LocalStore, TraceSummary
+from spanmux.model import Span
+from spanmux.testing import Captured, capture, reset
+from spanmux.usage import is_model_call
 
 
 @pytest.fixture(autouse=True)

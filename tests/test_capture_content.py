@@ -57,7 +57,7 @@ def store_dump(path: Path) -> tuple[str, list[str]]:
     conn = sqlite3.connect(path)
     try:
         tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        parts = [repr(row) for table in tables for row in conn.execute(f'SELECT * FROM "{table}"')]  # noqa: S608
+        parts = [repr(row) for table in tables for row in conn.execute(f'SELECT * FROM "{table}"')]
         trace_ids = [row[0] for row in conn.execute("SELECT trace_id FROM traces")]
     finally:
         conn.close()
@@ -88,7 +88,7 @@ def check(tmp_path: Path, program: Callable[[], None], expected: set[str], langf
     assert observations, "nothing reached Langfuse"
     sent = json.dumps([[o.name, o.status_message, o.attributes] for o in observations], default=repr)
     assert found(sent) == set(), "content sent to Langfuse"
-    from mlflow.tracing.client import TracingClient  # noqa: PLC0415
+    from mlflow.tracing.client import TracingClient
 
     client = TracingClient(mlflow_uri)
     exported = "\n".join(client.get_trace(f"tr-{t}").to_json() for t in trace_ids)
@@ -98,7 +98,7 @@ def check(tmp_path: Path, program: Callable[[], None], expected: set[str], langf
 # ---- the rule itself ----------------------------------------------------------------------------
 
 def test_every_content_key_is_listed_and_removed() -> None:
-    from spanmux.processors import _without_content  # noqa: PLC0415
+    from spanmux.processors import _without_content
 
     content = {attr.RETRIEVAL_DOCUMENTS, attr.FRAMEWORK_EVENT, attr.GEN_AI_INPUT_MESSAGES,
                attr.GEN_AI_OUTPUT_MESSAGES, attr.GEN_AI_SYSTEM_INSTRUCTIONS, attr.GEN_AI_TOOL_CALL_ARGUMENTS,
@@ -119,17 +119,17 @@ def test_every_content_key_is_listed_and_removed() -> None:
 
 def test_langchain(tmp_path: Path, langfuse_server: Any, mlflow_server: str) -> None:
     pytest.importorskip("langgraph")
-    from langchain.agents import create_agent  # noqa: PLC0415
-    from langchain_core.callbacks.manager import dispatch_custom_event  # noqa: PLC0415
-    from langchain_core.documents import Document  # noqa: PLC0415
-    from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel  # noqa: PLC0415
-    from langchain_core.messages import AIMessage  # noqa: PLC0415
-    from langchain_core.prompts import ChatPromptTemplate  # noqa: PLC0415
-    from langchain_core.retrievers import BaseRetriever  # noqa: PLC0415
-    from langchain_core.runnables import RunnableLambda  # noqa: PLC0415
-    from langchain_core.tools import tool  # noqa: PLC0415
+    from langchain.agents import create_agent
+    from langchain_core.callbacks.manager import dispatch_custom_event
+    from langchain_core.documents import Document
+    from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+    from langchain_core.messages import AIMessage
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.retrievers import BaseRetriever
+    from langchain_core.runnables import RunnableLambda
+    from langchain_core.tools import tool
 
-    from spanmux.integrations.langchain import CallbackHandler  # noqa: PLC0415
+    from spanmux.integrations.langchain import CallbackHandler
 
     class Chat(FakeMessagesListChatModel):
         def bind_tools(self, tools: Any, **kwargs: Any) -> Chat:  # type: ignore[override]
@@ -181,22 +181,22 @@ def test_langchain(tmp_path: Path, langfuse_server: Any, mlflow_server: str) -> 
 
 def test_llamaindex(tmp_path: Path, langfuse_server: Any, mlflow_server: str) -> None:
     pytest.importorskip("llama_index.core")
-    import asyncio  # noqa: PLC0415
+    import asyncio
 
-    from llama_index.core import Document, VectorStoreIndex  # noqa: PLC0415
-    from llama_index.core.agent.workflow import FunctionAgent  # noqa: PLC0415
-    from llama_index.core.base.llms.types import (  # noqa: PLC0415
+    from llama_index.core import Document, VectorStoreIndex
+    from llama_index.core.agent.workflow import FunctionAgent
+    from llama_index.core.base.llms.types import (
         ChatMessage,
         ChatResponse,
         CompletionResponse,
         LLMMetadata,
     )
-    from llama_index.core.embeddings import MockEmbedding  # noqa: PLC0415
-    from llama_index.core.llms import CustomLLM, MockFunctionCallingLLM  # noqa: PLC0415
-    from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback  # noqa: PLC0415
-    from llama_index.core.tools import FunctionTool  # noqa: PLC0415
+    from llama_index.core.embeddings import MockEmbedding
+    from llama_index.core.llms import CustomLLM, MockFunctionCallingLLM
+    from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+    from llama_index.core.tools import FunctionTool
 
-    from spanmux.integrations import llamaindex as li  # noqa: PLC0415
+    from spanmux.integrations import llamaindex as li
 
     class AnswerLLM(CustomLLM):
         fail: bool = False
@@ -252,9 +252,9 @@ def test_llamaindex(tmp_path: Path, langfuse_server: Any, mlflow_server: str) ->
 def test_dspy(tmp_path: Path, langfuse_server: Any, mlflow_server: str) -> None:
     os.environ.setdefault("DSPY_CACHEDIR", os.path.join(tempfile.gettempdir(), "spanmux-tests-dspy-cache"))
     dspy = pytest.importorskip("dspy")
-    from dspy.utils import DummyLM  # noqa: PLC0415
+    from dspy.utils import DummyLM
 
-    from spanmux.integrations.dspy import Callback  # noqa: PLC0415
+    from spanmux.integrations.dspy import Callback
 
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
 

@@ -18,28 +18,28 @@ import pytest
 pytest.importorskip("langchain_core")
 pytest.importorskip("langgraph")
 
-from conftest import trace_totals  # noqa: E402
-from langchain.agents import create_agent  # noqa: E402
-from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
-from langchain_core.callbacks.manager import dispatch_custom_event  # noqa: E402
-from langchain_core.documents import Document  # noqa: E402
-from langchain_core.language_models.fake_chat_models import (  # noqa: E402
+from conftest import trace_totals
+from langchain.agents import create_agent
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.callbacks.manager import dispatch_custom_event
+from langchain_core.documents import Document
+from langchain_core.language_models.fake_chat_models import (
     FakeMessagesListChatModel,
     GenericFakeChatModel,
 )
-from langchain_core.messages import AIMessage, AIMessageChunk  # noqa: E402
-from langchain_core.output_parsers import StrOutputParser  # noqa: E402
-from langchain_core.outputs import ChatGenerationChunk  # noqa: E402
-from langchain_core.prompts import ChatPromptTemplate  # noqa: E402
-from langchain_core.retrievers import BaseRetriever  # noqa: E402
-from langchain_core.runnables import RunnableLambda  # noqa: E402
-from langchain_core.tools import tool  # noqa: E402
+from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.outputs import ChatGenerationChunk
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import RunnableLambda
+from langchain_core.tools import tool
 
-import spanmux  # noqa: E402
-from spanmux.integrations import langchain as lc  # noqa: E402
-from spanmux.integrations.langchain import CallbackHandler  # noqa: E402
-from spanmux.model import Span  # noqa: E402
-from spanmux.testing import Captured, render_tree  # noqa: E402
+import spanmux
+from spanmux.integrations import langchain as lc
+from spanmux.integrations.langchain import CallbackHandler
+from spanmux.model import Span
+from spanmux.testing import Captured, render_tree
 
 USAGE = {"input_tokens": 12, "output_tokens": 5, "total_tokens": 17}
 MODEL = "gpt-4o-mini"
@@ -540,9 +540,9 @@ class ConfiguredChat(FakeChat):
 
 def test_requested_and_response_model_reach_store_langfuse_and_mlflow(
         tmp_path: Path, langfuse_server: Any, mlflow_server: str) -> None:
-    from mlflow.tracing.client import TracingClient  # noqa: PLC0415
+    from mlflow.tracing.client import TracingClient
 
-    from spanmux.backends.local import LocalStore  # noqa: PLC0415
+    from spanmux.backends.local import LocalStore
 
     experiment = f"models-{uuid.uuid4().hex[:8]}"
     spanmux.configure({

@@ -15,33 +15,33 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from conftest import TracedStore, trace_totals  # noqa: E402
-from langfuse_server import LangfuseContractServer  # noqa: E402
-from llama_index.core import Document, VectorStoreIndex  # noqa: E402
-from llama_index.core.agent.workflow import FunctionAgent  # noqa: E402
-from llama_index.core.base.llms.types import (  # noqa: E402
+from conftest import TracedStore, trace_totals
+from langfuse_server import LangfuseContractServer
+from llama_index.core import Document, VectorStoreIndex
+from llama_index.core.agent.workflow import FunctionAgent
+from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
     CompletionResponse,
     CompletionResponseGen,
     LLMMetadata,
 )
-from llama_index.core.embeddings import MockEmbedding  # noqa: E402
-from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
-from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent  # noqa: E402
-from llama_index.core.llms import CustomLLM, MockFunctionCallingLLM, MockLLM  # noqa: E402
-from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback  # noqa: E402
-from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
-from llama_index.core.prompts import PromptTemplate  # noqa: E402
-from llama_index.core.schema import NodeWithScore, QueryBundle  # noqa: E402
-from llama_index.core.tools import FunctionTool  # noqa: E402
-from llama_index.core.workflow import StartEvent, StopEvent, Workflow, step  # noqa: E402
+from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.llms import CustomLLM, MockFunctionCallingLLM, MockLLM
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.prompts import PromptTemplate
+from llama_index.core.schema import NodeWithScore, QueryBundle
+from llama_index.core.tools import FunctionTool
+from llama_index.core.workflow import StartEvent, StopEvent, Workflow, step
 
-import spanmux  # noqa: E402
-from spanmux import attributes as attr  # noqa: E402
-from spanmux.integrations import llamaindex as li  # noqa: E402
-from spanmux.model import Span, new_span_id  # noqa: E402
-from spanmux.testing import Captured, render_tree  # noqa: E402
+import spanmux
+from spanmux import attributes as attr
+from spanmux.integrations import llamaindex as li
+from spanmux.model import Span, new_span_id
+from spanmux.testing import Captured, render_tree
 
 MODEL = "gpt-4o-mini"
 rerank_dispatcher = get_dispatcher(__name__)
@@ -462,7 +462,7 @@ def test_handler_never_raises_into_llamaindex(captured: Captured, instrumented: 
 
 def test_concurrent_queries_in_threads_keep_their_trees(captured: Captured, index: VectorStoreIndex,
                                                         instrumented: Any) -> None:
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+    from concurrent.futures import ThreadPoolExecutor
 
     engine = index.as_query_engine(llm=NamedMockLLM(max_tokens=2))
 
@@ -541,7 +541,7 @@ async def test_workflow_is_a_chain_with_its_steps(captured: Captured, instrument
 
 
 def test_streams_closed_early_or_dropped_still_end_their_spans(captured: Captured, instrumented: Any) -> None:
-    import gc  # noqa: PLC0415
+    import gc
 
     llm = UsageLLM()
     with spanmux.span("early-break"):
@@ -564,11 +564,11 @@ def test_streams_closed_early_or_dropped_still_end_their_spans(captured: Capture
 
 
 def test_example_program_runs_offline(tmp_path: Any) -> None:
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    from spanmux.backends.local import LocalStore  # noqa: PLC0415
+    from spanmux.backends.local import LocalStore
 
     example = Path(__file__).resolve().parent.parent / "examples" / "llamaindex_rag.py"
     done = subprocess.run([sys.executable, str(example)], cwd=tmp_path, capture_output=True, text=True,
@@ -636,8 +636,8 @@ def test_predict_over_complete_is_one_model_call_in_store_stats_and_every_backen
     assert wrapper.metadata()["kind"] == "llm"
     assert sum(o.cost["total"] for o in generations) == pytest.approx(summary.cost_total)
 
-    from mlflow.tracing.client import TracingClient  # noqa: PLC0415
-    from mlflow.tracking import MlflowClient  # noqa: PLC0415
+    from mlflow.tracing.client import TracingClient
+    from mlflow.tracking import MlflowClient
 
     experiment = spanmux.runtime.settings().mlflow.experiment_name  # type: ignore[union-attr]
     spanmux.shutdown()
@@ -656,7 +656,7 @@ def test_predict_over_complete_is_one_model_call_in_store_stats_and_every_backen
 
 async def test_wrappers_across_a_chain_delegate_too(captured: Captured, instrumented: Any) -> None:
     """``astructured_predict`` > program > ``achat`` > ``chat``: one call, three wrappers."""
-    from pydantic import BaseModel  # noqa: PLC0415
+    from pydantic import BaseModel
 
     class City(BaseModel):
         name: str

@@ -18,11 +18,11 @@ from spanmux.model import Cost, ErrorInfo, ModelInfo, Span, Usage, make_score, n
 
 pytest.importorskip("mlflow")
 
-from mlflow.tracing.client import TracingClient  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.tracing.client import TracingClient
+from mlflow.tracking import MlflowClient
 
-from spanmux.backends.mlflow import MlflowBackend, span_type_of  # noqa: E402
-from spanmux.config_schemas.observability import MlflowConfig  # noqa: E402
+from spanmux.backends.mlflow import MlflowBackend, span_type_of
+from spanmux.config_schemas.observability import MlflowConfig
 
 PRICING = {"fake-chat": {"input": 1.0, "output": 2.0}}  # USD per 1M tokens
 

@@ -22,13 +22,13 @@ from spanmux.spool import Spool
 
 pytest.importorskip("mlflow")
 
-from mlflow.tracing.client import TracingClient  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.tracing.client import TracingClient
+from mlflow.tracking import MlflowClient
 
-from spanmux.backends.local import LocalBackend, LocalStore  # noqa: E402
-from spanmux.backends.mlflow import MlflowBackend  # noqa: E402
-from spanmux.cli import app  # noqa: E402
-from spanmux.config_schemas.observability import MlflowConfig  # noqa: E402
+from spanmux.backends.local import LocalBackend, LocalStore
+from spanmux.backends.mlflow import MlflowBackend
+from spanmux.cli import app
+from spanmux.config_schemas.observability import MlflowConfig
 
 PRICING = {"fake-chat": {"input": 1.0, "output": 2.0}}  # USD per 1M tokens
 

@@ -10,11 +10,11 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk.trace")
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
-from opentelemetry.trace import StatusCode  # noqa: E402
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.trace import StatusCode
 
-from spanmux.backends.otel_spans import OtelEvent, OtelSpanBuilder, encode_otlp, error_description, json_text  # noqa: E402
-from spanmux.model import ErrorInfo, Span, new_span_id, new_trace_id  # noqa: E402
+from spanmux.backends.otel_spans import OtelEvent, OtelSpanBuilder, encode_otlp, error_description, json_text
+from spanmux.model import ErrorInfo, Span, new_span_id, new_trace_id
 
 
 def make(**fields: Any) -> Span:

@@ -175,6 +175,6 @@ def test_percentile_interpolates_like_numpy() -> None:
 
 
 def test_the_comparison_module_does_not_shadow_spanmux_stats() -> None:
-    import spanmux.comparison  # noqa: F401
+    import spanmux.comparison
 
     assert callable(spanmux.stats) and isinstance(spanmux.stats(), dict)
