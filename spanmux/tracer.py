@@ -58,6 +58,27 @@ def _consumer_stopped(thrown: BaseException) -> bool:
     return asyncio is not None and isinstance(thrown, asyncio.CancelledError)
 
 
+class _Iteration:
+    """What a traced generator (sync or async) yielded, bounded, and how its iteration ended: the
+    one place both generator wrappers keep items and close the span."""
+
+    __slots__ = ("capture", "items", "span", "stopped")
+
+    def __init__(self, span: ManualSpan, capture: bool) -> None:
+        self.span = span
+        self.capture = capture
+        self.items: list[Any] = []
+        self.stopped = False  # the consumer stopped early: not an error of the generator
+
+    def keep(self, item: Any) -> None:
+        if self.capture and len(self.items) < MAX_YIELDED_ITEMS:
+            self.items.append(item)
+
+    def end(self, exc: BaseException | None) -> None:
+        self.span.output = self.items if self.capture else None
+        self.span.end(None if self.stopped else exc)
+
+
 class ManualSpan(OpenSpan):
     """A span you open yourself; a context manager (sync and async). Exceptions pass through and
     are recorded on the span. Placed in its trace when it starts, by the same rule as every
@@ -217,50 +238,40 @@ def observe(
         if inspect.isgeneratorfunction(fn):
             @functools.wraps(fn)
             def gen_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                s = open_span(args, kwargs)
-                items: list[Any] = []
-                stopped = False
+                iteration = _Iteration(open_span(args, kwargs), capture_output)
                 try:
                     for item in fn(*args, **kwargs):  # type: ignore[attr-defined]
-                        if capture_output and len(items) < MAX_YIELDED_ITEMS:
-                            items.append(item)
+                        iteration.keep(item)
                         try:
                             yield item
                         except GeneratorExit:  # the consumer stopped early: not an error of the function
-                            stopped = True
+                            iteration.stopped = True
                             raise
                 except BaseException as exc:
-                    s.output = items if capture_output else None
-                    s.end(None if stopped else exc)
+                    iteration.end(exc)
                     raise
-                s.output = items if capture_output else None
-                s.end()
+                iteration.end(None)
             return gen_wrapper  # type: ignore[return-value]
 
         if inspect.isasyncgenfunction(fn):
             @functools.wraps(fn)
             async def async_gen_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 # the span covers the iteration, not the call that only builds the generator
-                s = open_span(args, kwargs)
-                items: list[Any] = []
-                stopped = False
+                iteration = _Iteration(open_span(args, kwargs), capture_output)
                 try:
                     async for item in fn(*args, **kwargs):  # type: ignore[attr-defined]
-                        if capture_output and len(items) < MAX_YIELDED_ITEMS:
-                            items.append(item)
+                        iteration.keep(item)
                         try:
                             yield item
                         except BaseException as thrown:
                             # aclose(), a consumer that broke out of ``async for`` (closed later by
                             # the event loop, cancelled if the loop is shutting down)
-                            stopped = _consumer_stopped(thrown)
+                            iteration.stopped = _consumer_stopped(thrown)
                             raise
                 except BaseException as exc:
-                    s.output = items if capture_output else None
-                    s.end(None if stopped else exc)
+                    iteration.end(exc)
                     raise
-                s.output = items if capture_output else None
-                s.end()
+                iteration.end(None)
             return async_gen_wrapper  # type: ignore[return-value]
 
         @functools.wraps(fn)
