@@ -113,9 +113,10 @@ class Lane:
         self._halt = threading.Event()  # the exit deadline passed: stop waiting between retries
         self._stop = False
         self._healthy = True
-        # when to try again; gave_up: the last failure was not retryable, a flush does not wait for it
+        # when to try again (doubling waits, Retry-After honoured); after a refusal a flush does not wait
         self._backoff = Backoff(self.FIRST_BACKOFF, self.MAX_BACKOFF)
         self._reported: set[str] = set()
+        self._lost_since_flush = False  # dropped, not delivered: the next flush must say False
         self._origin = _origin_of(name, self.contract)
         self._thread = threading.Thread(target=self._run, name=f"spanmux-lane-{name}", daemon=True)
         self._thread.start()
@@ -189,6 +190,7 @@ class Lane:
         with self._count_lock:
             self.stats.unspooled_spans += len(batch.spans)
             self.stats.unspooled_scores += len(batch.scores)
+        self._lost_since_flush = True
 
     def _report(self, exc: BaseException) -> None:
         message = str(exc) or type(exc).__name__
@@ -247,6 +249,7 @@ class Lane:
         spool with the lane's backoff (honouring ``Retry-After``) until it is empty or the flush's
         deadline comes. Waiting here holds only this lane, never the caller or other backends."""
         self._backoff.restart()  # a flush starts a fresh series of attempts
+        lost, self._lost_since_flush = self._lost_since_flush, False
         delivered = self._replay_spool(force=True)
         while not delivered and not self._backoff.gave_up:
             now = time.monotonic()
@@ -262,16 +265,21 @@ class Lane:
             except Exception as exc:
                 self._report(exc)
                 delivered = False
-        if not delivered:
-            waiting = self.spool.describe() if self.spool is not None else {"spans": 0, "scores": 0}
+        if lost:
+            delivered = False
+            log.warning("flush: backend %r did not take everything, and without a spool what it refused "
+                        "was dropped (counted in spanmux.stats()); set spool_dir to keep it", self.name)
+        elif not delivered and self.spool is not None:
+            waiting = self.spool.describe()
             log.warning("flush: backend %r did not take everything in time; %d spans and %d scores wait in "
                         "its spool %s (delivered at the next flush or run, or with `spanmux replay`)",
-                        self.name, waiting["spans"], waiting["scores"], self.spool.folder if self.spool else "")
+                        self.name, waiting["spans"], waiting["scores"], self.spool.folder)
         marker.arrive(_MARKER_LOCK, None if delivered else self.name)
 
     def _deliver(self, item: _Batch) -> None:
         self._forget(item)
-        fresh = self._healthy and (self.spool is None or not self._spool_has_work())
+        # without a spool a batch not tried now is lost: always try it (the cost stays on this lane)
+        fresh = self.spool is None or (self._healthy and not self._spool_has_work())
         if fresh:
             self._inflight = item
             delivered = self._export(item.spans, item.scores)

@@ -244,3 +244,17 @@ def test_stats_count_every_record(traced: TracedStore) -> None:
     assert stats["records_emitted"] == 20
     assert stats["backends"]["local"]["exported_spans"] == 10
     assert stats["backends"]["local"]["exported_scores"] == 10
+
+
+def test_flush_says_false_when_records_were_dropped_for_want_of_a_spool(tmp_path: Path) -> None:
+    down = InMemoryBackend()
+    down.fail()
+    p = pipeline(tmp_path, down, spool_dir=None)  # nowhere to keep what the backend refuses
+    for _ in range(5):
+        p.emit(make_span())
+    assert not p.flush(1)  # dropped is not delivered
+    assert p.stats()["backends"]["b0"]["dropped_spans"] == 5
+    down.recover()
+    p.emit(make_span())
+    assert p.flush(5)  # the next flush judges only what came after
+    p.shutdown(0.5)
