@@ -19,7 +19,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from spanmux.backend import BackendSetupError, BaseBackend
-from spanmux.model import Score, Span, TraceAttributes
+from spanmux.model import ExperimentRun, Score, Span, TraceAttributes
 from spanmux.store import (
     DEFAULT_PATH,
     DETAIL_FIELDS,
@@ -140,7 +140,62 @@ def _merge_models(old: str | None, new: str | None) -> str | None:
     return ",".join(known + added) if added else old
 
 
+class _UsageDetail(msgspec.Struct, omit_defaults=True):
+    """``Usage`` as the store keeps it: zero counts (most of the seven) are left out and read back
+    as the same zeros (``msgspec.convert`` fills the defaults)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+
+class _ModelDetail(msgspec.Struct, omit_defaults=True):
+    name: str | None = None
+    provider: str | None = None
+    parameters: Any = None
+
+
+class _Detail(msgspec.Struct, omit_defaults=True):
+    """The ``detail`` column: the span's ``DETAIL_FIELDS`` that are set (plus ``truncated`` when
+    true), encoded by msgspec in one call instead of a dict built key by key."""
+
+    input: Any = None
+    output: Any = None
+    model: Any = None
+    usage: Any = None
+    cost: Any = None
+    error: Any = None
+    attributes: Any = None
+    trace: Any = None
+    completion_start_ns: int | None = None
+    truncated: bool = False
+
+
+_EMPTY_DETAIL = b"{}"
+
+
 def _span_detail(span: Span) -> str | None:
+    usage, model = span.usage, span.model
+    if usage is not None:
+        usage = _UsageDetail(usage.input_tokens, usage.output_tokens, usage.total_tokens, usage.cache_read_tokens,
+                             usage.cache_write_tokens, usage.reasoning_tokens, usage.estimated)
+    if model is not None:
+        model = _ModelDetail(model.name, model.provider, model.parameters)
+    detail = _Detail(span.input, span.output, model, usage, span.cost, span.error, span.attributes, span.trace,
+                     span.completion_start_ns, span.truncated)
+    try:
+        encoded = _detail_encode(detail)
+    except (TypeError, OverflowError, ValueError, msgspec.EncodeError):
+        return _span_detail_slow(span)
+    return None if encoded == _EMPTY_DETAIL else encoded.decode()
+
+
+def _span_detail_slow(span: Span) -> str | None:
+    """The detail of a span msgspec cannot encode as is (NaN-free JSON of odd values, huge ints)."""
     detail: dict[str, Any] = {}
     for key in DETAIL_FIELDS:
         value = getattr(span, key)
@@ -150,10 +205,7 @@ def _span_detail(span: Span) -> str | None:
         detail["truncated"] = True
     if not detail:
         return None
-    try:
-        return _detail_encode(detail).decode()
-    except (TypeError, OverflowError, msgspec.EncodeError):
-        return json.dumps(msgspec.to_builtins(detail, enc_hook=repr), default=repr, ensure_ascii=False)
+    return json.dumps(msgspec.to_builtins(detail, enc_hook=repr), default=repr, ensure_ascii=False)
 
 
 def _span_row(span: Span, trace_seq: int) -> tuple[Any, ...]:
@@ -330,6 +382,41 @@ class LocalBackend(BaseBackend):
                 self._pid = os.getpid()
             write_batch(self._conn, spans, scores)
 
+    def export_experiments(self, runs: Sequence[ExperimentRun], origin: Mapping[str, str] | None) -> None:
+        """Experiment runs and their items, upserted by run id and item id (a replay changes nothing)."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._conn = open_database(self.path)
+                self._pid = os.getpid()
+            write_experiments(self._conn, runs)
+
     def shutdown(self, timeout: float) -> None:
         with self._lock:
             self._conn.close()
+
+
+_experiment_encode = msgspec.json.Encoder(enc_hook=repr).encode
+
+
+def write_experiments(conn: sqlite3.Connection, runs: Sequence[ExperimentRun]) -> None:
+    """One transaction: each run's row (replaced) and its items (replaced by item id)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for run in runs:
+            conn.execute(
+                "INSERT OR REPLACE INTO experiment_runs (run_id, name, dataset, status, source, start_ns, end_ns,"
+                " item_count, error_count, scorers, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run.run_id, run.name, run.dataset, run.status, run.source, run.start_ns, run.end_ns,
+                 len(run.items), sum(1 for i in run.items if i.error or i.scorer_errors), _json(run.scorers),
+                 _json(run.metadata) if run.metadata else None),
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO experiment_items (run_id, item_id, idx, trace_id, detail)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(run.run_id, item.item_id, item.index, item.trace_id, _experiment_encode(item).decode())
+                 for item in run.items],
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -24,6 +24,16 @@ from spanmux.tracer import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """``spanmux.evaluate`` is imported on first use: ``import spanmux`` stays small."""
+    if name == "evaluate":
+        from spanmux.experiments import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'spanmux' has no attribute {name!r}")
+
+
 __all__ = [
     "ConfigurationError",
     "ErrorInfo",
@@ -36,6 +46,7 @@ __all__ = [
     "Usage",
     "__version__",
     "configure",
+    "evaluate",
     "current_span_id",
     "current_trace_id",
     "flush",

@@ -72,6 +72,78 @@ DELEGATES: Final = "spanmux.delegates"
 over ``complete``, ``achat`` over ``chat``): it is not a model call, so it carries no usage and no
 cost and is not counted as an LLM call (see ``spanmux.usage.is_model_call``)."""
 
+# ---------------------------------------------------------------- written by the otlp/phoenix backends
+# OpenTelemetry GenAI (semantic-conventions-genai, "Development"): keys beyond the ones above.
+GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
+GEN_AI_AGENT_NAME: Final = "gen_ai.agent.name"
+GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+"""Includes cached tokens (OTel GenAI)."""
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+"""Includes reasoning tokens (OTel GenAI)."""
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
+GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
+GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: Final = "gen_ai.usage.reasoning.output_tokens"
+GEN_AI_REQUEST_PARAMETERS: Final[dict[str, str]] = {
+    "temperature": "gen_ai.request.temperature",
+    "top_p": "gen_ai.request.top_p",
+    "top_k": "gen_ai.request.top_k",
+    "max_tokens": "gen_ai.request.max_tokens",
+    "max_completion_tokens": "gen_ai.request.max_tokens",
+    "max_output_tokens": "gen_ai.request.max_tokens",
+    "num_output": "gen_ai.request.max_tokens",
+    "frequency_penalty": "gen_ai.request.frequency_penalty",
+    "presence_penalty": "gen_ai.request.presence_penalty",
+    "stop": "gen_ai.request.stop_sequences",
+    "seed": "gen_ai.request.seed",
+}
+"""Model parameter name (as integrations record them) -> GenAI request attribute."""
+GEN_AI_EVALUATION_RESULT: Final = "gen_ai.evaluation.result"
+"""Span event name of a score (OTel GenAI evaluation event)."""
+GEN_AI_EVALUATION_NAME: Final = "gen_ai.evaluation.name"
+GEN_AI_EVALUATION_SCORE_VALUE: Final = "gen_ai.evaluation.score.value"
+GEN_AI_EVALUATION_SCORE_LABEL: Final = "gen_ai.evaluation.score.label"
+GEN_AI_EVALUATION_EXPLANATION: Final = "gen_ai.evaluation.explanation"
+ERROR_TYPE: Final = "error.type"
+"""Class of the error of a failed span (OTel, stable)."""
+
+# OpenInference (openinference-semantic-conventions): what Phoenix and Arize render.
+OPENINFERENCE_SPAN_KIND: Final = "openinference.span.kind"
+OPENINFERENCE_PROJECT_NAME: Final = "openinference.project.name"
+"""Resource attribute choosing the Phoenix project."""
+LLM_MODEL_NAME: Final = "llm.model_name"
+LLM_PROVIDER: Final = "llm.provider"
+LLM_INVOCATION_PARAMETERS: Final = "llm.invocation_parameters"
+LLM_TOKEN_COUNT_PROMPT: Final = "llm.token_count.prompt"
+LLM_TOKEN_COUNT_COMPLETION: Final = "llm.token_count.completion"
+LLM_TOKEN_COUNT_TOTAL: Final = "llm.token_count.total"
+LLM_TOKEN_COUNT_CACHE_READ: Final = "llm.token_count.prompt_details.cache_read"
+LLM_TOKEN_COUNT_CACHE_WRITE: Final = "llm.token_count.prompt_details.cache_write"
+LLM_TOKEN_COUNT_REASONING: Final = "llm.token_count.completion_details.reasoning"
+LLM_COST_PROMPT: Final = "llm.cost.prompt"
+LLM_COST_COMPLETION: Final = "llm.cost.completion"
+LLM_COST_TOTAL: Final = "llm.cost.total"
+EMBEDDING_MODEL_NAME: Final = "embedding.model_name"
+INPUT_MIME_TYPE: Final = "input.mime_type"
+OUTPUT_MIME_TYPE: Final = "output.mime_type"
+MESSAGE_ROLE: Final = "message.role"
+"""Under ``llm.input_messages.{i}.`` / ``llm.output_messages.{i}.`` (OpenInference)."""
+MESSAGE_CONTENT: Final = "message.content"
+MESSAGE_TOOL_CALLS: Final = "message.tool_calls"
+MESSAGE_TOOL_CALL_ID: Final = "message.tool_call_id"
+TOOL_CALL_ID: Final = "tool_call.id"
+"""Under ``message.tool_calls.{j}.`` (OpenInference)."""
+TOOL_CALL_FUNCTION_NAME: Final = "tool_call.function.name"
+TOOL_CALL_FUNCTION_ARGUMENTS: Final = "tool_call.function.arguments"
+DOCUMENT_ID: Final = "document.id"
+"""Under ``retrieval.documents.{i}.`` (OpenInference)."""
+DOCUMENT_CONTENT: Final = "document.content"
+DOCUMENT_SCORE: Final = "document.score"
+DOCUMENT_METADATA: Final = "document.metadata"
+TOOL_NAME: Final = "tool.name"
+TOOL_ID: Final = "tool.id"
+TAG_TAGS: Final = "tag.tags"
+GRAPH_NODE_ID: Final = "graph.node.id"
+
 CONTENT_ATTRIBUTES: Final[frozenset[str]] = frozenset({
     RETRIEVAL_DOCUMENTS, FRAMEWORK_EVENT, GEN_AI_INPUT_MESSAGES, GEN_AI_OUTPUT_MESSAGES,
     GEN_AI_SYSTEM_INSTRUCTIONS, GEN_AI_TOOL_CALL_ARGUMENTS, GEN_AI_TOOL_CALL_RESULT, INPUT_VALUE,
@@ -92,3 +164,12 @@ def is_content_key(key: str) -> bool:
         if head in CONTENT_ATTRIBUTES:
             return True
     return False
+
+EXPERIMENT_NAME: Final = "spanmux.experiment"
+"""Trace metadata of an experiment item's trace: the experiment's name (``spanmux.evaluate``)."""
+EXPERIMENT_RUN_ID: Final = "spanmux.experiment.run_id"
+"""Trace metadata: the experiment run the item belongs to."""
+EXPERIMENT_DATASET: Final = "spanmux.experiment.dataset"
+"""Trace metadata: the dataset name of the experiment, when it has one."""
+EXPERIMENT_ITEM_ID: Final = "spanmux.experiment.item_id"
+"""Trace metadata: the dataset item's id (stable across runs: what comparisons join on)."""

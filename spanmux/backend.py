@@ -17,7 +17,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from spanmux.model import Score, Span
+from spanmux.model import ExperimentRun, Score, Span
 
 
 class ExportError(Exception):
@@ -77,6 +77,13 @@ class BaseBackend(abc.ABC):
         """Deliver a batch that waited in a spool (or comes from ``spanmux replay``), with the
         ``origin()`` of the session that produced it (None when it had none). Default: ``export``."""
         self.export(spans, scores)
+
+    def export_experiments(self, runs: Sequence[ExperimentRun], origin: Mapping[str, str] | None) -> None:
+        """Deliver experiment runs (``spanmux.evaluate``), after the spans and scores of their items
+        (the lane keeps that order). Default: nothing, so a backend that knows no experiments (every
+        0.1 plugin) keeps working. ``origin`` as in ``export_spooled`` (None for a fresh batch). The
+        same run may come again: upsert by ``run_id`` and item id."""
+        return None
 
     def origin(self) -> Mapping[str, str] | None:
         """A small description of this producing session, written with every batch spooled for
@@ -150,6 +157,7 @@ class _CompletedBackend(BaseBackend):
         self.target = target
         self._export_spooled = _method(target, "export_spooled")
         self._origin = _method(target, "origin")
+        self._export_experiments = _method(target, "export_experiments")
         self._check = _method(target, "check_connection")
         self._stats = _method(target, "stats")
 
@@ -165,6 +173,10 @@ class _CompletedBackend(BaseBackend):
             self.target.export(spans, scores)
         else:
             self._export_spooled(spans, scores, origin)
+
+    def export_experiments(self, runs: Sequence[ExperimentRun], origin: Mapping[str, str] | None) -> None:
+        if self._export_experiments is not None:
+            self._export_experiments(runs, origin)
 
     def origin(self) -> Mapping[str, str] | None:
         return self._origin() if self._origin is not None else None

@@ -179,3 +179,56 @@ def make_score(
         source=source,
         timestamp_ns=time.time_ns(),
     )
+
+
+ExperimentStatus = Literal["finished", "interrupted"]
+
+
+class ExperimentItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One dataset item run through an experiment's task and scored: what every backend files per
+    item. ``input``/``expected``/``output`` are already JSON-able (serialized by the runner).
+    Tokens and cost are the task's; a scorer's own model calls (under its ``evaluator`` span) are
+    the ``evaluator_*`` figures, so a judge never inflates what the task cost."""
+
+    item_id: str
+    index: int
+    trace_id: str
+    span_id: str
+    start_ns: int
+    end_ns: int
+    input: Any = None
+    expected: Any = None
+    output: Any = None
+    metadata: dict[str, Any] | None = None
+    scores: dict[str, float | bool | str] = {}
+    score_ids: dict[str, str] = {}
+    error: str | None = None
+    scorer_errors: dict[str, str] = {}
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cost: float | None = None
+    evaluator_tokens: int = 0
+    evaluator_cost: float | None = None
+
+    @property
+    def latency_ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+
+class ExperimentRun(msgspec.Struct, frozen=True, kw_only=True):
+    """One run of an experiment (``spanmux.evaluate``, or a traced ``dspy.Evaluate``) with its
+    items: a record the pipeline carries to every backend beside spans and scores. ``run_id`` is
+    new for every run (rerunning an experiment name makes a new run); delivering the same record
+    twice must change nothing (backends upsert by ``run_id`` and item id)."""
+
+    run_id: str
+    name: str
+    start_ns: int
+    end_ns: int
+    dataset: str | None = None
+    metadata: dict[str, Any] | None = None
+    scorers: list[str] = []
+    items: list[ExperimentItem] = []
+    status: ExperimentStatus = "finished"
+    source: str = "spanmux"

@@ -27,7 +27,7 @@ from typing import Any
 
 from spanmux.backend import Backend, BaseBackend, as_backend
 from spanmux.backoff import Backoff
-from spanmux.model import Score, Span
+from spanmux.model import ExperimentRun, Score, Span
 from spanmux.spool import OVERFLOW, EncodedRecords, Spool, SpooledBatch, encode_records
 
 log = logging.getLogger("spanmux.pipeline")
@@ -85,10 +85,11 @@ class _Batch:
     spans: list[Span] = field(default_factory=list)
     scores: list[Score] = field(default_factory=list)
     encoded: EncodedRecords | None = None  # the spool encoding, made once for every lane that spools it
+    experiments: list[ExperimentRun] = field(default_factory=list)  # delivered after the spans and scores
 
     def encode(self) -> EncodedRecords:
         if self.encoded is None:
-            self.encoded = encode_records(self.spans, self.scores)
+            self.encoded = encode_records(self.spans, self.scores, self.experiments)
         return self.encoded
 
 
@@ -180,7 +181,7 @@ class Lane:
         if self.spool is None:
             self._lost(batch)
             return
-        if self.spool.append(batch.spans, batch.scores, batch.encode(), self._origin):
+        if self.spool.append(batch.spans, batch.scores, batch.encode(), self._origin, batch.experiments):
             with self._count_lock:
                 self.stats.spooled_spans += len(batch.spans)
                 self.stats.spooled_scores += len(batch.scores)
@@ -206,14 +207,18 @@ class Lane:
                 self.name, "will retry" if retryable else "not retryable", message, then,
             )
 
-    def _export(self, spans: Sequence[Span], scores: Sequence[Score], spooled: SpooledBatch | None = None) -> bool:
+    def _export(self, spans: Sequence[Span], scores: Sequence[Score], spooled: SpooledBatch | None = None,
+                experiments: Sequence[ExperimentRun] = ()) -> bool:
         """One delivery attempt. A batch from the spool goes to ``export_spooled`` with the origin
-        it was written with."""
+        it was written with. Experiment runs go last: a backend files them against their traces."""
         try:
             if spooled is not None:
-                self.contract.export_spooled(spans, scores, spooled.origin)
-            else:
+                if spans or scores:
+                    self.contract.export_spooled(spans, scores, spooled.origin)
+            elif spans or scores:
                 self.contract.export(spans, scores)
+            if experiments:
+                self.contract.export_experiments(experiments, spooled.origin if spooled is not None else None)
         except Exception as exc:  # any failure of a backend is contained here
             self.stats.export_errors += 1
             self._report(exc)
@@ -237,7 +242,7 @@ class Lane:
             if claimed is None:
                 return True
             path, batch = claimed
-            if self._export(batch.spans, batch.scores, batch):
+            if self._export(batch.spans, batch.scores, batch, batch.experiments):
                 self.spool.done(path)
                 self.stats.replayed_batches += 1
             else:
@@ -282,7 +287,7 @@ class Lane:
         fresh = self.spool is None or (self._healthy and not self._spool_has_work())
         if fresh:
             self._inflight = item
-            delivered = self._export(item.spans, item.scores)
+            delivered = self._export(item.spans, item.scores, experiments=item.experiments)
             if self._inflight is not item:
                 return  # shutdown already parked it in the spool while the export hung
             self._inflight = None
@@ -357,6 +362,9 @@ class Pipeline:
             Lane(name, backend, Spool(spool_root / name, spool_max_bytes) if spool_root else None, queue_size)
             for name, backend in backends
         )
+        self.observers: tuple[Callable[[Span | Score | ExperimentRun], None], ...] = ()
+        """Called with every record on the caller's thread before it is queued (``spanmux.evaluate``
+        watches its items' spans for their tokens); empty otherwise, so emit pays one empty loop."""
         self._worker: threading.Thread | None = None
         self._start_worker()
 
@@ -365,7 +373,9 @@ class Pipeline:
         self._worker.start()
 
     # ---- the caller's side: keep it tiny
-    def emit(self, record: Span | Score) -> None:
+    def emit(self, record: Span | Score | ExperimentRun) -> None:
+        for observe in self.observers:  # empty unless spanmux.evaluate is running
+            observe(record)
         queue = self._queue
         if len(queue) >= self._queue_size:
             self._overflow(record)
@@ -376,7 +386,7 @@ class Pipeline:
 
     OVERFLOW_BATCH = 64
 
-    def _overflow(self, record: Span | Score) -> None:
+    def _overflow(self, record: Span | Score | ExperimentRun) -> None:
         """The worker is behind: process the record here and park it on disk, a file per
         ``OVERFLOW_BATCH`` records (the worker writes a partial one at its next turn). The caller
         pays the processing, which is the back-pressure, but never waits for the worker or a backend."""
@@ -390,6 +400,8 @@ class Pipeline:
                 processed = self._process(record)
                 if processed is not None:
                     buffer.spans.append(processed)
+            elif isinstance(record, ExperimentRun):
+                buffer.experiments.append(record)
             else:
                 buffer.scores.append(record)
             if len(buffer.spans) + len(buffer.scores) >= self.OVERFLOW_BATCH:
@@ -397,12 +409,13 @@ class Pipeline:
 
     def _write_overflow_locked(self) -> None:
         buffer, self._overflow_buffer = self._overflow_buffer, _Batch()
-        size = len(buffer.spans) + len(buffer.scores)
-        if size and (self._overflow_spool is None or not self._overflow_spool.append(buffer.spans, buffer.scores)):
+        size = len(buffer.spans) + len(buffer.scores) + len(buffer.experiments)
+        if size and (self._overflow_spool is None or not self._overflow_spool.append(
+                buffer.spans, buffer.scores, experiments=buffer.experiments)):
             self.overflow_dropped += size
 
     def _write_overflow(self) -> None:
-        if self._overflow_buffer.spans or self._overflow_buffer.scores:
+        if self._overflow_buffer.spans or self._overflow_buffer.scores or self._overflow_buffer.experiments:
             with self._overflow_lock:
                 self._write_overflow_locked()
 
@@ -453,6 +466,7 @@ class Pipeline:
         """The worker missed the deadline: park the records still queued in the overflow spool."""
         spans: list[Span] = []
         scores: list[Score] = []
+        experiments: list[ExperimentRun] = []
         while True:
             try:
                 item = self._queue.popleft()
@@ -465,14 +479,17 @@ class Pipeline:
                 processed = self._process(item)  # the overflow spool holds processed spans
                 if processed is not None:
                     spans.append(processed)
+            elif isinstance(item, ExperimentRun):
+                experiments.append(item)
             else:
                 scores.append(item)
-        if not spans and not scores:
+        if not spans and not scores and not experiments:
             return
         with self._overflow_lock:
             self.overflowed += len(spans) + len(scores)
             self._overflow_buffer.spans.extend(spans)
             self._overflow_buffer.scores.extend(scores)
+            self._overflow_buffer.experiments.extend(experiments)
             self._write_overflow_locked()
 
     def after_fork_in_child(self) -> None:
@@ -556,6 +573,8 @@ class Pipeline:
                 processed = self._process(item)
                 if processed is not None:
                     batch.spans.append(processed)
+            elif isinstance(item, ExperimentRun):
+                batch.experiments.append(item)
             else:
                 batch.scores.append(item)
             if len(batch.spans) + len(batch.scores) >= self._batch_size:
@@ -588,7 +607,7 @@ class Pipeline:
         return out
 
     def _send(self, batch: _Batch) -> None:
-        if not batch.spans and not batch.scores:
+        if not batch.spans and not batch.scores and not batch.experiments:
             return
         for lane in self.lanes:
             lane.submit(batch)
@@ -605,7 +624,7 @@ class Pipeline:
             path, batch = claimed
             self._replayed_overflow += len(batch.spans) + len(batch.scores)
             self._taken += len(batch.spans) + len(batch.scores)
-            self._send(_Batch(list(batch.spans), list(batch.scores)))
+            self._send(_Batch(list(batch.spans), list(batch.scores), experiments=list(batch.experiments)))
             spool.done(path)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import msgspec
 
-from spanmux.model import Score, Span
+from spanmux.model import ExperimentRun, Score, Span
 
 log = logging.getLogger("spanmux.spool")
 
@@ -42,15 +42,18 @@ class SpooledBatch(msgspec.Struct):
     """Who produced the batch, as the backend described itself (``Backend.origin()``), so a batch
     delivered later, by another process, still lands where its producer meant it to (MLflow's
     run of that session). Files of spanmux 0.1 have none."""
+    experiments: list[ExperimentRun] = []
+    """Experiment runs (``spanmux.evaluate``) of the batch; files written before experiments have none."""
 
 
-class _SpoolFile(msgspec.Struct):
+class _SpoolFile(msgspec.Struct, omit_defaults=True):  # no experiments: no key, as before
     """The on-disk layout of a ``SpooledBatch`` with its records already encoded: the records are
     encoded once per batch, the small origin once per backend that spools it."""
 
     spans: msgspec.Raw
     scores: msgspec.Raw
     origin: dict[str, str] | None = None
+    experiments: msgspec.Raw | None = None  # only written when the batch has experiment runs
 
 
 def _plain(value: object) -> object:
@@ -74,18 +77,22 @@ class EncodedRecords(msgspec.Struct, frozen=True):
 
     spans: bytes
     scores: bytes
+    experiments: bytes | None = None
 
 
-def encode_records(spans: list[Span], scores: list[Score]) -> EncodedRecords:
-    return EncodedRecords(_encoder.encode(spans), _encoder.encode(scores))
+def encode_records(spans: list[Span], scores: list[Score],
+                   experiments: list[ExperimentRun] | None = None) -> EncodedRecords:
+    return EncodedRecords(_encoder.encode(spans), _encoder.encode(scores),
+                          _encoder.encode(experiments) if experiments else None)
 
 
 def encode_batch(
     spans: list[Span], scores: list[Score], origin: dict[str, str] | None = None,
-    records: EncodedRecords | None = None,
+    records: EncodedRecords | None = None, experiments: list[ExperimentRun] | None = None,
 ) -> bytes:
-    records = records if records is not None else encode_records(spans, scores)
-    return _encoder.encode(_SpoolFile(msgspec.Raw(records.spans), msgspec.Raw(records.scores), origin))
+    records = records if records is not None else encode_records(spans, scores, experiments)
+    runs = msgspec.Raw(records.experiments) if records.experiments is not None else None
+    return _encoder.encode(_SpoolFile(msgspec.Raw(records.spans), msgspec.Raw(records.scores), origin, runs))
 
 
 _decoder = msgspec.msgpack.Decoder(SpooledBatch)
@@ -147,11 +154,11 @@ class Spool:
 
     def append(
         self, spans: list[Span], scores: list[Score], records: EncodedRecords | None = None,
-        origin: dict[str, str] | None = None,
+        origin: dict[str, str] | None = None, experiments: list[ExperimentRun] | None = None,
     ) -> bool:
         """Write one batch (``records``: its encoding, when already made for another backend's
         spool; ``origin``: its producer); False (and counted as dropped) when the bound is reached."""
-        data = encode_batch(spans, scores, origin, records)
+        data = encode_batch(spans, scores, origin, records, experiments)
         with self._lock:
             if self.size_bytes() + len(data) > self.max_bytes:
                 self.dropped_spans += len(spans)

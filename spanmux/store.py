@@ -22,11 +22,14 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from spanmux.model import Cost, ErrorInfo, ModelInfo, Score, Span, TraceAttributes, Usage
+from spanmux.model import Cost, ErrorInfo, ExperimentItem, ExperimentRun, ModelInfo, Score, Span, TraceAttributes, Usage
+
+if TYPE_CHECKING:
+    from spanmux.experiments import ExperimentComparison
 
 log = logging.getLogger("spanmux.store")
 
@@ -94,7 +97,33 @@ CREATE TABLE IF NOT EXISTS scores (
 );
 CREATE INDEX IF NOT EXISTS scores_by_trace ON scores (trace_id);
 CREATE INDEX IF NOT EXISTS scores_by_name ON scores (name, trace_id);
+CREATE TABLE IF NOT EXISTS experiment_runs (
+    run_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    dataset TEXT,
+    status TEXT NOT NULL,
+    source TEXT NOT NULL,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL,
+    item_count INTEGER NOT NULL,
+    error_count INTEGER NOT NULL,
+    scorers TEXT,
+    metadata TEXT
+);
+CREATE INDEX IF NOT EXISTS experiment_runs_by_start ON experiment_runs (start_ns DESC);
+CREATE TABLE IF NOT EXISTS experiment_items (
+    run_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    trace_id TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    PRIMARY KEY (run_id, item_id)
+);
 """
+EXPERIMENT_TABLES = ("experiment_runs", "experiment_items")
+"""Added after schema version 2 as ``CREATE TABLE IF NOT EXISTS`` (the writer creates them in an older
+file); a reader of a file without them sees no experiments. ``experiment_items.detail`` is the
+``ExperimentItem`` as JSON."""
 
 SPAN_COLUMNS = (
     "trace_id", "span_id", "parent_id", "name", "kind", "framework", "start_ns", "end_ns", "status", "model",
@@ -237,6 +266,8 @@ class TraceFilter(msgspec.Struct, frozen=True, kw_only=True):
     model: str | None = None
     min_duration_ms: float | None = None
     min_cost: float | None = None
+    errors_only: bool = False
+    """Only traces with at least one failed span (a recovered tool error counts: the UI's "errors")."""
 
     def where(self) -> tuple[str, list[Any]]:
         """The SQL ``WHERE`` clause over ``traces`` (empty when nothing is filtered) and its parameters."""
@@ -268,6 +299,8 @@ class TraceFilter(msgspec.Struct, frozen=True, kw_only=True):
         if self.min_cost is not None:
             clauses.append("cost_total >= ?")
             params.append(self.min_cost)
+        if self.errors_only:
+            clauses.append("error_count > 0")
         return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -299,6 +332,59 @@ class TracePage(msgspec.Struct, frozen=True):
 
     traces: list[TraceSummary]
     next: TraceCursor | None
+
+
+class SearchPage(msgspec.Struct, frozen=True):
+    """A page of traces whose spans' input/output/attributes contain a text. ``scanned`` traces were
+    read; ``budget_hit`` is True when the span budget stopped the scan before ``limit`` matches:
+    ``next`` then continues it (the UI says so)."""
+
+    traces: list[TraceSummary]
+    next: TraceCursor | None
+    scanned: int
+    budget_hit: bool
+
+
+class SpanRow(msgspec.Struct, frozen=True, array_like=True):
+    """A span without its detail (what a tree or a waterfall draws): read from the columns only, so a
+    10,000-span trace is listed without decoding 10,000 JSON documents."""
+
+    span_id: str
+    parent_id: str | None
+    name: str
+    kind: str
+    status: str
+    start_ns: int
+    end_ns: int
+    model: str | None
+    total_tokens: int | None
+
+
+class SessionSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """One ``session_id`` over its traces (the UI's sessions list)."""
+
+    session_id: str
+    traces: int
+    start_ns: int
+    last_start_ns: int
+    end_ns: int
+    user_id: str | None
+    errors: int
+    total_tokens: int
+    cost_total: float | None
+    first_name: str | None
+
+
+class TimeBucket(msgspec.Struct, frozen=True, kw_only=True):
+    """Totals of the traces that started in one time bucket (``start_ns`` is the bucket's start)."""
+
+    start_ns: int
+    traces: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cost_total: float | None
 
 
 def _filter_of(where: TraceFilter | None, filters: dict[str, Any]) -> TraceFilter:
@@ -477,6 +563,57 @@ class LocalStore:
     def count_spans(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM spans").fetchone()[0])
 
+    # ---- experiments (``spanmux.evaluate``); none in a file written before them
+    def _has_experiments(self) -> bool:
+        found = self._conn.execute(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)", EXPERIMENT_TABLES,
+        ).fetchone()[0]
+        return int(found) == len(EXPERIMENT_TABLES)
+
+    def list_experiments(self, limit: int = 50, *, name: str | None = None) -> list[ExperimentRun]:
+        """The newest experiment runs (of experiment ``name``), without their items."""
+        if not self._has_experiments():
+            return []
+        clause, params = ("WHERE name = ?", [name]) if name is not None else ("", [])
+        rows = self._conn.execute(
+            f"SELECT * FROM experiment_runs {clause} ORDER BY start_ns DESC LIMIT ?", (*params, limit),
+        ).fetchall()
+        return [_row_to_run(r, []) for r in rows]
+
+    def get_experiment(self, run_id: str) -> ExperimentRun | None:
+        """One run with its items in dataset order; ``run_id`` may be abbreviated (a unique prefix),
+        or an experiment's name (its newest run)."""
+        if not self._has_experiments():
+            return None
+        row = self._conn.execute("SELECT * FROM experiment_runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            rows = self._conn.execute(
+                "SELECT * FROM experiment_runs WHERE run_id >= ? AND run_id < ? LIMIT 2", (run_id, run_id + "g"),
+            ).fetchall()
+            row = rows[0] if len(rows) == 1 else None
+        if row is None:
+            row = self._conn.execute(
+                "SELECT * FROM experiment_runs WHERE name = ? ORDER BY start_ns DESC LIMIT 1", (run_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        items = [_item_decode(r[0]) for r in self._conn.execute(
+            "SELECT detail FROM experiment_items WHERE run_id = ? ORDER BY idx", (row["run_id"],))]
+        return _row_to_run(row, items)
+
+    def compare_experiments(self, run_a: str, run_b: str) -> ExperimentComparison:
+        """Per-scorer deltas and the items that got better, worse or stayed the same from run A to
+        run B (joined on item id); ``LookupError`` names a run that is not in the store."""
+        from spanmux.experiments import compare_runs
+
+        runs = []
+        for given in (run_a, run_b):
+            found = self.get_experiment(given)
+            if found is None:
+                raise LookupError(f"no experiment run {given!r} in {self.path}")
+            runs.append(found)
+        return compare_runs(runs[0], runs[1])
+
     # ---- scores
     def get_scores(self, trace_id: str | None = None) -> list[Score]:
         """The scores of one trace (or of every trace), oldest first."""
@@ -494,6 +631,125 @@ class LocalStore:
         sql = f"SELECT * FROM scores WHERE trace_id IN (SELECT trace_id FROM traces {clause}) ORDER BY timestamp_ns"
         for row in self._conn.execute(sql, params):
             yield _row_to_score(row)
+
+
+    # ---- what the web UI reads (one read path: no SQL outside this module)
+    def newest_seq(self) -> int:
+        """The number of the last trace that arrived (0 for an empty store): where "new traces" start."""
+        return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM traces").fetchone()[0])
+
+    def traces_after_seq(self, where: TraceFilter, after_seq: int, limit: int = 200) -> tuple[list[TraceSummary], int]:
+        """Matching traces that arrived after trace number ``after_seq``, newest first, and the newest
+        number seen (live updates: arrival order, so a trace with an older start time is not missed)."""
+        clause, params = where.where()
+        clause = f"{clause} AND seq > ?" if clause else "WHERE seq > ?"
+        rows = self._conn.execute(f"SELECT * FROM traces {clause} ORDER BY seq DESC LIMIT ?",
+                                  (*params, after_seq, limit)).fetchall()
+        newest = max([after_seq, *(r["seq"] for r in rows)])
+        rows.sort(key=lambda r: (-r["start_ns"], r["seq"]))
+        return [_row_to_summary(r) for r in rows], newest
+
+    def search_traces(self, text: str, where: TraceFilter = EVERY_TRACE, *, limit: int = 50,
+                      after: TraceCursor | None = None, budget_spans: int = 200_000) -> SearchPage:
+        """Matching traces, newest first, with a span whose stored detail (input, output, attributes,
+        error) contains ``text`` (ASCII case ignored). A bounded scan: traces are read page by page
+        through the start-time index and their spans through ``spans_by_trace``; it stops after
+        ``limit`` matches or about ``budget_spans`` spans read, and ``next`` continues from there."""
+        needle = json.dumps(text, ensure_ascii=False)[1:-1].lower()  # as the JSON detail spells it
+        found: list[TraceSummary] = []
+        scanned = spans_read = 0
+        cursor = after
+        while len(found) < limit and spans_read < budget_spans:
+            clause, params = where.where()
+            if cursor is not None:
+                clause = f"{clause} AND" if clause else "WHERE"
+                clause += " start_ns <= ? AND (start_ns < ? OR seq > ?)"
+                params = [*params, cursor.start_ns, cursor.start_ns, cursor.seq]
+            rows = self._conn.execute(f"SELECT * FROM traces {clause} ORDER BY start_ns DESC, seq LIMIT 200",
+                                      params).fetchall()
+            if not rows:
+                return SearchPage(found, None, scanned, False)
+            seqs = [r["seq"] for r in rows]
+            hits = {r[0] for r in self._conn.execute(
+                "SELECT DISTINCT trace_seq FROM spans WHERE trace_seq IN (SELECT value FROM json_each(?))"
+                " AND (instr(lower(detail), ?) > 0 OR instr(lower(name), ?) > 0)",
+                (json.dumps(seqs), needle, needle))}
+            for row in rows:
+                scanned += 1
+                spans_read += row["span_count"]
+                if row["seq"] in hits:
+                    found.append(_row_to_summary(row))
+                    if len(found) >= limit:
+                        break
+            cursor = TraceCursor(row["start_ns"], row["seq"])
+        return SearchPage(found, cursor, scanned, len(found) < limit)
+
+    def span_rows(self, trace_id: str) -> list[SpanRow]:
+        """The spans of a trace without their detail, by start time (tokens only for model calls)."""
+        rows = self._conn.execute(
+            "SELECT span_id, parent_id, name, kind, status, start_ns, end_ns, model,"
+            " CASE WHEN kind IN ('llm', 'embedding') THEN json_extract(detail, '$.usage.total_tokens') END"
+            " FROM spans WHERE trace_seq = (SELECT seq FROM traces WHERE trace_id = ?) ORDER BY start_ns",
+            (trace_id,)).fetchall()
+        return [SpanRow(*row) for row in rows]
+
+    def get_span(self, trace_id: str, span_id: str) -> Span | None:
+        """One span with its detail, through the (trace number, span id) index."""
+        row = self._conn.execute(
+            "SELECT * FROM spans WHERE trace_seq = (SELECT seq FROM traces WHERE trace_id = ?) AND span_id = ?",
+            (trace_id, span_id)).fetchone()
+        return _row_to_span(row) if row is not None else None
+
+    def scores_of(self, trace_ids: list[str]) -> dict[str, list[Score]]:
+        """The scores of several traces (a page of the list), oldest first, in one query."""
+        rows = self._conn.execute(
+            "SELECT * FROM scores WHERE trace_id IN (SELECT value FROM json_each(?)) ORDER BY timestamp_ns",
+            (json.dumps(trace_ids),)).fetchall()
+        out: dict[str, list[Score]] = {}
+        for row in rows:
+            out.setdefault(row["trace_id"], []).append(_row_to_score(row))
+        return out
+
+    def list_sessions(self, where: TraceFilter = EVERY_TRACE, *, limit: int = 50,
+                      before_ns: int | None = None) -> list[SessionSummary]:
+        """Sessions with their totals, the most recently active first; ``before_ns`` pages on (the
+        previous page's last ``last_start_ns``)."""
+        clause, params = where.where()
+        clause = f"{clause} AND session_id IS NOT NULL" if clause else "WHERE session_id IS NOT NULL"
+        having = ""
+        if before_ns is not None:
+            having = "HAVING MAX(start_ns) < ?"
+            params = [*params, before_ns]
+        rows = self._conn.execute(
+            "SELECT session_id, COUNT(*), MIN(start_ns), MAX(start_ns), MAX(end_ns), MAX(user_id),"
+            " SUM(error_count > 0), SUM(total_tokens), SUM(cost_total), MIN(root_start_ns || ' ' || COALESCE(name, ''))"
+            f" FROM traces {clause} GROUP BY session_id {having} ORDER BY MAX(start_ns) DESC LIMIT ?",
+            (*params, limit)).fetchall()
+        return [SessionSummary(
+            session_id=r[0], traces=r[1], start_ns=r[2], last_start_ns=r[3], end_ns=r[4], user_id=r[5],
+            errors=r[6], total_tokens=r[7], cost_total=r[8], first_name=(r[9] or " ").partition(" ")[2] or None,
+        ) for r in rows]
+
+    def time_buckets(self, width_ns: int, where: TraceFilter = EVERY_TRACE) -> list[TimeBucket]:
+        """Per-bucket totals of the matching traces (by start time), oldest bucket first; empty
+        buckets are absent."""
+        clause, params = where.where()
+        rows = self._conn.execute(
+            "SELECT (start_ns / ?) * ? AS bucket, COUNT(*), SUM(error_count > 0), SUM(input_tokens),"
+            f" SUM(output_tokens), SUM(total_tokens), SUM(cost_total) FROM traces {clause}"
+            " GROUP BY bucket ORDER BY bucket", (width_ns, width_ns, *params)).fetchall()
+        return [TimeBucket(start_ns=r[0], traces=r[1], errors=r[2], input_tokens=r[3], output_tokens=r[4],
+                           total_tokens=r[5], cost_total=r[6]) for r in rows]
+
+_item_decode = msgspec.json.Decoder(ExperimentItem).decode
+
+
+def _row_to_run(row: sqlite3.Row, items: list[ExperimentItem]) -> ExperimentRun:
+    return ExperimentRun(
+        run_id=row["run_id"], name=row["name"], dataset=row["dataset"], status=row["status"], source=row["source"],
+        start_ns=row["start_ns"], end_ns=row["end_ns"], scorers=_loads(row["scorers"]) or [],
+        metadata=_loads(row["metadata"]), items=items,
+    )
 
 
 def order_tree(spans: list[Span]) -> list[Span]:
