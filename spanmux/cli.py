@@ -553,6 +553,144 @@ def explore_hint(store: str) -> str:
     return f"Stored in {store}. Explore it with:  {command} traces{option}   |   {command} show <trace id>{option}"
 
 
+# ---- experiments (spanmux.evaluate): list, show, compare
+experiments_app = typer.Typer(help="Experiment runs (spanmux.evaluate): list, show one, compare two.",
+                              invoke_without_command=True)
+app.add_typer(experiments_app, name="experiments")
+
+
+def _score_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:.3g}" if isinstance(value, float) else escape(str(value))
+
+
+def _mean_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+@experiments_app.callback()
+def experiments_list(
+    ctx: typer.Context,
+    store: StoreOption = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many runs.")] = 20,
+    name: Annotated[str | None, typer.Option(help="Only runs of this experiment.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the newest experiment runs with their scorer means."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from spanmux.experiments import summarize
+
+    with _open_store(store) as db:
+        runs = [db.get_experiment(r.run_id) for r in db.list_experiments(limit, name=name)]
+    summaries = [summarize(r) for r in runs if r is not None]
+    if as_json:
+        _print_json(summaries)
+        return
+    if not summaries:
+        console.print("no experiment runs in the store (run spanmux.evaluate first)")
+        return
+    table = Table(title=f"{len(summaries)} newest experiment runs", title_justify="left")
+    for column in ("run", "started", "experiment", "dataset", "items", "errors", "scores", "p50", "cost", "status"):
+        table.add_column(column, overflow="fold")
+    for run, summary in zip((r for r in runs if r is not None), summaries, strict=True):
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.start_ns / 1e9))
+        scores = ", ".join(f"{escape(n)}={_mean_text(s.mean)}" for n, s in summary.scorers.items())
+        table.add_row(run.run_id[:12], started, escape(run.name), escape(run.dataset or "-"), str(summary.items),
+                      str(summary.errors), scores or "-",
+                      _fmt_ms(summary.latency_p50_ms) if summary.latency_p50_ms is not None else "-",
+                      _fmt_cost(summary.cost), run.status)
+    console.print(table)
+
+
+@experiments_app.command("show")
+def experiments_show(
+    run: Annotated[str, typer.Argument(help="A run id (or a unique prefix), or an experiment name (its newest run).")],
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """One run: its summary and every item with scores, latency, tokens, cost and error."""
+    from spanmux.experiments import summarize
+
+    with _open_store(store) as db:
+        found = db.get_experiment(run)
+    if found is None:
+        _error(f"no experiment run {run!r} in the store (spanmux experiments lists them)")
+        raise typer.Exit(1)
+    summary = summarize(found)
+    if as_json:
+        _print_json({"summary": summary, "items": found.items})
+        return
+    lines = [f"[bold]{escape(found.name)}[/bold]  run {found.run_id}  dataset {escape(found.dataset or '-')}  "
+             f"{found.status}  {summary.items} items, {summary.errors} errors"]
+    for name, s in summary.scorers.items():
+        labels = ", ".join(f"{escape(k)}: {v}" for k, v in s.labels.items())
+        lines.append(f"  {escape(name)} ({s.kind}): mean {_mean_text(s.mean)}"
+                     + (f"  [{labels}]" if labels else "") + (f"  {s.errors} scorer errors" if s.errors else ""))
+    p50 = _fmt_ms(summary.latency_p50_ms) if summary.latency_p50_ms is not None else "-"
+    p95 = _fmt_ms(summary.latency_p95_ms) if summary.latency_p95_ms is not None else "-"
+    lines.append(f"  latency p50 {p50}, p95 {p95}; task {summary.total_tokens} tokens {_fmt_cost(summary.cost)};"
+                 f" scorers {summary.evaluator_tokens} tokens {_fmt_cost(summary.evaluator_cost)}")
+    console.print("\n".join(lines))
+    table = Table(title_justify="left")
+    for column in ("item", "trace", "scores", "latency", "tokens", "cost", "error"):
+        table.add_column(column, overflow="fold")
+    for item in found.items:
+        scores = ", ".join(f"{escape(k)}={_score_text(v)}" for k, v in item.scores.items())
+        problems = [item.error] if item.error else []
+        problems += [f"{k}: {v}" for k, v in item.scorer_errors.items()]
+        table.add_row(escape(item.item_id), item.trace_id[:12], scores or "-", _fmt_ms(item.latency_ms),
+                      str(item.total_tokens), _fmt_cost(item.cost),
+                      f"[red]{escape('; '.join(problems)[:200])}[/red]" if problems else "")
+    console.print(table)
+
+
+@experiments_app.command("compare")
+def experiments_compare(
+    run_a: Annotated[str, typer.Argument(help="The baseline run (id, prefix or experiment name).")],
+    run_b: Annotated[str, typer.Argument(help="The run compared with it.")],
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run B against run A: per-scorer deltas and the items that got better, worse or stayed the same."""
+    with _open_store(store) as db:
+        try:
+            comparison = db.compare_experiments(run_a, run_b)
+        except LookupError as exc:
+            _error(str(exc).strip("'\""))
+            raise typer.Exit(1) from None
+    if as_json:
+        _print_json({**msgspec.to_builtins(comparison), "counts": comparison.counts()})
+        return
+    counts = comparison.counts()
+    console.print(f"[bold]{escape(comparison.name_b)}[/bold] {comparison.run_b[:12]} vs "
+                  f"[bold]{escape(comparison.name_a)}[/bold] {comparison.run_a[:12]}: "
+                  f"[green]{counts['better']} better[/green], [red]{counts['worse']} worse[/red], "
+                  f"{counts['same']} same, {counts['mixed']} mixed"
+                  + (f"; only in A: {len(comparison.only_a)}" if comparison.only_a else "")
+                  + (f"; only in B: {len(comparison.only_b)}" if comparison.only_b else ""))
+    table = Table(title_justify="left")
+    for column in ("scorer", "mean A", "mean B", "delta", "better", "worse", "same"):
+        table.add_column(column)
+    for d in comparison.scorers:
+        delta = "-" if d.delta is None else f"{d.delta:+.3f}"
+        table.add_row(escape(d.name), _mean_text(d.mean_a), _mean_text(d.mean_b), delta, str(d.better),
+                      str(d.worse), str(d.same))
+    console.print(table)
+    changed = [c for c in comparison.items if c.verdict != "same"]
+    if changed:
+        items = Table(title="changed items", title_justify="left")
+        for column in ("item", "verdict", "A", "B"):
+            items.add_column(column, overflow="fold")
+        for c in changed:
+            colour = {"better": "green", "worse": "red"}.get(c.verdict, "yellow")
+            a = ", ".join(f"{escape(k)}={_score_text(v)}" for k, v in c.scores_a.items()) or escape(c.error_a or "-")
+            b = ", ".join(f"{escape(k)}={_score_text(v)}" for k, v in c.scores_b.items()) or escape(c.error_b or "-")
+            items.add_row(escape(c.item_id), f"[{colour}]{c.verdict}[/{colour}]", a, b)
+        console.print(items)
+
+
 def main() -> None:
     app()
 

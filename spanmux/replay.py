@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from spanmux.backend import BaseBackend, ExportError, as_backend
 from spanmux.backoff import Backoff
 from spanmux.errors import SpanmuxError
-from spanmux.model import Score, Span
+from spanmux.model import ExperimentRun, Score, Span
 from spanmux.spool import Spool, spool_folders
 from spanmux.store import WRITER_BACKENDS, LocalStore
 
@@ -61,6 +61,7 @@ class ReplayResult:
     spans: int = 0
     scores: int = 0
     batches: int = 0
+    experiments: int = 0
     spool_left: dict[str, int] | None = None
     close_error: str | None = None
     """The target did not close cleanly (everything was sent, so replay still succeeded)."""
@@ -78,6 +79,7 @@ def send_retrying(
     backend: BaseBackend, spans: Sequence[Span], scores: Sequence[Score], *,
     origin: dict[str, str] | None = None, spooled: bool = False,
     attempts: int = ATTEMPTS, sleep: Callable[[float], None] = time.sleep,
+    experiments: Sequence[ExperimentRun] = (),
 ) -> None:
     """Send one batch, retrying what the backend calls retryable with the lanes' backoff; raises
     the last ``ExportError`` (any other exception becomes a non-retryable one: a backend bug or a
@@ -86,10 +88,12 @@ def send_retrying(
     backoff = Backoff(FIRST_WAIT, MAX_WAIT)
     for attempt in range(1, attempts + 1):
         try:
-            if spooled:
+            if spooled and (spans or scores):
                 backend.export_spooled(spans, scores, origin)
-            else:
+            elif spans or scores:
                 backend.export(spans, scores)
+            if experiments:  # after their items' spans and scores, as the lanes send them
+                backend.export_experiments(experiments, origin if spooled else None)
             return
         except ExportError as exc:
             wait = backoff.failed(exc)
@@ -113,6 +117,12 @@ def copy_store(backend: BaseBackend, store: LocalStore, result: ReplayResult, *,
         send_retrying(backend, [], scores, origin=origin, spooled=True)
         result.scores += len(scores)
         result.batches += 1
+    runs = list(store.iter_experiments(since_ns=since_ns))  # upserted by run id: a second replay adds nothing
+    for start in range(0, len(runs), 20):
+        chunk = runs[start:start + 20]
+        send_retrying(backend, [], [], origin=origin, spooled=True, experiments=chunk)
+        result.experiments += len(chunk)
+        result.batches += 1
 
 
 def _chunks(items: Iterable[Score], size: int) -> Iterator[list[Score]]:
@@ -134,7 +144,8 @@ def drain_spool(backend: BaseBackend, spool: Spool, result: ReplayResult, *, own
     while (claimed := spool.claim_oldest()) is not None:
         path, batch = claimed
         try:
-            send_retrying(backend, batch.spans, batch.scores, origin=batch.origin, spooled=own)
+            send_retrying(backend, batch.spans, batch.scores, origin=batch.origin, spooled=own,
+                          experiments=batch.experiments)
         except BaseException:
             spool.release(path)
             raise

@@ -601,6 +601,17 @@ class LocalStore:
             "SELECT detail FROM experiment_items WHERE run_id = ? ORDER BY idx", (row["run_id"],))]
         return _row_to_run(row, items)
 
+    def iter_experiments(self, since_ns: int | None = None) -> Iterator[ExperimentRun]:
+        """Every run started since ``since_ns`` with its items, oldest first (``spanmux replay``)."""
+        if not self._has_experiments():
+            return
+        ids = [r[0] for r in self._conn.execute(
+            "SELECT run_id FROM experiment_runs WHERE start_ns >= ? ORDER BY start_ns", (since_ns or 0,))]
+        for run_id in ids:
+            run = self.get_experiment(run_id)
+            if run is not None:
+                yield run
+
     def compare_experiments(self, run_a: str, run_b: str) -> ExperimentComparison:
         """Per-scorer deltas and the items that got better, worse or stayed the same from run A to
         run B (joined on item id); ``LookupError`` names a run that is not in the store."""
