@@ -660,6 +660,7 @@ def evaluate(
     status: Literal["finished", "interrupted"] = "finished"
     bar = _Progress(progress, title, len(items))
     pool = concurrent.futures.ThreadPoolExecutor(max(1, int(concurrency)), thread_name_prefix="spanmux-evaluate")
+    futures: dict[concurrent.futures.Future[ExperimentItem], int] = {}
     try:
         futures = {pool.submit(contextvars.copy_context().run, runner.run_item, index, item): index
                    for index, item in enumerate(items)}
@@ -678,6 +679,9 @@ def evaluate(
             bar.advance(errors)
     except KeyboardInterrupt:
         status = "interrupted"
+        for future, index in futures.items():  # finished while the interrupt was on its way
+            if index not in done and future.done() and not future.cancelled() and future.exception() is None:
+                done[index] = future.result()
         log.warning("spanmux.evaluate %r interrupted: keeping the %d items that finished", title, len(done))
     finally:
         pool.shutdown(wait=status == "finished", cancel_futures=True)
