@@ -412,6 +412,48 @@ def _load(config: Path | None) -> Any:
         raise typer.Exit(1) from None
 
 
+UI_DEFAULT_PORT = 7100
+
+
+@app.command()
+def ui(
+    store: StoreOption = None,
+    config: ConfigOption = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; anything but loopback shares your traces.")]
+    = "127.0.0.1",
+    port: Annotated[int | None, typer.Option("--port", "-p", min=0, max=65535,
+                                             help="Port (0: a free one; default: dashboard.port, else 7100).")] = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a browser.")] = False,
+) -> None:
+    """Browse the built-in store in a web page: traces, waterfall, sessions, A/B charts, feedback.
+
+    With -c CONFIG, scores entered in the page go to every backend of that configuration."""
+    try:
+        from spanmux.ui.app import serve
+    except ImportError as exc:
+        _error(f"the web UI needs its extra ({exc.name} is missing): pip install \"spanmux[ui]\"")
+        raise typer.Exit(1) from None
+    settings = _load(config).settings  # -c, else $SPANMUX_CONFIG or ./spanmux.yaml (dashboard.port)
+    path = store or (str(settings.local.path) if config else default_store_path())
+    if port is None:
+        port = settings.ui_port or UI_DEFAULT_PORT
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        _error(f"--host {host}: the UI will be reachable from other machines, and traces contain prompts and "
+               "outputs; anyone who can reach it can read them.", colour="yellow")
+
+    def ready(url: str) -> None:
+        sys.stdout.write(f"spanmux UI on {url} (store {path}); Ctrl+C to stop\n")
+        sys.stdout.flush()
+
+    try:
+        serve(path, str(config) if config else None, host=host, port=port, open_browser=open_browser, on_ready=ready)
+    except OSError as exc:
+        _error(f"cannot serve on {host}:{port}: {exc.strerror or exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
+
+
 @app.command()
 def replay(
     to: Annotated[str, typer.Option("--to", help="Backend to send to, as named (and configured) in the YAML.")],

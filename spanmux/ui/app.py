@@ -1,0 +1,538 @@
+"""The web UI over the built-in store: a Starlette app (``create_app``) and ``serve`` (uvicorn).
+
+Every page reads through ``spanmux.store.LocalStore`` (read-only, one connection per request, so it
+works beside a live writer and sees what was just written); no SQL here. Pages are Jinja2 templates
+with autoescape on; the trace tree is sent as compact JSON rows and drawn by ``static/trace.js``
+(only the visible rows), so a 10,000-span trace opens fast. Scores are the only state change: a
+same-origin check plus a per-process token protect them (``_allowed``), and a strict
+Content-Security-Policy forbids inline script, so even an escaping mistake cannot run code.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jinja2
+from markupsafe import escape
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from spanmux.comparison import GROUPINGS, GroupStats, check_grouping, compare
+from spanmux.errors import ConfigurationError
+from spanmux.model import Score, Span, time_to_first_token_ns
+from spanmux.store import LocalStore, StoreReadError, StoreSchemaError, TraceFilter, TraceSummary
+from spanmux.ui import render
+from spanmux.ui.feedback import FeedbackWriter
+from spanmux.ui.query import Query, link, parse_cursor, parse_filters
+
+log = logging.getLogger("spanmux.ui")
+
+HERE = Path(__file__).parent
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "font-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+PAGE_SIZE = 50
+_HEX = re.compile(r"^[0-9a-f]{1,32}$")
+
+
+class SecurityHeaders:
+    """Adds the CSP and friends to every response (pure ASGI: no body buffering)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+                            (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"DENY")]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class StoreProblem(Exception):
+    """The store cannot be read: shown as a page, never as a traceback."""
+
+
+class UI:
+    """The routes' shared state: the store path, templates, the CSRF token, the feedback writer."""
+
+    def __init__(self, store_path: str, config: str | None, poll_seconds: float) -> None:
+        self.store_path = store_path
+        self.config = config
+        self.poll_seconds = poll_seconds
+        self.token = secrets.token_hex(16)
+        self.feedback = FeedbackWriter(store_path, config)
+        self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                                      trim_blocks=True, lstrip_blocks=True)
+        self.env.globals.update(
+            fmt_time=render.fmt_time, fmt_ms=render.fmt_ms, fmt_cost=render.fmt_cost,
+            fmt_score=render.fmt_score, link=link, call_arguments=render.call_arguments,
+            call_name=render.call_name, to_json=render.to_json, token=self.token,
+            poll_seconds=poll_seconds, store_path=store_path, groupings=GROUPINGS,
+        )
+
+    @contextmanager
+    def store(self) -> Iterator[LocalStore]:
+        try:
+            db = LocalStore(self.store_path)
+        except FileNotFoundError:
+            raise StoreProblem(f"There is no spanmux store at {self.store_path} yet. Run a program traced by "
+                               "spanmux (its local backend writes this file), or pass --store PATH.") from None
+        except (StoreSchemaError, StoreReadError) as exc:
+            raise StoreProblem(str(exc)) from None
+        except sqlite3.DatabaseError as exc:
+            raise StoreProblem(f"cannot read the spanmux store at {self.store_path}: {exc}") from None
+        try:
+            yield db
+        except sqlite3.DatabaseError as exc:
+            raise StoreProblem(f"cannot read the spanmux store at {self.store_path}: {exc}") from None
+        finally:
+            db.close()
+
+    def page(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        return HTMLResponse(self.env.get_template(template).render(**context), status_code=status)
+
+
+def _summary_scores(scores: list[Score]) -> list[tuple[str, str]]:
+    """Per score name: the mean of numbers/booleans, else the last label (the list's score column)."""
+    names: dict[str, list[Score]] = {}
+    for score in scores:
+        names.setdefault(score.name, []).append(score)
+    out = []
+    for name, group in names.items():
+        values = [s.value for s in group]
+        if all(isinstance(v, bool) for v in values) and len(values) == 1:
+            out.append((name, render.fmt_score(values[0])))
+        elif all(isinstance(v, (int, float)) for v in values):
+            out.append((name, f"{sum(float(v) for v in values) / len(values):.2g}"))
+        else:
+            out.append((name, str(values[-1])))
+    return out
+
+
+def _resolve(db: LocalStore, trace_id: str) -> str | None:
+    trace_id = trace_id.lower().removeprefix("tr-")
+    if db.get_trace_summary(trace_id) is not None:
+        return trace_id
+    return db.find_trace_id(trace_id) if _HEX.match(trace_id) else None
+
+
+def _span_view(span: Span) -> dict[str, Any]:
+    """What the span detail panel shows of one span."""
+    attributes = dict(span.attributes or {})
+    documents = render.documents_of(attributes)
+    ttft = time_to_first_token_ns(span)
+    return {
+        "span": span, "input": render.show(span.input), "output": render.show(span.output),
+        "documents": documents, "attributes": attributes, "ttft_ms": ttft / 1e6 if ttft is not None else None,
+        "attributes_json": render.to_json(attributes) if attributes else None,
+        "parameters_json": render.to_json(span.model.parameters) if span.model and span.model.parameters else None,
+    }
+
+
+def create_app(store_path: str, config: str | None = None, *, poll_seconds: float = 2.0,
+               allowed_hosts: list[str] | None = None) -> Starlette:
+    """The UI app over the store at ``store_path``. ``config``: scores go through that
+    configuration's backends. ``allowed_hosts``: the Host headers served (default loopback names;
+    a DNS-rebinding page on another name is refused)."""
+    ui = UI(store_path, config, poll_seconds)
+
+    def guarded(handler: Callable[..., Response]) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await run_in_threadpool(handler, request)
+            except StoreProblem as exc:
+                if request.headers.get("hx-request"):
+                    return HTMLResponse(f'<p class="problem" data-testid="store-error">{escape(str(exc))}</p>')
+                return ui.page("error.html", message=str(exc), nav="")
+        return endpoint
+
+    def not_found(what: str) -> HTMLResponse:
+        return ui.page("not_found.html", 404, what=what, nav="")
+
+    # ---- traces
+    def traces(request: Request) -> Response:
+        query = Query(request.query_params)
+        filters = parse_filters(query)
+        problems = list(filters.problems)
+        cursor = parse_cursor(query, problems)
+        limit = _limit(query)
+        budget_hit = False
+        with ui.store() as db:
+            if filters.text:
+                found = db.search_traces(filters.text, filters.where, limit=limit, after=cursor)
+                rows, next_cursor, budget_hit = found.traces, found.next, found.budget_hit
+            else:
+                page = db.page_traces(filters.where, limit=limit, after=cursor)
+                rows, next_cursor = page.traces, page.next
+            scores = db.scores_of([t.trace_id for t in rows])
+            newest = db.newest_seq()
+        return ui.page(
+            "traces.html", nav="traces", rows=rows, scores={k: _summary_scores(v) for k, v in scores.items()},
+            form=filters.form, problems=problems, cursor=cursor, budget_hit=budget_hit,
+            next_link=link("/traces", filters.form, cursor=next_cursor, limit=query.text("limit"))
+            if next_cursor else None,
+            live_url=link("/traces/new", filters.form) if cursor is None and not filters.text else None,
+            newest=newest,
+        )
+
+    def traces_new(request: Request) -> Response:
+        query = Query(request.query_params)
+        filters = parse_filters(query)
+        try:
+            after = int(query.text("after_seq") or "0")
+        except ValueError:
+            return PlainTextResponse("after_seq: not a number", 400)
+        with ui.store() as db:
+            rows, newest = db.traces_after_seq(filters.where, after)
+            scores = db.scores_of([t.trace_id for t in rows])
+        response = ui.page("trace_rows.html", rows=rows, scores={k: _summary_scores(v) for k, v in scores.items()},
+                           new=True)
+        response.headers["X-Spanmux-Seq"] = str(newest)
+        return response
+
+    # ---- one trace
+    def trace(request: Request) -> Response:
+        with ui.store() as db:
+            trace_id = _resolve(db, request.path_params["trace_id"])
+            summary = db.get_trace_summary(trace_id) if trace_id else None
+            if trace_id is None or summary is None:
+                return not_found("trace")
+            wanted = Query(request.query_params).text("span")
+            span = db.get_span(trace_id, wanted) if wanted else None
+            if span is None and summary.root_span_id:
+                span = db.get_span(trace_id, summary.root_span_id)
+            scores = db.get_scores(trace_id)
+        return ui.page("trace.html", nav="traces", t=summary, scores=scores, selected=wanted if span else None,
+                       detail=_span_view(span) if span else None)
+
+    def tree_json(request: Request) -> Response:
+        with ui.store() as db:
+            trace_id = _resolve(db, request.path_params["trace_id"])
+            summary = db.get_trace_summary(trace_id) if trace_id else None
+            if trace_id is None or summary is None:
+                return JSONResponse({"error": "no such trace"}, 404)
+            rows = db.span_rows(trace_id)
+        return JSONResponse(tree_rows(summary, rows))
+
+    def span_detail(request: Request) -> Response:
+        trace_id, span_id = request.path_params["trace_id"], request.path_params["span_id"]
+        with ui.store() as db:
+            span = db.get_span(trace_id, span_id)
+        if span is None:
+            return HTMLResponse('<p data-testid="not-found">no such span</p>', 404)
+        return ui.page("span_detail.html", **_span_view(span), t_id=trace_id)
+
+    def span_field(request: Request) -> Response:
+        trace_id, span_id, field = (request.path_params[k] for k in ("trace_id", "span_id", "field"))
+        if field not in ("input", "output"):
+            return PlainTextResponse("field: input or output", 400)
+        try:
+            offset = max(0, int(Query(request.query_params).text("offset") or "0"))
+        except ValueError:
+            return PlainTextResponse("offset: not a number", 400)
+        with ui.store() as db:
+            span = db.get_span(trace_id, span_id)
+        if span is None:
+            return HTMLResponse('<p data-testid="not-found">no such span</p>', 404)
+        text, more_at, total = render.part(getattr(span, field), offset)
+        return ui.page("more.html", text=text, more_at=more_at, total=total, field=field, t_id=trace_id,
+                       s_id=span_id)
+
+    # ---- feedback
+    async def post_score(request: Request) -> Response:
+        if not _allowed(request, ui.token, await request.body()):
+            return PlainTextResponse("refused: cross-site request or missing token", 403)
+        form = {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+        return await run_in_threadpool(score_sync, request.path_params["trace_id"], form)
+
+    def score_sync(trace_id: str, form: dict[str, str]) -> Response:
+        kind = form.get("kind", "value")
+        name = (form.get("name") or "user_feedback").strip()[:200]
+        comment = (form.get("comment") or "").strip()[:5000] or None
+        span_id = (form.get("span_id") or "").strip() or None
+        value: float | bool | str
+        problem = None
+        if kind in ("up", "down"):
+            value, data_type = kind == "up", "boolean"
+        else:
+            raw = (form.get("value") or "").strip()[:200]
+            try:
+                value, data_type = float(raw), "numeric"
+            except ValueError:
+                value, data_type = raw, "categorical"
+            if not raw:
+                problem = "give a number or a label (or use the thumbs)"
+        try:
+            with ui.store() as db:
+                if db.get_trace_summary(trace_id) is None:
+                    return not_found("trace")
+                if span_id is not None and db.get_span(trace_id, span_id) is None:
+                    problem = f"no span {span_id} in this trace"
+            delivered = False
+            if problem is None:
+                delivered = ui.feedback.send(trace_id, name, value, comment=comment, span_id=span_id,
+                                             data_type=data_type)  # type: ignore[arg-type]
+            with ui.store() as db:
+                scores = db.get_scores(trace_id)
+        except ConfigurationError as exc:
+            problem, delivered, scores = f"the configuration cannot be used: {exc}", False, []
+        except StoreProblem as exc:
+            return HTMLResponse(f'<p class="problem" data-testid="store-error">{escape(str(exc))}</p>')
+        return ui.page("scores.html", scores=scores, problem=problem, sent=problem is None, delivered=delivered)
+
+    # ---- sessions
+    def sessions(request: Request) -> Response:
+        query = Query(request.query_params)
+        filters = parse_filters(query)
+        problems = list(filters.problems)
+        before: int | None = None
+        if (token := query.text("cursor")) is not None:
+            try:
+                before = int(token)
+            except ValueError:
+                problems.append("cursor: not a page position; showing the first page")
+        limit = _limit(query)
+        with ui.store() as db:
+            rows = db.list_sessions(filters.where, limit=limit + 1, before_ns=before)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return ui.page("sessions.html", nav="sessions", rows=rows, form=filters.form, problems=problems,
+                       next_link=link("/sessions", filters.form, cursor=rows[-1].last_start_ns) if more else None)
+
+    def session(request: Request) -> Response:
+        session_id = request.path_params["session_id"]
+        with ui.store() as db:
+            summaries = list(db.iter_traces(TraceFilter(session_id=session_id)))[:500]
+            if not summaries:
+                return not_found("session")
+            scores = db.scores_of([t.trace_id for t in summaries])
+            turns = []
+            for summary in summaries:
+                root = db.get_span(summary.trace_id, summary.root_span_id) if summary.root_span_id else None
+                turns.append({
+                    "t": summary, "scores": scores.get(summary.trace_id, []),
+                    "input": render.turn_text(root.input, answer=False) if root else "",
+                    "output": render.turn_text(root.output, answer=True) if root else "",
+                    "error": root.error if root else None,
+                })
+        costs = [t.cost_total for t in summaries if t.cost_total is not None]
+        totals = {
+            "turns": len(summaries), "duration_ms": sum(t.duration_ms for t in summaries),
+            "tokens": sum(t.total_tokens for t in summaries), "cost": sum(costs) if costs else None,
+            "errors": sum(1 for t in summaries if t.error_count),
+            "users": sorted({t.user_id for t in summaries if t.user_id}),
+            "start_ns": summaries[0].start_ns, "end_ns": max(t.end_ns for t in summaries),
+        }
+        return ui.page("session.html", nav="sessions", session_id=session_id, turns=turns, totals=totals)
+
+    # ---- compare
+    def compare_page(request: Request) -> Response:
+        query = Query(request.query_params)
+        filters = parse_filters(query)
+        problems = list(filters.problems)
+        by = query.text("by") or "variant"
+        try:
+            check_grouping(by)
+        except ValueError as exc:
+            problems.append(str(exc))
+            by = "variant"
+        with ui.store() as db:
+            groups = compare(db, by, filters.where)
+        return ui.page("compare.html", nav="compare", groups=groups, by=by, form=filters.form, problems=problems,
+                       chart=compare_chart(groups))
+
+    def compare_traces(request: Request) -> Response:
+        query = Query(request.query_params)
+        sides: list[dict[str, Any]] = []
+        with ui.store() as db:
+            for key in ("a", "b"):
+                wanted = query.text(key)
+                if wanted is None:
+                    sides.append({"key": key, "wanted": "", "t": None})
+                    continue
+                trace_id = _resolve(db, wanted)
+                summary = db.get_trace_summary(trace_id) if trace_id else None
+                if summary is None or trace_id is None:
+                    sides.append({"key": key, "wanted": wanted, "t": None, "missing": True})
+                    continue
+                spans = db.get_trace(trace_id)
+                depth = _depths(spans)
+                root = next((s for s in spans if s.span_id == summary.root_span_id), spans[0] if spans else None)
+                sides.append({"key": key, "wanted": wanted, "t": summary, "spans": spans[:500], "depth": depth,
+                              "more": max(0, len(spans) - 500), "scores": db.get_scores(trace_id),
+                              "input": render.turn_text(root.input, answer=False) if root else "",
+                              "output": render.show(root.output) if root else None})
+        return ui.page("compare_traces.html", nav="compare", sides=sides)
+
+    # ---- over time
+    def over_time(request: Request) -> Response:
+        query = Query(request.query_params)
+        filters = parse_filters(query)
+        problems = list(filters.problems)
+        bucket = query.text("bucket") or "hour"
+        if bucket not in BUCKETS:
+            problems.append("bucket: hour or day")
+            bucket = "hour"
+        with ui.store() as db:
+            buckets = db.time_buckets(BUCKETS[bucket], filters.where)
+        chart = {
+            "labels": [render.fmt_time(b.start_ns)[: 13 if bucket == "hour" else 10] for b in buckets],
+            "traces": [b.traces for b in buckets], "errors": [b.errors for b in buckets],
+            "input_tokens": [b.input_tokens for b in buckets], "output_tokens": [b.output_tokens for b in buckets],
+            "cost": [b.cost_total or 0 for b in buckets],
+        }
+        return ui.page("over_time.html", nav="over-time", buckets=buckets, bucket=bucket, form=filters.form,
+                       problems=problems, chart=chart)
+
+    async def index(request: Request) -> Response:
+        return RedirectResponse("/traces", 307)
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    routes = [
+        Route("/", index), Route("/healthz", healthz),
+        Route("/traces", guarded(traces)), Route("/traces/new", guarded(traces_new)),
+        Route("/traces/{trace_id}", guarded(trace)), Route("/traces/{trace_id}/tree.json", guarded(tree_json)),
+        Route("/traces/{trace_id}/spans/{span_id}", guarded(span_detail)),
+        Route("/traces/{trace_id}/spans/{span_id}/field/{field}", guarded(span_field)),
+        Route("/traces/{trace_id}/scores", post_score, methods=["POST"]),
+        Route("/sessions", guarded(sessions)), Route("/sessions/{session_id:path}", guarded(session)),
+        Route("/compare", guarded(compare_page)), Route("/compare/traces", guarded(compare_traces)),
+        Route("/over-time", guarded(over_time)),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    hosts = allowed_hosts if allowed_hosts is not None else LOOPBACK_HOSTS
+    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders),
+                                               Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
+    app.state.token = ui.token
+    app.state.ui = ui
+    return app
+
+
+BUCKETS = {"hour": 3600 * 10**9, "day": 86_400 * 10**9}
+
+
+def _limit(query: Query) -> int:
+    try:
+        return min(max(int(query.text("limit") or PAGE_SIZE), 1), 500)
+    except ValueError:
+        return PAGE_SIZE
+
+
+def _depths(spans: list[Span]) -> dict[str, int]:
+    """Each span's depth in tree order (``spans`` parents first)."""
+    depth: dict[str, int] = {}
+    for span in spans:
+        depth[span.span_id] = depth[span.parent_id] + 1 if span.parent_id in depth else 0
+    return depth
+
+
+def tree_rows(summary: TraceSummary, rows: list[Any]) -> dict[str, Any]:
+    """The tree as compact rows in tree order (see the contract): what ``trace.js`` draws."""
+    ids = {r.span_id for r in rows}
+    children: dict[str | None, list[Any]] = {}
+    for row in rows:  # by start time already
+        children.setdefault(row.parent_id if row.parent_id in ids else None, []).append(row)
+    out: list[list[Any]] = []
+    index: dict[str, int] = {}
+    stack: list[tuple[Any, int, int]] = [(r, -1, 0) for r in reversed(children.get(None, []))]
+    start = min([summary.start_ns, *(r.start_ns for r in rows)])
+    end = max([summary.end_ns, *(r.end_ns for r in rows)])
+    while stack:
+        row, parent, depth = stack.pop()
+        index[row.span_id] = len(out)
+        out.append([row.span_id, parent, depth, row.name, row.kind, row.status,
+                    round((row.start_ns - start) / 1e6, 3), round((row.end_ns - row.start_ns) / 1e6, 3),
+                    len(children.get(row.span_id, [])), row.model, row.total_tokens])
+        stack.extend((child, index[row.span_id], depth + 1) for child in reversed(children.get(row.span_id, [])))
+    return {"trace_id": summary.trace_id, "start_ns": start, "end_ns": end,
+            "columns": ["span_id", "parent_index", "depth", "name", "kind", "status", "start_offset_ms",
+                        "duration_ms", "child_count", "model", "total_tokens"], "rows": out}
+
+
+def compare_chart(groups: list[GroupStats]) -> dict[str, Any]:
+    """The compare page's chart data (Chart.js datasets are built by ``static/charts.js``)."""
+    score_names = sorted({name for g in groups for name, s in g.scores.items() if s.mean is not None})
+    return {
+        "labels": [g.group for g in groups],
+        "p50_ms": [round(g.p50_ms, 2) for g in groups], "p95_ms": [round(g.p95_ms, 2) for g in groups],
+        "input_tokens": [round(g.mean_input_tokens, 1) for g in groups],
+        "output_tokens": [round(g.mean_output_tokens, 1) for g in groups],
+        "cost": [g.mean_cost or 0 for g in groups], "error_rate": [round(g.error_rate * 100, 1) for g in groups],
+        "scores": {name: [g.scores[name].mean if name in g.scores else None for g in groups] for name in score_names},
+    }
+
+
+def _allowed(request: Request, token: str, body: bytes) -> bool:
+    """A state-changing request must come from our own pages: its Origin (or Referer) is this
+    server, and it carries the per-process token (a header from htmx, or a form field)."""
+    host = request.headers.get("host", "")
+    origin = request.headers.get("origin")
+    if origin in (None, "null"):
+        origin = request.headers.get("referer")
+    if not origin:
+        return False
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or parts.netloc != host:
+        return False
+    sent = request.headers.get("x-spanmux-token")
+    if sent is None:
+        sent = next(iter(parse_qs(body.decode("utf-8", "replace")).get("token", [])), None)
+    return sent is not None and secrets.compare_digest(sent, token)
+
+
+def serve(store_path: str, config: str | None = None, *, host: str = "127.0.0.1", port: int = 7100,
+          open_browser: bool = False, poll_seconds: float = 2.0,
+          on_ready: Callable[[str], None] | None = None) -> None:
+    """Run the UI with uvicorn until interrupted. ``port=0`` takes a free port; ``on_ready`` gets
+    the URL once the socket is bound (the CLI prints it)."""
+    import socket
+
+    import uvicorn
+
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    hosts = None if loopback else ["*"]
+    if not loopback:
+        log.warning("serving on %s: anyone who can reach this address can read your traces, which contain "
+                    "prompts and outputs", host)
+    app = create_app(store_path, config, poll_seconds=poll_seconds, allowed_hosts=hosts)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{bound}/traces"
+    if on_ready is not None:
+        on_ready(url)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server.run(sockets=[sock])
