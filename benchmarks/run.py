@@ -1,5 +1,6 @@
 """The benchmark harness behind ``make bench``: overhead against peers, store throughput, import
-time and memory with backends down. Prints a table of figures and ratios against design.md §7.
+time and memory with backends down, web UI server and browser times (``ui.py``). Prints a table of
+figures and ratios against design.md §7.
 
     .venv/bin/python benchmarks/run.py            # full run (several minutes on 2 cores)
     .venv/bin/python benchmarks/run.py --smoke    # tiny version for CI (seconds; figures meaningless)
@@ -26,11 +27,13 @@ FULL = {
     "overhead": ["--rounds", "10", "--calls", "40"],
     "store": ["--spans", "1000000", "--mlflow-spans", "4000"],
     "memory": ["--spans", "1000000", "--imports", "9"],
+    "ui": ["--spans", "1000000", "--requests", "20", "--browser-runs", "5"],
 }
 SMOKE = {
     "overhead": ["--rounds", "2", "--calls", "2", "--configs", "none,noop_handler,spanmux_local"],
     "store": ["--spans", "5000", "--mlflow-spans", "0"],
     "memory": ["--spans", "5000", "--imports", "2"],
+    "ui": ["--smoke"],
 }
 TARGETS = {
     "spanmux_vs_noop_added_total_us": "<= 4x",
@@ -122,6 +125,13 @@ def table(result: dict[str, Any]) -> str:
                      f"overflow dropped {mem['pipeline_counters'].get('overflow_dropped')}")
     elif memory:
         lines.append(f"\nmemory: n/a: {memory.get('reason')}")
+    ui = result.get("ui", {})
+    if "server" in ui:
+        from ui import table as ui_table  # benchmarks/ui.py prints its own section
+
+        lines.append("\n" + ui_table(ui))
+    elif ui:
+        lines.append(f"\nweb UI: n/a: {ui.get('reason')}")
     return "\n".join(lines)
 
 
@@ -129,7 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.add_argument("--parts", default="overhead,store,memory")
+    parser.add_argument("--parts", default="overhead,store,memory,ui")
     parser.add_argument("--from-json", help="print the table of a saved --json result instead of measuring")
     args = parser.parse_args()
     if args.from_json:

@@ -120,7 +120,7 @@ def _store_facts(path: Path) -> dict[str, Any]:
         newest = store.list_traces(limit=2)
         a, b = newest[0], newest[-1]
     return {"user": a.user_id, "session": a.session_id, "trace_a": a.trace_id, "trace_b": b.trace_id,
-            "old_question": "question 17 about"}
+            "tag": a.tags[-1], "variant": a.metadata["variant"], "old_question": "question 17 about"}
 
 
 def server_urls(facts: dict[str, Any]) -> dict[str, str]:
@@ -130,7 +130,7 @@ def server_urls(facts: dict[str, Any]) -> dict[str, str]:
         "filtered: errors": "/traces?errors=1",
         "filtered: tag": "/traces?tag=tag-3",
         "filtered: metadata": "/traces?meta=variant=B",
-        "filtered: combined": f"/traces?user={facts['user']}&tag=tag-{0}&meta=variant=A",
+        "filtered: combined": f"/traces?user={facts['user']}&tag={facts['tag']}&meta=variant={facts['variant']}",
         "search: recent text": "/traces?q=city-5",
         "search: rare text (budget)": f"/traces?q={facts['old_question']}",
         "sessions list": "/sessions",
@@ -152,7 +152,7 @@ def server_times(store: Path, requests: int) -> dict[str, Any]:
     with UiServer(create_app(str(store))) as server, httpx.Client(base_url=server.url, timeout=120) as client:
         for label, url in server_urls(_store_facts(store)).items():
             first = client.get(url)
-            if first.status_code != 200:
+            if first.status_code != 200 or 'data-testid="store-error"' in first.text:
                 out[label] = {"url": url, "status": first.status_code}
                 continue
             times = []
@@ -177,8 +177,8 @@ def _browser_store(folder: Path, big_spans: int, input_bytes: int) -> dict[str, 
     spanmux.configure({"backends": ["local"], "local": {"path": str(path)}, "spool_dir": str(folder / "spool"),
                        "max_content_bytes": input_bytes * 2, "estimate_tokens": False})
     big = big_trace(spanmux, big_spans)
-    with spanmux.span("big-input", kind="chain", input="x" * input_bytes, output="done") as span:
-        pass
+    with spanmux.span("big-input", kind="chain", input="x" * input_bytes) as span:
+        span.set_output("done")
     if not spanmux.flush(300):
         raise RuntimeError("flush timed out")
     spanmux.shutdown()
