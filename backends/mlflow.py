@@ -32,10 +32,10 @@ from typing import Any, ClassVar, Final
 
 from spanmux import attributes as attr
 from spanmux.backend import BackendSetupError, BaseBackend, ExportError
-from spanmux.backends.mlflow_runs import RecentIds, RunSpec, RunTracker
+from spanmux.backends.mlflow_runs import ExperimentRunWriter, RecentIds, RunSpec, RunTracker
 from spanmux.backends.otel_spans import OtelSpanBuilder
 from spanmux.config_schemas.observability import MlflowConfig
-from spanmux.model import SPAN_KINDS, Score, Span, time_to_first_token_ns
+from spanmux.model import SPAN_KINDS, ExperimentRun, Score, Span, time_to_first_token_ns
 
 log = logging.getLogger("spanmux.backends.mlflow")
 
@@ -258,6 +258,7 @@ class MlflowBackend(BaseBackend):
         self.tracking_uri = self.mlflow.tracking_uri
         self.is_http = self.mlflow.is_http
         self.runs = RunTracker(section, settings, self.mlflow)
+        self.experiment_runs = ExperimentRunWriter(section, self.mlflow)
         self._delivered_scores = RecentIds()
         self._waiting_scores: OrderedDict[str, tuple[Score, int]] = OrderedDict()
         self._closed = False
@@ -298,6 +299,15 @@ class MlflowBackend(BaseBackend):
         """A batch delivered later (from a spool, by ``spanmux replay``): into the run of the
         session that produced it, never this process's own run unless it is that session."""
         self._export(spans, scores, self.runs.spec_of(origin))
+
+    def export_experiments(self, runs: Sequence[ExperimentRun], origin: Mapping[str, str] | None) -> None:
+        """Each experiment run as an MLflow evaluation run (``ExperimentRunWriter``); its traces,
+        delivered before it by the same lane, are linked to it."""
+        if self._closed:
+            raise ExportError("the MLflow backend is shut down", retryable=False)
+        self.mlflow.open()
+        for run in runs:
+            self.experiment_runs.write(run)
 
     def force_flush(self, timeout: float) -> bool:
         if not self._closed:

@@ -585,3 +585,113 @@ class RunTracker:
                 self._close_run(run)
             except Exception as exc:
                 log.warning("spanmux: could not close the MLflow session run %s: %s", run.run_id, exc)
+
+
+# ---------------------------------------------------------------- experiment runs (spanmux.evaluate)
+
+EXPERIMENT_RUN_TAG = "spanmux.experiment_run"
+"""Run tag holding the spanmux experiment run id: how a redelivered run finds its MLflow run."""
+RUN_TYPE_TAG = "mlflow.runType"
+GENAI_EVALUATE = "genai_evaluate"
+"""The run type ``mlflow.genai.evaluate`` sets; MLflow's UI shows such runs as evaluation runs."""
+EVAL_RESULTS_TABLE = "eval_results_table.json"
+"""The per-item table artifact, named and tagged as MLflow's own evaluation writes it."""
+
+
+class ExperimentRunWriter:
+    """One MLflow run per spanmux experiment run, in the shape ``mlflow.genai.evaluate`` leaves:
+    run type ``genai_evaluate``, a ``<scorer>/mean`` metric per scorer (plus latency, tokens, cost
+    and errors), the item table ``eval_results_table.json`` (``trace_id``, ``<scorer>/value``...),
+    every item's trace linked to the run. The scores themselves reach the traces as feedback through
+    the score path. Delivering the same run again finds its MLflow run by tag and rewrites the same
+    values (metrics at the same point, the same parameters, the table whole)."""
+
+    def __init__(self, config: MlflowConfig, mlflow: MlflowConnection) -> None:
+        self.config = config
+        self._mlflow = mlflow
+        self._runs: OrderedDict[str, str] = OrderedDict()  # spanmux run id -> MLflow run id
+
+    def write(self, run: Any) -> str:
+        from mlflow.entities import Metric, Param, RunStatus
+
+        from spanmux.experiments import summarize
+
+        call = self._mlflow.call
+        client = self._mlflow.client
+        experiment_id = self._mlflow.experiment_id(self.config.experiment_name)
+        run_id = self._run_for(run, experiment_id)
+        summary = summarize(run)
+        if self.config.log_params:
+            params: dict[str, str] = {}
+            _flatten("", dict(run.metadata or {}), params)
+            params.update({"spanmux.experiment": run.name, "spanmux.dataset": run.dataset or "",
+                           "spanmux.scorers": ",".join(run.scorers), "spanmux.items": str(len(run.items))})
+            param_list = [Param(k, v) for k, v in params.items()]
+            for start in range(0, len(param_list), _PARAMS_PER_CALL):
+                call("log experiment params", client.log_batch, run_id,
+                     params=param_list[start:start + _PARAMS_PER_CALL])
+        if self.config.log_metrics:
+            values: dict[str, float | None] = {f"{safe_key(n)}/mean": s.mean for n, s in summary.scorers.items()}
+            values.update({
+                "latency_p50_ms": summary.latency_p50_ms, "latency_p95_ms": summary.latency_p95_ms,
+                "input_tokens": summary.input_tokens, "output_tokens": summary.output_tokens,
+                "total_tokens": summary.total_tokens, "cost_usd": summary.cost,
+                "evaluator_tokens": summary.evaluator_tokens, "evaluator_cost_usd": summary.evaluator_cost,
+                "items": summary.items, "errors": summary.errors,
+            })
+            stamp = run.end_ns // 1_000_000
+            metrics = [Metric(k, float(v), stamp, 0) for k, v in values.items() if v is not None]
+            call("log experiment metrics", client.log_batch, run_id, metrics=metrics)
+        if self.config.log_artifacts:
+            call("log the experiment results table", client.log_dict, run_id, self._table(run), EVAL_RESULTS_TABLE)
+            tag = json.dumps([{"path": EVAL_RESULTS_TABLE, "type": "table"}])
+            call("tag the experiment results table", client.set_tag, run_id, LOGGED_ARTIFACTS_TAG, tag)
+        traces = [f"tr-{i.trace_id}" for i in run.items if i.trace_id]
+        for start in range(0, len(traces), _LINKS_PER_CALL):
+            call("link experiment traces", client.link_traces_to_run, traces[start:start + _LINKS_PER_CALL], run_id)
+        # the store call, not MlflowClient.set_terminated, which prints run URLs to stdout
+        status = RunStatus.FINISHED if run.status == "finished" else RunStatus.KILLED
+        call("finish the experiment run", self._mlflow.tracing.store.update_run_info, run_id, status,
+             run.end_ns // 1_000_000, None)
+        return run_id
+
+    def _run_for(self, run: Any, experiment_id: str) -> str:
+        found = self._runs.get(run.run_id)
+        if found is not None:
+            return found
+        client = self._mlflow.client
+        existing = self._mlflow.call("find the experiment run", client.search_runs, [experiment_id],
+                                     filter_string=f"tags.`{EXPERIMENT_RUN_TAG}` = '{run.run_id}'", max_results=1)
+        if existing:
+            mlflow_run_id = str(existing[0].info.run_id)
+        else:
+            from spanmux import __version__
+
+            tags = {VERSION_TAG: __version__, SOURCE_NAME_TAG: "spanmux", RUN_TYPE_TAG: GENAI_EVALUATE,
+                    EXPERIMENT_RUN_TAG: run.run_id, "spanmux.experiment": run.name, **self.config.tags}
+            if run.dataset:
+                tags["spanmux.dataset"] = run.dataset
+            created = self._mlflow.call("create the experiment run", client.create_run, experiment_id,
+                                        run_name=f"{run.name}-{run.run_id[:8]}", start_time=run.start_ns // 1_000_000,
+                                        tags=tags)
+            mlflow_run_id = str(created.info.run_id)
+        self._runs[run.run_id] = mlflow_run_id
+        while len(self._runs) > 1000:
+            self._runs.popitem(last=False)
+        return mlflow_run_id
+
+    @staticmethod
+    def _table(run: Any) -> dict[str, Any]:
+        """The items as an MLflow table (``columns`` + ``data``), columns as ``genai.evaluate``'s result."""
+        names = list(dict.fromkeys([*run.scorers, *(n for i in run.items for n in i.scores)]))
+        columns = ["trace_id", *(f"{n}/value" for n in names), "item_id", "inputs", "outputs", "expectations",
+                   "latency_ms", "input_tokens", "output_tokens", "total_tokens", "cost_usd", "evaluator_tokens",
+                   "evaluator_cost_usd", "error"]
+        data = []
+        for i in run.items:
+            errors = [i.error] if i.error else []
+            errors += [f"{k}: {v}" for k, v in i.scorer_errors.items()]
+            data.append([f"tr-{i.trace_id}" if i.trace_id else None, *(i.scores.get(n) for n in names), i.item_id,
+                         i.input, i.output, i.expected, round(i.latency_ms, 3), i.input_tokens, i.output_tokens,
+                         i.total_tokens, i.cost, i.evaluator_tokens, i.evaluator_cost, "; ".join(errors) or None])
+        return {"columns": columns, "data": data}

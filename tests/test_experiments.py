@@ -324,7 +324,8 @@ def test_data_from_jsonl_and_csv(tmp_path: Path) -> None:
     table = tmp_path / "items.csv"
     table.write_text("id,question,expected\nx,2+3,5\ny,1+1,2\n", encoding="utf-8")
     rows = load_data(table)
-    assert [(r.id, r.input, r.expected) for r in rows] == [("x", {"question": "2+3"}, "5"), ("y", {"question": "1+1"}, "2")]
+    assert [(r.id, r.input, r.expected) for r in rows] == [
+        ("x", {"question": "2+3"}, "5"), ("y", {"question": "1+1"}, "2")]
     assert [i.id for i in load_data(["same", "same"])][1].endswith("-2")  # ids stay unique
     with pytest.raises(ValueError, match="jsonl"):
         load_data(tmp_path / "items.txt")
