@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-BUILTIN_BACKENDS: tuple[str, ...] = ("local", "superoptix", "console", "mlflow", "langfuse")
+BUILTIN_BACKENDS: tuple[str, ...] = ("local", "superoptix", "console", "mlflow", "langfuse", "otlp", "phoenix")
 SUPEROPTIX_KEYS: tuple[str, ...] = ("tracing", "logging", "metrics", "monitoring", "dashboard", "debugging")
 """Keys of SuperOptiX's own observability block: accepted verbatim; only ``tracing`` (on/off) and
 ``dashboard.port`` mean something to spanmux, the loader reports the rest in one info line."""
@@ -75,6 +75,59 @@ class LangfuseConfig(_Section):
     environment: str | None = Field(None, description="langfuse.environment (default $LANGFUSE_TRACING_ENVIRONMENT).")
     release: str | None = Field(None, description="langfuse.release (default $LANGFUSE_RELEASE).")
     timeout: float = Field(10.0, gt=0, description="Seconds per HTTP request.")
+
+
+Convention = Literal["genai", "openinference"]
+CONVENTIONS: tuple[Convention, ...] = ("genai", "openinference")
+
+
+class OtlpConfig(_Section):
+    """Any OpenTelemetry receiver over OTLP (a Collector, Jaeger, Tempo, a vendor). Unset fields take
+    the OpenTelemetry environment variables (``OTEL_EXPORTER_OTLP_*``, ``OTEL_SERVICE_NAME``,
+    ``OTEL_RESOURCE_ATTRIBUTES``) with the specification's rules."""
+
+    endpoint: str | None = Field(
+        None,
+        description="Default $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as is, else $OTEL_EXPORTER_OTLP_ENDPOINT "
+        "(+ /v1/traces for http/protobuf), else http://localhost:4318/v1/traces (grpc: :4317).",
+    )
+    protocol: Literal["http/protobuf", "grpc"] | None = Field(
+        None, description="Default $OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, $OTEL_EXPORTER_OTLP_PROTOCOL, http/protobuf."
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Sent with every request (over $OTEL_EXPORTER_OTLP_HEADERS); never logged."
+    )
+    compression: Literal["gzip", "none"] | None = Field(
+        None, description="Default $OTEL_EXPORTER_OTLP_TRACES_COMPRESSION, $OTEL_EXPORTER_OTLP_COMPRESSION, gzip."
+    )
+    service_name: str | None = Field(
+        None, description="Resource service.name; default $OTEL_SERVICE_NAME, $OTEL_RESOURCE_ATTRIBUTES', spanmux."
+    )
+    resource_attributes: dict[str, str] = Field(
+        default_factory=dict, description="Resource attributes, over those of $OTEL_RESOURCE_ATTRIBUTES."
+    )
+    conventions: list[Convention] = Field(
+        default_factory=lambda: list(CONVENTIONS),
+        min_length=1,
+        description="Attribute sets sent: OpenTelemetry GenAI (gen_ai.*) and/or OpenInference.",
+    )
+    timeout: float | None = Field(
+        None, gt=0, description="Seconds per request; default $OTEL_EXPORTER_OTLP_TIMEOUT or 10."
+    )
+
+
+class PhoenixConfig(OtlpConfig):
+    """Arize Phoenix: OTLP with Phoenix's defaults, plus scores as Phoenix annotations (REST)."""
+
+    endpoint: str | None = Field(
+        None, description="Default $PHOENIX_COLLECTOR_ENDPOINT + /v1/traces, else http://127.0.0.1:6006/v1/traces."
+    )
+    project: str | None = Field(
+        None, description="Resource openinference.project.name; default $PHOENIX_PROJECT_NAME, else default."
+    )
+    base_url: str | None = Field(None, description="Phoenix REST API for annotations; default: the endpoint's host.")
+    api_key: SecretStr | None = Field(None, description="Default $PHOENIX_API_KEY (Bearer token); never logged.")
+    annotations: bool = Field(True, description="Send scores as Phoenix span/trace annotations.")
 
 
 class PriceConfig(_Section):
@@ -144,7 +197,7 @@ class ObservabilityConfig(BaseModel):
     backends: list[str] = Field(
         default_factory=lambda: ["local"],
         min_length=1,
-        description="local | superoptix (= local) | console | mlflow | langfuse | an installed plugin",
+        description="local | superoptix (= local) | console | mlflow | langfuse | otlp | phoenix | an installed plugin",
     )
     capture_content: bool = Field(True, description="false: inputs, outputs and messages are not recorded.")
     sample_rate: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of traces kept (whole traces).")
@@ -166,6 +219,8 @@ class ObservabilityConfig(BaseModel):
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     mlflow: MlflowConfig | None = None
     langfuse: LangfuseConfig | None = None
+    otlp: OtlpConfig | None = None
+    phoenix: PhoenixConfig | None = None
     tracing: bool | TracingConfig | None = Field(
         None, description="SuperOptiX: true | false | {enabled, level, include_tools, include_memory, include_rag}; "
         "false or enabled: false turns spanmux off."

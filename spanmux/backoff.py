@@ -43,3 +43,21 @@ class Backoff:
     def restart(self) -> None:
         """A fresh series (a flush tries again from the shortest wait)."""
         self.current = 0.0
+
+
+def retry_after_seconds(header: str | None) -> float | None:
+    """Seconds from an HTTP ``Retry-After`` header (delta-seconds or HTTP date), for a backend's
+    ``ExportError.retry_after``; None when absent or unreadable."""
+    if not header:
+        return None
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    import email.utils
+
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

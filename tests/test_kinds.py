@@ -93,12 +93,39 @@ def console_kinds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> dict[str,
     return out
 
 
+def otlp_kinds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> dict[str, str]:
+    pytest.importorskip("opentelemetry.sdk.trace")
+    from spanmux.backends.otlp import (
+        OPENINFERENCE_KIND_BY_KIND,
+        OPERATION_BY_KIND,
+        genai_attributes,
+        openinference_attributes,
+        spanmux_attributes,
+    )
+
+    assert set(OPENINFERENCE_KIND_BY_KIND) == set(OPERATION_BY_KIND) == set(KINDS)
+    known = {"LLM", "CHAIN", "TOOL", "RETRIEVER", "EMBEDDING", "AGENT", "RERANKER", "GUARDRAIL", "EVALUATOR"}
+    operations = {"chat", "text_completion", "embeddings", "retrieval", "execute_tool", "invoke_agent"}
+    out = {}
+    for kind in KINDS:
+        span = _span(kind)
+        oi_kind = openinference_attributes(span)["openinference.span.kind"]
+        assert oi_kind == OPENINFERENCE_KIND_BY_KIND[kind] in known
+        assert genai_attributes(span).get("gen_ai.operation.name") == OPERATION_BY_KIND[kind]
+        assert OPERATION_BY_KIND[kind] is None or OPERATION_BY_KIND[kind] in operations
+        assert spanmux_attributes(span)["spanmux.kind"] == kind  # the kind travels too
+        out[kind] = oi_kind
+    return out
+
+
 MAPPERS: dict[str, Callable[[Path, pytest.LogCaptureFixture], dict[str, str]]] = {
     "local": local_kinds,
     "superoptix": local_kinds,  # the same backend by SuperOptiX's name
     "console": console_kinds,
     "mlflow": mlflow_types,
     "langfuse": langfuse_types,
+    "otlp": otlp_kinds,
+    "phoenix": otlp_kinds,  # the same tables, Phoenix's defaults
 }
 
 
