@@ -1,14 +1,17 @@
 """Built-in store: sustained ingest, listing and lookup latency, size on disk; MLflow's trace store
 on a subset of the same spans for comparison.
 
-    .venv/bin/python benchmarks/store.py [--spans 1000000] [--mlflow-spans 4000] [--json]
+    .venv/bin/python benchmarks/store.py [--spans 1000000] [--mlflow-spans 4000] [--processes 4] [--json]
 
 Spans come as 4-span traces (agent > chain > llm, tool) shaped like what the LangChain handler
 emits: the LLM span carries model and token usage (no cost: the worker prices it), inputs and
 outputs are small JSON values. ``pipeline`` emits them through spanmux (emit -> worker ->
 processors -> LocalBackend) in chunks of 50,000, each followed by ``flush()``, so the queue never
 overflows and the rate is what the worker sustains; ``direct`` calls ``LocalBackend.export`` with
-pipeline-sized batches (512) of already-processed spans.
+pipeline-sized batches (512) of already-processed spans. ``floor`` is raw SQLite on the same rows
+(plain ``executemany`` in WAL mode, rows built before the clock starts), measured in the same run so
+the ratios mean something on a shared machine; ``processes`` has four processes write one file at
+once, beside one process writing the same number.
 """
 
 from __future__ import annotations
@@ -101,6 +104,104 @@ def direct_ingest(total: int, path: Path) -> dict[str, Any]:
             "file_mb": round(size / 1e6, 1), "sample_trace_ids": trace_ids}
 
 
+FLOOR_SCHEMA = """
+CREATE TABLE spans (trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_id TEXT, name TEXT NOT NULL,
+    kind TEXT NOT NULL, framework TEXT NOT NULL, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL,
+    status TEXT NOT NULL, model TEXT, detail TEXT, trace_seq INTEGER NOT NULL);
+"""
+FLOOR_INDEX = "CREATE UNIQUE INDEX spans_by_trace ON spans (trace_seq, span_id)"
+
+
+def floor_rows(total: int) -> list[tuple[Any, ...]]:
+    """The store's own span rows for the same spans (columns, ``detail`` JSON, trace number), made
+    before the clock starts: the floor pays no encoding."""
+    from spanmux.backends.local import _span_row
+
+    numbers: dict[str, int] = {}
+    rows = []
+    for chunk in spans_in_chunks(total, CHUNK):
+        for s in chunk:
+            rows.append(_span_row(s, numbers.setdefault(s.trace_id, len(numbers) + 1)))
+    return rows
+
+
+def raw_floor(rows: list[tuple[Any, ...]], path: Path, index: bool) -> dict[str, Any]:
+    """Plain ``executemany`` of the rows, a transaction per pipeline-sized batch, WAL mode and
+    ``synchronous=NORMAL`` like the store: what SQLite itself costs. With ``index``, the store's
+    unique (trace number, span id) index is kept up too; no ``traces`` table, no lookups."""
+    import sqlite3
+
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(FLOOR_SCHEMA)
+    if index:
+        conn.execute(FLOOR_INDEX)
+    insert = f"INSERT INTO spans VALUES ({', '.join('?' * len(rows[0]))})"
+    started = time.perf_counter()
+    for i in range(0, len(rows), BATCH):
+        conn.execute("BEGIN")
+        conn.executemany(insert, rows[i:i + BATCH])
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return {"spans_per_s": round(len(rows) / elapsed)}
+
+
+def _writer(path: str, total: int) -> None:
+    """One of the processes of ``multi_process``: build its spans, say ready, write on "go"."""
+    from spanmux.backends.local import LocalBackend
+    from spanmux.config_schemas.observability import LocalConfig
+
+    chunks = list(spans_in_chunks(total, CHUNK))
+    backend = LocalBackend(LocalConfig(path=path))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for chunk in chunks:
+        for i in range(0, len(chunk), BATCH):
+            backend.export(chunk[i:i + BATCH], [])
+    backend.shutdown(30)
+    print("done", flush=True)
+
+
+def multi_process(total: int, processes: int, folder: Path) -> dict[str, Any]:
+    """``processes`` processes writing ``total`` spans between them into one store file at once
+    (WAL and the busy timeout serialize their transactions), against one process writing the
+    same number into a fresh file: aggregate spans/s of each."""
+    import subprocess
+
+    from _common import child_env, python
+
+    def run(count: int, path: Path) -> float:
+        each = total // count
+        procs = [subprocess.Popen([python(), __file__, "--writer", str(path), "--spans", str(each)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env())
+                 for _ in range(count)]
+        for proc in procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError("a writer process failed to start")
+        started = time.perf_counter()
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "done" or proc.wait(600) != 0:
+                raise RuntimeError("a writer process failed")
+        return each * count / (time.perf_counter() - started)
+
+    one = run(1, folder / "one-process.db")
+    many = run(processes, folder / "processes.db")
+    from spanmux.store import LocalStore
+
+    with LocalStore(folder / "processes.db") as store:
+        stored = store.count_spans()
+    return {"spans": total, "processes": processes, "one_process_spans_per_s": round(one),
+            "aggregate_spans_per_s": round(many), "stored_spans": stored}
+
+
 def read_latency(path: Path, trace_ids: list[str], repeats: int) -> dict[str, Any]:
     from spanmux.store import LocalStore
 
@@ -152,25 +253,43 @@ def mlflow_ingest(total: int, folder: Path) -> dict[str, Any]:
     return {"spans": total, "spans_per_s": round(total / elapsed), "bytes_per_span": round(size / total, 1)}
 
 
-def measure(spans: int, mlflow_spans: int, repeats: int = 50) -> dict[str, Any]:
+def measure(spans: int, mlflow_spans: int, repeats: int = 50, processes: int = 4,
+            process_spans: int = 200_000) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="spanmux-store-") as tmp:
         folder = Path(tmp)
+        rows = floor_rows(spans)
+        floor = raw_floor(rows, folder / "floor.db", index=True)
+        floor["no_index_spans_per_s"] = raw_floor(rows, folder / "floor-no-index.db", index=False)["spans_per_s"]
+        del rows
+        for name in ("floor.db", "floor-no-index.db"):
+            for p in folder.glob(name + "*"):
+                p.unlink()
         direct = direct_ingest(spans, folder / "direct.db")
         reads = read_latency(folder / "direct.db", direct.pop("sample_trace_ids"), repeats)
         piped = pipeline_ingest(spans, folder)
+        multi = multi_process(min(process_spans, spans), processes, folder) if processes > 1 else {}
         mlflow_dir = folder / "mlflow"
         mlflow_dir.mkdir()
         peer = mlflow_ingest(mlflow_spans, mlflow_dir)
-    return {"spans": spans, "direct": direct, "pipeline": piped, "reads": reads, "mlflow_store": peer}
+    ratios = {"direct_vs_floor": round(direct["spans_per_s"] / floor["spans_per_s"], 2),
+              "pipeline_vs_floor": round(piped["spans_per_s"] / floor["spans_per_s"], 2)}
+    return {"spans": spans, "floor": floor, "direct": direct, "pipeline": piped, "ratios": ratios, "reads": reads,
+            "processes": multi, "mlflow_store": peer}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spans", type=int, default=1_000_000)
     parser.add_argument("--mlflow-spans", type=int, default=4_000)
+    parser.add_argument("--processes", type=int, default=4, help="writers of one file at once (0: skip)")
+    parser.add_argument("--process-spans", type=int, default=200_000, help="spans they write between them")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--writer", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    result = measure(args.spans, args.mlflow_spans)
+    if args.writer:
+        _writer(args.writer, args.spans)
+        return
+    result = measure(args.spans, args.mlflow_spans, processes=args.processes, process_spans=args.process_spans)
     result["machine"] = machine()
     print(json.dumps(result, indent=None if args.json else 2))
 

@@ -59,6 +59,10 @@ class BaseBackend(abc.ABC):
     they do not block the spool forever; reported by ``stats()`` so no loss goes uncounted."""
     rejected_scores: int = 0
     """The same for scores."""
+    merge_batches_up_to: ClassVar[int] = 0
+    """When several batches wait in the backend's lane, hand them to one ``export`` of up to this
+    many records (0: one batch per call). Worth it where a call has a fixed cost, like a commit:
+    the built-in store sets it, so a deep queue makes bigger transactions."""
 
     def __init__(self, config: Any = None, settings: Any = None) -> None:
         """``config`` is the validated section (an instance of ``config_model``, or None),

@@ -295,6 +295,28 @@ class Lane:
                 return
         self._to_spool(item)  # without a spool it is counted as dropped
 
+    def _merged(self, batch: _Batch) -> _Batch:
+        """``batch`` and the batches queued right behind it (up to the backend's
+        ``merge_batches_up_to`` records, never across a flush marker) as one: a deep queue
+        becomes fewer, bigger export calls (the store's commits)."""
+        limit = self.contract.merge_batches_up_to
+        pending = self._pending
+        if not limit or not pending or not isinstance(pending[0], _Batch):
+            return batch
+        size = len(batch.spans) + len(batch.scores)
+        merged = _Batch(list(batch.spans), list(batch.scores), experiments=list(batch.experiments))
+        while pending and isinstance(pending[0], _Batch):
+            following = pending[0]
+            extra = len(following.spans) + len(following.scores)
+            if size + extra > limit:
+                break
+            pending.popleft()
+            merged.spans.extend(following.spans)
+            merged.scores.extend(following.scores)
+            merged.experiments.extend(following.experiments)
+            size += extra
+        return merged
+
     def _spool_has_work(self) -> bool:
         return self.spool is not None and self.spool.has_pending()
 
@@ -314,7 +336,7 @@ class Lane:
                     if isinstance(item, _Marker):
                         self._settle(item)
                     else:
-                        self._deliver(item)
+                        self._deliver(self._merged(item))
                 if not self._stop:
                     self._replay_spool(force=False)
             except Exception:  # never let the lane die

@@ -155,8 +155,58 @@ def _structured(value: Any) -> Any:
     return None
 
 
+class _NotPlain(Exception):
+    """Raised by ``_plain_copy`` at the first value that needs the general conversion."""
+
+
+_NOT_PLAIN = _NotPlain()
+_INF = float("inf")
+
+
+def _plain_copy(value: Any, depth: int, budget: list[int]) -> Any:
+    """A copy of a value made only of dicts with str keys, lists, tuples, str, int, bool, None and
+    finite floats, within the depth and item bounds and with fewer string characters than the
+    budget: exactly what ``_convert`` returns for it, without its per-value bookkeeping (most
+    inputs and outputs are such values: chain inputs, already-converted messages). Raises
+    ``_NotPlain`` for anything else, and the caller converts from scratch."""
+    if depth >= MAX_DEPTH or len(value) > MAX_ITEMS:
+        raise _NOT_PLAIN
+    is_dict = type(value) is dict
+    out: Any = {} if is_dict else []
+    for key, item in (value.items() if is_dict else enumerate(value)):
+        kind = type(item)
+        if kind is str:
+            budget[0] -= len(item)
+        elif kind is dict or kind is list or kind is tuple:
+            item = _plain_copy(item, depth + 1, budget)
+        elif not (item is None or kind is int or kind is bool or (kind is float and -_INF < item < _INF)):
+            raise _NOT_PLAIN
+        if is_dict:
+            if type(key) is not str:
+                raise _NOT_PLAIN
+            out[key] = item
+        else:
+            out.append(item)
+    if budget[0] <= 0:
+        raise _NOT_PLAIN
+    return out
+
+
 def to_jsonable(value: Any, limit: int) -> tuple[Any, bool]:
     """(JSON-able copy of ``value`` within about ``limit`` characters, whether it was cut)."""
+    kind = type(value)
+    if kind is str:
+        if len(value) < limit:
+            return value, False
+    elif value is None or kind is int or kind is bool:
+        return value, False
+    elif kind is dict or kind is list or kind is tuple:
+        try:
+            return _plain_copy(value, 0, [limit]), False
+        except _NotPlain:
+            pass
+        except RecursionError:
+            pass
     budget = _Budget(limit)
     try:
         converted = _convert(value, budget, 0, set())
