@@ -652,11 +652,13 @@ class LocalStore:
     def traces_after_seq(self, where: TraceFilter, after_seq: int, limit: int = 200) -> tuple[list[TraceSummary], int]:
         """Matching traces that arrived after trace number ``after_seq``, newest first, and the newest
         number seen (live updates: arrival order, so a trace with an older start time is not missed)."""
+        newest = max(after_seq, self.newest_seq())  # first: a trace landing meanwhile is left for the next call
         clause, params = where.where()
-        clause = f"{clause} AND seq > ?" if clause else "WHERE seq > ?"
+        clause = f"{clause} AND seq > ? AND seq <= ?" if clause else "WHERE seq > ? AND seq <= ?"
         rows = self._conn.execute(f"SELECT * FROM traces {clause} ORDER BY seq DESC LIMIT ?",
-                                  (*params, after_seq, limit)).fetchall()
-        newest = max([after_seq, *(r["seq"] for r in rows)])
+                                  (*params, after_seq, newest, limit)).fetchall()
+        if len(rows) == limit:  # more than a poll shows: the next call goes on from the oldest one shown
+            newest = min(r["seq"] for r in rows)
         rows.sort(key=lambda r: (-r["start_ns"], r["seq"]))
         return [_row_to_summary(r) for r in rows], newest
 
@@ -676,8 +678,8 @@ class LocalStore:
                 clause = f"{clause} AND" if clause else "WHERE"
                 clause += " start_ns <= ? AND (start_ns < ? OR seq > ?)"
                 params = [*params, cursor.start_ns, cursor.start_ns, cursor.seq]
-            rows = self._conn.execute(f"SELECT * FROM traces {clause} ORDER BY start_ns DESC, seq LIMIT 200",
-                                      params).fetchall()
+            rows = self._conn.execute(f"SELECT * FROM traces {clause} ORDER BY start_ns DESC, seq LIMIT ?",
+                                      (*params, min(200, budget_spans))).fetchall()
             if not rows:
                 return SearchPage(found, None, scanned, False)
             seqs = [r["seq"] for r in rows]
@@ -690,8 +692,8 @@ class LocalStore:
                 spans_read += row["span_count"]
                 if row["seq"] in hits:
                     found.append(_row_to_summary(row))
-                    if len(found) >= limit:
-                        break
+                if len(found) >= limit or spans_read >= budget_spans:
+                    break
             cursor = TraceCursor(row["start_ns"], row["seq"])
         return SearchPage(found, cursor, scanned, len(found) < limit)
 
