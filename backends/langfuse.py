@@ -17,11 +17,13 @@ from __future__ import annotations
 import base64
 import email.utils
 import gzip
+import hashlib
+import json
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 
@@ -36,7 +38,7 @@ from spanmux.backends.otel_spans import (
     json_text,
 )
 from spanmux.config_schemas import LangfuseConfig
-from spanmux.model import Cost, Score, Span, Usage
+from spanmux.model import Cost, ExperimentItem, ExperimentRun, Score, Span, TraceAttributes, Usage
 from spanmux.usage import is_model_call
 
 log = logging.getLogger("spanmux.backends.langfuse")
@@ -45,6 +47,8 @@ DEFAULT_HOST = "https://cloud.langfuse.com"
 TRACES_PATH = "/api/public/otel/v1/traces"
 SCORES_PATH = "/api/public/scores"
 PROJECTS_PATH = "/api/public/projects"
+DATASETS_PATH = "/api/public/datasets"
+DATASET_ITEMS_PATH = "/api/public/dataset-items"
 INGESTION_VERSION = "4"
 """``x-langfuse-ingestion-version``: 4 tells the server every span carries its trace fields."""
 MAX_TRACE_REQUEST_BYTES = 4 * 1024 * 1024
@@ -88,6 +92,16 @@ class LangfuseKeys:
     META_TRUNCATED: Final = "truncated"
     META_USAGE_ESTIMATED: Final = "usage.estimated"
     META_COST_SOURCE: Final = "cost.source"
+
+    # experiments, as the SDK's run_experiment marks an item's observations (langfuse >= 5)
+    EXPERIMENT_ID: Final = "langfuse.experiment.id"
+    EXPERIMENT_NAME: Final = "langfuse.experiment.name"
+    EXPERIMENT_METADATA: Final = "langfuse.experiment.metadata"
+    EXPERIMENT_DATASET_ID: Final = "langfuse.experiment.dataset.id"
+    EXPERIMENT_ITEM_ID: Final = "langfuse.experiment.item.id"
+    EXPERIMENT_ITEM_METADATA: Final = "langfuse.experiment.item.metadata"
+    EXPERIMENT_ITEM_EXPECTED_OUTPUT: Final = "langfuse.experiment.item.expected_output"
+    EXPERIMENT_ITEM_ROOT_OBSERVATION_ID: Final = "langfuse.experiment.item.root_observation_id"
 
 
 K = LangfuseKeys
@@ -294,6 +308,69 @@ def score_body(score: Score, environment: str | None = None) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the backend
 
+def dataset_item_id(dataset: str, item_id: str) -> str:
+    """A Langfuse dataset item id (project-wide, at most 255 characters) for an item of a dataset:
+    the same in every run, so upserting again adds nothing."""
+    digest = hashlib.sha256(f"{dataset}\x00{item_id}".encode()).hexdigest()[:32]
+    return f"spanmux-{digest}"
+
+
+def dataset_item_body(dataset: str, item: ExperimentItem) -> dict[str, Any]:
+    """``CreateDatasetItemRequest`` of one item (its first trace as the source)."""
+    body: dict[str, Any] = {"datasetName": dataset, "id": dataset_item_id(dataset, item.item_id),
+                            "metadata": {**(item.metadata or {}), "spanmux.item_id": item.item_id}}
+    if item.input is not None:
+        body["input"] = item.input
+    if item.expected is not None:
+        body["expectedOutput"] = item.expected
+    return body
+
+
+def experiment_run_name(run: ExperimentRun) -> str:
+    """The dataset run's name: the experiment's name and its run id (a rerun is a new run)."""
+    return f"{run.name} {run.run_id[:8]}"
+
+
+def experiment_id_of(project_id: str, dataset_id: str, run_name: str) -> str:
+    """The experiment (dataset run) id as the Langfuse server derives it (and the SDK mirrors):
+    SHA-256 of the JSON array, first 16 hex digits."""
+    payload = json.dumps(["langfuse-experiment-v1", project_id, dataset_id, run_name], separators=(",", ":"),
+                         ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def experiment_root_span(run: ExperimentRun, item: ExperimentItem) -> Span:
+    """The item's root span again, as the runner made it (same ids, times, input, output, trace fields)."""
+    from spanmux.experiments import item_trace_fields
+
+    tags, metadata = item_trace_fields(run.name, run.run_id, run.dataset, run.metadata, item.item_id, item.metadata)
+    return Span(
+        trace_id=item.trace_id, span_id=item.span_id, parent_id=None, name=run.name, kind="chain", framework="manual",
+        start_ns=item.start_ns, end_ns=item.root_end_ns or item.end_ns, status="error" if item.error else "ok",
+        input=item.input, output=item.output, attributes={"experiment.item_id": item.item_id},
+        trace=TraceAttributes(name=run.name, tags=tuple(tags), metadata=metadata),
+    )
+
+
+def experiment_attributes(run: ExperimentRun, item: ExperimentItem, experiment_id: str, run_name: str,
+                          dataset: str, dataset_id: str) -> dict[str, Any]:
+    """The ``langfuse.experiment.*`` attributes ``run_experiment`` puts on an item's observations."""
+    out: dict[str, Any] = {
+        K.EXPERIMENT_ID: experiment_id,
+        K.EXPERIMENT_NAME: run_name,
+        K.EXPERIMENT_DATASET_ID: dataset_id,
+        K.EXPERIMENT_ITEM_ID: dataset_item_id(dataset, item.item_id),
+        K.EXPERIMENT_ITEM_ROOT_OBSERVATION_ID: item.span_id,
+    }
+    if run.metadata:
+        out[K.EXPERIMENT_METADATA] = json_text(run.metadata)
+    if item.metadata:
+        out[K.EXPERIMENT_ITEM_METADATA] = json_text(item.metadata)
+    if item.expected is not None:
+        out[K.EXPERIMENT_ITEM_EXPECTED_OUTPUT] = json_text(item.expected)
+    return out
+
+
 def _first(*values: str | None) -> str | None:
     for value in values:
         if value is not None and value.strip():
@@ -388,6 +465,8 @@ class LangfuseBackend(BaseBackend):
         self._auth = f"Basic {token}"
         self._session: Any = None
         self._builder: OtelSpanBuilder | None = None
+        self._datasets: dict[str, str] = {}  # dataset name -> Langfuse dataset id
+        self._project_id: str | None = None
 
     def __repr__(self) -> str:
         return f"LangfuseBackend(host={self.host!r}, public_key={self.public_key!r})"
@@ -402,6 +481,64 @@ class LangfuseBackend(BaseBackend):
             self._send_scores([score_body(score, self.environment) for score in scores])
 
     # force_flush: the default; nothing is buffered here, export() returns once the server answered
+
+    def export_experiments(self, runs: Sequence[ExperimentRun], origin: Mapping[str, str] | None) -> None:
+        """What Langfuse's own ``run_experiment`` leaves: the dataset and its items upserted through
+        the public API (ids derived from dataset and item id: a rerun adds no item), then each item's
+        root observation sent again with the ``langfuse.experiment.*`` attributes that make it a run
+        item of the dataset run (one per trace); the scores reached the traces already."""
+        for run in runs:
+            dataset = run.dataset or run.name
+            dataset_id = self._dataset_id(dataset, run)
+            for item in run.items:
+                self._post_json(DATASET_ITEMS_PATH, dataset_item_body(dataset, item))
+            run_name = experiment_run_name(run)
+            experiment_id = experiment_id_of(self._project(), dataset_id, run_name)
+            roots = [experiment_root_span(run, item) for item in run.items if item.trace_id]
+            readable = []
+            build = self._span_builder().build
+            for root, item in zip(roots, (i for i in run.items if i.trace_id), strict=True):
+                attributes = observation_attributes(root, trace_name=run.name, environment=self.environment,
+                                                    release=self.release)
+                attributes.update(experiment_attributes(run, item, experiment_id, run_name, dataset, dataset_id))
+                readable.append(build(root, attributes))
+            if readable:
+                self._send_spans(readable)
+
+    def _span_builder(self) -> OtelSpanBuilder:
+        if self._builder is None:
+            self._readable_spans([])  # the one place the builder is made
+        assert self._builder is not None
+        return self._builder
+
+    def _project(self) -> str:
+        if self._project_id is None:
+            response = self._request("GET", PROJECTS_PATH, None, {})
+            self._raise_for_status(response)
+            try:
+                self._project_id = str(response.json()["data"][0]["id"])
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise ExportError(f"Langfuse at {self.host}: {PROJECTS_PATH} named no project",
+                                  retryable=False) from None
+        return self._project_id
+
+    def _dataset_id(self, name: str, run: ExperimentRun) -> str:
+        found = self._datasets.get(name)
+        if found is None:
+            body = {"name": name, "metadata": {"source": "spanmux", "experiment": run.name}}
+            response = self._post_json(DATASETS_PATH, body)
+            try:
+                found = self._datasets[name] = str(response.json()["id"])
+            except (ValueError, KeyError, TypeError):
+                raise ExportError(f"Langfuse at {self.host} answered no dataset id for {name!r}",
+                                  retryable=True) from None
+        return found
+
+    def _post_json(self, path: str, body: Any) -> Any:
+        try:
+            return self._post(path, json_text(body).encode(), {"Content-Type": "application/json"})
+        except _Rejected as exc:
+            raise ExportError(f"Langfuse at {self.host} refused {path}: {exc}", retryable=False) from None
 
     def shutdown(self, timeout: float) -> None:
         session, self._session = self._session, None

@@ -512,6 +512,20 @@ def _error_text(exc: BaseException) -> str:
     return text if len(text) <= 2000 else text[:2000] + "..."
 
 
+def item_trace_fields(name: str, run_id: str, dataset: str | None, metadata: Mapping[str, Any] | None,
+                      item_id: str, item_metadata: Mapping[str, Any] | None) -> tuple[list[str], dict[str, Any]]:
+    """The tags and metadata of an item's trace: the run's metadata, the item's, and the experiment's
+    name, run id, dataset and item id (``spanmux.attributes.EXPERIMENT_*``). One place, so a backend
+    that re-describes an item's root (Langfuse) says the same."""
+    fields = {**(metadata or {}), **(item_metadata or {}), attr.EXPERIMENT_NAME: name,
+              attr.EXPERIMENT_RUN_ID: run_id, attr.EXPERIMENT_ITEM_ID: item_id}
+    tags = [f"experiment:{name}"]
+    if dataset:
+        fields[attr.EXPERIMENT_DATASET] = dataset
+        tags.append(f"dataset:{dataset}")
+    return tags, fields
+
+
 class _Runner:
     """One run of an experiment: the shared parts every item uses."""
 
@@ -552,12 +566,8 @@ class _Runner:
     def run_item(self, index: int, item: DataItem) -> ExperimentItem:
         """Run one item in its own trace (the caller gives each item a fresh context copy)."""
         CURRENT_SPAN.set(None)  # an item never nests under a span open where evaluate was called
-        metadata = {**self.metadata, **(item.metadata or {}), attr.EXPERIMENT_NAME: self.name,
-                    attr.EXPERIMENT_RUN_ID: self.run_id, attr.EXPERIMENT_ITEM_ID: item.id}
-        tags = [f"experiment:{self.name}"]
-        if self.dataset:
-            metadata[attr.EXPERIMENT_DATASET] = self.dataset
-            tags.append(f"dataset:{self.dataset}")
+        tags, metadata = item_trace_fields(self.name, self.run_id, self.dataset, self.metadata, item.id,
+                                           item.metadata)
         error: str | None = None
         output: Any = None
         scores: dict[str, ScoreValue] = {}
@@ -580,12 +590,13 @@ class _Runner:
                 for judge in self.scorers:
                     self._score(judge, item, output, root, scores, score_ids, scorer_errors, evaluator_ids)
             root.end()
+        root_end = time.time_ns()
         figures = self.figures.of(self.watch.take(root.trace_id), evaluator_ids)
         return ExperimentItem(
             item_id=item.id, index=index, trace_id=root.trace_id, span_id=root.span_id, start_ns=start, end_ns=end,
             input=self._content(item.input), expected=self._content(item.expected), output=self._content(output),
             metadata=item.metadata, scores=scores, score_ids=score_ids, error=error, scorer_errors=scorer_errors,
-            **figures,
+            root_end_ns=root_end, **figures,
         )
 
     def _score(self, judge: _Scorer, item: DataItem, output: Any, root: ManualSpan,

@@ -210,6 +210,8 @@ class ExperimentItem(msgspec.Struct, frozen=True, kw_only=True):
     cost: float | None = None
     evaluator_tokens: int = 0
     evaluator_cost: float | None = None
+    root_end_ns: int | None = None
+    """When the item's root span ended (after its scorers); ``end_ns`` is the task's end."""
 
     @property
     def latency_ms(self) -> float:

@@ -11,6 +11,12 @@ and is deliberately at least as strict as the real one:
 - ``POST /api/public/scores``: one object or a list, each validated with the Langfuse SDK's own
   ``CreateScoreRequest`` through ``parse_obj_as`` plus the server's value rules; 202, 207 (some
   rejected) or 400. Upserted by id.
+- ``POST /api/public/datasets`` and ``POST /api/public/dataset-items``: validated with the SDK's
+  ``CreateDatasetRequest`` / ``CreateDatasetItemRequest``; datasets upserted by name, items by id
+  (an id is project-wide: reusing it in another dataset is a 400); answered with bodies that parse
+  as the SDK's ``Dataset`` / ``DatasetItem``. Every accepted body is kept (``dataset_posts``).
+- Dataset runs as Langfuse 5 derives them: from observations carrying ``langfuse.experiment.*``
+  attributes (``dataset_runs()``; one run item per dataset item and trace).
 - ``GET /api/public/projects`` (authenticated) and ``GET /api/public/health``.
 
 Every route but health needs ``Authorization: Basic base64(public:secret)`` (else 401). It can be
@@ -252,6 +258,9 @@ class LangfuseContractServer:
         self.lock = threading.Lock()
         self.observations: dict[tuple[str, str], Observation] = {}
         self.scores: dict[str, dict[str, Any]] = {}
+        self.datasets: dict[str, dict[str, Any]] = {}  # by name, as answered (Dataset)
+        self.dataset_items: dict[str, dict[str, Any]] = {}  # by id, as answered (DatasetItem)
+        self.dataset_posts: list[tuple[str, dict[str, Any]]] = []  # (path, body) of every accepted POST
         self.requests: list[tuple[str, str, int]] = []
         self.headers: list[dict[str, str]] = []
         self.spans_received = 0
@@ -319,6 +328,80 @@ class LangfuseContractServer:
         with self.lock:
             return list(self.scores.values())
 
+    def dataset_runs(self) -> dict[str, dict[str, Any]]:
+        """Dataset runs by experiment id, derived from the observations as Langfuse does:
+        ``{"name", "dataset_id", "metadata", "items": [{"dataset_item_id", "trace_id", "observation_id"}]}``."""
+        runs: dict[str, dict[str, Any]] = {}
+        for obs in self.all_observations():
+            experiment = obs.attributes.get("langfuse.experiment.id")
+            item = obs.attributes.get("langfuse.experiment.item.id")
+            if not experiment or not item:
+                continue
+            run = runs.setdefault(str(experiment), {
+                "name": obs.attributes.get("langfuse.experiment.name"),
+                "dataset_id": obs.attributes.get("langfuse.experiment.dataset.id"),
+                "metadata": json.loads(obs.attributes.get("langfuse.experiment.metadata") or "null"),
+                "items": [],
+            })
+            link = {"dataset_item_id": item, "trace_id": obs.trace_id,
+                    "observation_id": obs.attributes.get("langfuse.experiment.item.root_observation_id")}
+            if link not in run["items"]:
+                run["items"].append(link)
+        return runs
+
+    def ingest_dataset(self, body: bytes) -> dict[str, Any]:
+        from langfuse.api.commons.types.dataset import Dataset
+        from langfuse.api.core.pydantic_utilities import parse_obj_as
+        from langfuse.api.datasets.types.create_dataset_request import CreateDatasetRequest
+
+        payload = _json_object(body)
+        try:
+            parsed = parse_obj_as(CreateDatasetRequest, payload)
+        except Exception as exc:
+            raise Invalid(f"dataset does not match CreateDatasetRequest: {exc}") from exc
+        now = _now_iso()
+        with self.lock:
+            self.dataset_posts.append(("/api/public/datasets", payload))
+            found = self.datasets.get(parsed.name)
+            answer = {"id": found["id"] if found else f"ds-{len(self.datasets) + 1}", "name": parsed.name,
+                      "description": parsed.description, "metadata": parsed.metadata, "projectId": "contract-project",
+                      "createdAt": found["createdAt"] if found else now, "updatedAt": now}
+            parse_obj_as(Dataset, answer)  # what we answer is what the SDK reads
+            self.datasets[parsed.name] = answer
+        return answer
+
+    def ingest_dataset_item(self, body: bytes) -> dict[str, Any]:
+        from langfuse.api.commons.types.dataset_item import DatasetItem
+        from langfuse.api.core.pydantic_utilities import parse_obj_as
+        from langfuse.api.dataset_items.types.create_dataset_item_request import CreateDatasetItemRequest
+
+        payload = _json_object(body)
+        try:
+            parsed = parse_obj_as(CreateDatasetItemRequest, payload)
+        except Exception as exc:
+            raise Invalid(f"dataset item does not match CreateDatasetItemRequest: {exc}") from exc
+        if parsed.id is not None and len(parsed.id) > 255:
+            raise Invalid("dataset item id longer than 255 characters")
+        now = _now_iso()
+        with self.lock:
+            dataset = self.datasets.get(parsed.dataset_name)
+            if dataset is None:
+                raise Invalid(f"dataset {parsed.dataset_name!r} does not exist")
+            item_id = parsed.id or f"item-{len(self.dataset_items) + 1}"
+            found = self.dataset_items.get(item_id)
+            if found is not None and found["datasetName"] != parsed.dataset_name:
+                raise Invalid(f"dataset item id {item_id} belongs to another dataset")
+            self.dataset_posts.append(("/api/public/dataset-items", payload))
+            answer = {"id": item_id, "status": "ACTIVE", "input": parsed.input,
+                      "expectedOutput": parsed.expected_output, "metadata": parsed.metadata,
+                      "sourceTraceId": parsed.source_trace_id,
+                      "sourceObservationId": parsed.source_observation_id, "datasetId": dataset["id"],
+                      "datasetName": parsed.dataset_name, "createdAt": found["createdAt"] if found else now,
+                      "updatedAt": now, "mediaReferences": []}
+            parse_obj_as(DatasetItem, answer)
+            self.dataset_items[item_id] = answer
+        return answer
+
     def statuses(self, path: str) -> list[int]:
         with self.lock:
             return [status for _, p, status in self.requests if p == path]
@@ -363,6 +446,20 @@ class LangfuseContractServer:
         if errors:
             return 207, {"accepted": len(accepted), "rejected": len(errors), "errors": errors}
         return 202, {"message": "Accepted"}
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise Invalid("body is not JSON") from exc
+    if not isinstance(payload, dict):
+        raise Invalid("body must be a JSON object")
+    return payload
+
+
+def _now_iso() -> str:
+    return datetime.now().astimezone().isoformat()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -428,6 +525,10 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/api/public/scores":
                 status, answer = self.contract.ingest_scores(body)
                 self._reply(status, answer)
+            elif path == "/api/public/datasets":
+                self._reply(200, self.contract.ingest_dataset(body))
+            elif path == "/api/public/dataset-items":
+                self._reply(200, self.contract.ingest_dataset_item(body))
             else:
                 self._reply(404, {"message": "not found"})
         except Invalid as exc:

@@ -161,3 +161,90 @@ def test_mlflow_server_gets_an_evaluation_run(mlflow_server: str, tmp_path: Path
     assert feedback["exact_match"].value is False and feedback["exact_match"].source.source_type == "CODE"
     assert feedback["judge"].value == 0.25 and feedback["judge"].source.source_type == "LLM_JUDGE"
     assert [s.span_type for s in trace.data.spans if s.name == "judge"] == ["EVALUATOR"]
+
+
+# ---------------------------------------------------------------- Langfuse (contract server)
+
+def _configure_langfuse(server: Any, tmp_path: Path, backends: tuple[str, ...] = ("langfuse",)) -> None:
+    spanmux.configure({
+        "backends": list(backends), "flush_interval": 0.05, "spool_dir": str(tmp_path / "spool"),
+        "local": {"path": str(tmp_path / "store.db")},
+        "langfuse": {"public_key": server.public_key, "secret_key": server.secret_key, "host": server.url},
+    })
+
+
+def test_langfuse_dataset_items_dataset_run_and_scores(langfuse_server: Any, tmp_path: Path) -> None:
+    from spanmux.backends.langfuse import dataset_item_id, experiment_id_of, experiment_run_name
+
+    _configure_langfuse(langfuse_server, tmp_path)
+    first = spanmux.evaluate(data=DATA, task=task, scorers=[exact_match, judge], name="math-tutor",
+                             dataset="math-v1", metadata={"variant": "A"})
+    second = spanmux.evaluate(data=DATA, task=task, scorers=[exact_match, judge], name="math-tutor",
+                              dataset="math-v1", metadata={"variant": "B"})
+    assert spanmux.flush(timeout=30)
+    stats = spanmux.stats()["backends"]["langfuse"]
+    assert stats["export_errors"] == 0 and stats["rejected_spans"] == 0
+
+    # one dataset, three items, upserted twice: no duplicates, the ids derived from dataset and item id
+    assert list(langfuse_server.datasets) == ["math-v1"]
+    dataset_id = langfuse_server.datasets["math-v1"]["id"]
+    expected_ids = {dataset_item_id("math-v1", i) for i in ("q1", "q2", "q3")}
+    assert set(langfuse_server.dataset_items) == expected_ids
+    posted = [body for path, body in langfuse_server.dataset_posts if path == "/api/public/dataset-items"]
+    assert len(posted) == 6 and {b["id"] for b in posted} == expected_ids
+    q1 = langfuse_server.dataset_items[dataset_item_id("math-v1", "q1")]
+    assert (q1["input"], q1["expectedOutput"], q1["metadata"]["level"]) == ({"question": "2+3?"}, "5", "easy")
+
+    # two dataset runs (a rerun is a new run), one run item per trace, linked to the item's root
+    runs = langfuse_server.dataset_runs()
+    assert set(runs) == {experiment_id_of("contract-project", dataset_id, experiment_run_name(r.run))
+                         for r in (first, second)}
+    for result, variant in ((first, "A"), (second, "B")):
+        run = runs[experiment_id_of("contract-project", dataset_id, experiment_run_name(result.run))]
+        assert run["dataset_id"] == dataset_id and run["metadata"] == {"variant": variant}
+        assert run["items"] == [{"dataset_item_id": dataset_item_id("math-v1", i.item_id), "trace_id": i.trace_id,
+                                 "observation_id": i.span_id} for i in result.items]
+        root = next(o for o in langfuse_server.trace(result.items[0].trace_id) if o.parent_id is None)
+        assert root.name == "math-tutor" and root.span_id == result.items[0].span_id
+        assert root.attributes["langfuse.observation.output"] == "5"
+        evaluator = next(o for o in langfuse_server.trace(result.items[0].trace_id) if o.name == "judge")
+        assert evaluator.type == "evaluator" and evaluator.parent_id == root.span_id
+
+    # scores on the traces, on the item's root observation
+    scores = [s for s in langfuse_server.all_scores() if s["traceId"] == first.items[2].trace_id]
+    by_name = {s["name"]: s for s in scores}
+    assert by_name["exact_match"]["value"] == 0 and by_name["exact_match"]["dataType"] == "BOOLEAN"
+    assert by_name["judge"]["value"] == 0.25 and by_name["judge"]["observationId"] == first.items[2].span_id
+
+
+def test_langfuse_gets_experiments_from_a_store_replay_once(langfuse_server: Any, tmp_path: Path) -> None:
+    from spanmux.config import load_config
+    from spanmux.replay import replay_store
+
+    store = tmp_path / "store.db"
+    spanmux.configure({"backends": ["local"], "local": {"path": str(store)}, "spool_dir": str(tmp_path / "spool")})
+    result = spanmux.evaluate(data=DATA, task=task, scorers=[exact_match], name="offline", dataset="math-v1")
+    spanmux.shutdown()
+    loaded = load_config({"backends": ["langfuse"], "langfuse": {
+        "public_key": langfuse_server.public_key, "secret_key": langfuse_server.secret_key,
+        "host": langfuse_server.url}})
+    for _ in range(2):
+        sent = replay_store(loaded, "langfuse", str(store))
+        assert sent.experiments == 1
+    assert len(langfuse_server.dataset_items) == 3
+    (run,) = langfuse_server.dataset_runs().values()
+    assert [i["trace_id"] for i in run["items"]] == [i.trace_id for i in result.items]
+    assert len([s for s in langfuse_server.all_scores()]) == 3
+
+
+def test_langfuse_down_keeps_the_run_spooled_until_it_answers(langfuse_server: Any, tmp_path: Path) -> None:
+    _configure_langfuse(langfuse_server, tmp_path)
+    langfuse_server.fail_for(600)  # an outage
+    result = spanmux.evaluate(data=DATA[:2], task=task, scorers=[exact_match], name="later", dataset="later-v1")
+    assert not spanmux.flush(timeout=0.5)
+    assert langfuse_server.dataset_runs() == {} and langfuse_server.dataset_items == {}
+    langfuse_server.fail_for(0)  # back
+    assert spanmux.flush(timeout=30)
+    (run,) = langfuse_server.dataset_runs().values()
+    assert [i["trace_id"] for i in run["items"]] == [i.trace_id for i in result.items]
+    assert len(langfuse_server.dataset_items) == 2
