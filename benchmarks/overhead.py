@@ -146,6 +146,37 @@ def worker(config: str, folder: Path, sink: str) -> None:
               file=out, flush=True)
 
 
+def keeps_up(invokes: int, repeats: int = 3) -> dict[str, Any]:
+    """Does the worker keep up with one thread? ``invokes`` calls of the 4-span chain traced to
+    the local store, then ``flush()``: the flush's time as a fraction of the loop's (the backlog the
+    worker and its lane still had). Median of ``repeats`` runs in this process."""
+    import spanmux
+    from spanmux.integrations.langchain import CallbackHandler
+
+    chain, inputs = _workloads()["chain"]
+    runs: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="spanmux-keepsup-") as tmp:
+        spanmux.configure({"backends": ["local"], "spool_dir": f"{tmp}/spool", "local": {"path": f"{tmp}/s.db"}})
+        config = {"callbacks": [CallbackHandler()]}
+        for _ in range(20):
+            chain.invoke(inputs, config=config)
+        spanmux.flush(60)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(invokes):
+                chain.invoke(inputs, config=config)
+            looped = time.perf_counter()
+            if not spanmux.flush(120):
+                raise RuntimeError("spanmux.flush timed out")
+            flushed = time.perf_counter()
+            runs.append({"loop_s": looped - started, "flush_s": flushed - looped})
+        spanmux.shutdown()
+    ratios = sorted(r["flush_s"] / r["loop_s"] for r in runs)
+    return {"invokes": invokes, "repeats": repeats, "loop_s": round(median([r["loop_s"] for r in runs]), 4),
+            "flush_s": round(median([r["flush_s"] for r in runs]), 4),
+            "flush_vs_loop": round(median(ratios), 4), "flush_vs_loop_runs": [round(r, 4) for r in ratios]}
+
+
 # ---- driver side ----------------------------------------------------------------------------------
 
 class _Worker:
@@ -262,9 +293,16 @@ def main() -> None:
     parser.add_argument("--worker")
     parser.add_argument("--dir")
     parser.add_argument("--sink")
+    parser.add_argument("--keeps-up", type=int, metavar="INVOKES",
+                        help="only measure flush() after INVOKES chain calls against the loop's time")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, Path(args.dir), args.sink)
+        return
+    if args.keeps_up:
+        found = keeps_up(args.keeps_up)
+        found["machine"] = machine()
+        print(json.dumps(found, indent=None if args.json else 2))
         return
     result = measure(args.rounds, args.calls, tuple(args.configs.split(",")))
     result["machine"] = machine()

@@ -25,16 +25,20 @@ from _common import machine, run_json
 HERE = Path(__file__).resolve().parent
 FULL = {
     "overhead": ["--rounds", "10", "--calls", "40"],
+    "keeps_up": ["--keeps-up", "1000"],
     "store": ["--spans", "1000000", "--mlflow-spans", "4000"],
     "memory": ["--spans", "1000000", "--imports", "9"],
     "ui": ["--spans", "1000000", "--requests", "20", "--browser-runs", "5"],
 }
 SMOKE = {
     "overhead": ["--rounds", "2", "--calls", "2", "--configs", "none,noop_handler,spanmux_local"],
-    "store": ["--spans", "5000", "--mlflow-spans", "0"],
+    "keeps_up": ["--keeps-up", "20"],
+    "store": ["--spans", "5000", "--mlflow-spans", "0", "--process-spans", "4000"],
     "memory": ["--spans", "5000", "--imports", "2"],
     "ui": ["--smoke"],
 }
+SCRIPTS = {"keeps_up": "overhead"}
+"""Parts measured by another part's script (with its own arguments)."""
 TARGETS = {
     "spanmux_vs_noop_added_total_us": "<= 4x",
     "langfuse_handler_vs_spanmux_added_total_us": ">= 10x",
@@ -51,7 +55,8 @@ def run_all(smoke: bool, parts: list[str]) -> dict[str, Any]:
     for part in parts:
         started = time.perf_counter()
         try:
-            result[part] = run_json([str(HERE / f"{part}.py"), "--json", *plan[part]], timeout=3600)
+            script = SCRIPTS.get(part, part)
+            result[part] = run_json([str(HERE / f"{script}.py"), "--json", *plan[part]], timeout=3600)
         except Exception as exc:
             result[part] = {"status": "n/a", "reason": str(exc)[-500:]}
         result[part]["seconds"] = round(time.perf_counter() - started, 1)
@@ -90,13 +95,31 @@ def table(result: dict[str, Any]) -> str:
             lines.append(f"  {key:<46} {_fmt(value):>8}   target {TARGETS.get(key, '')}")
     if "reason" in overhead:
         lines.append(f"\noverhead: n/a: {overhead['reason']}")
+    keeping = result.get("keeps_up", {})
+    if "flush_vs_loop" in keeping:
+        lines.append(f"\n## worker keeps up: {keeping['invokes']:,} chain invokes from one thread, then flush()"
+                     f" (median of {keeping['repeats']})")
+        lines.append(f"  loop {keeping['loop_s']} s, flush {keeping['flush_s']} s: flush = "
+                     f"{keeping['flush_vs_loop']:.1%} of the loop   target < 10%")
+    elif keeping:
+        lines.append(f"\nkeeps_up: n/a: {keeping.get('reason')}")
     store = result.get("store", {})
     if "direct" in store:
         lines.append(f"\n## built-in store, {store['spans']:,} spans")
+        floor, ratios = store.get("floor", {}), store.get("ratios", {})
+        if floor:
+            lines.append(f"  raw SQLite floor (executemany, WAL)   {_fmt(floor['spans_per_s'])} spans/s with the spans"
+                         f" index, {_fmt(floor['no_index_spans_per_s'])} without")
         lines.append(f"  ingest direct (LocalBackend.export)   {_fmt(store['direct']['spans_per_s'])} spans/s"
-                     "   target >= 50,000")
+                     f"   {ratios.get('direct_vs_floor', 'n/a')}x the floor, target >= 0.66x")
         lines.append(f"  ingest pipeline (emit->worker->local) {_fmt(store['pipeline']['spans_per_s'])} spans/s"
-                     f"   (caller's emit {store['pipeline']['emit_us_per_span']} us/span)")
+                     f"   {ratios.get('pipeline_vs_floor', 'n/a')}x the floor, target >= 0.5x"
+                     f" (caller's emit {store['pipeline']['emit_us_per_span']} us/span)")
+        multi = store.get("processes") or {}
+        if multi:
+            lines.append(f"  {multi['processes']} processes, one file ({multi['spans']:,} spans)"
+                         f"  {_fmt(multi['aggregate_spans_per_s'])} spans/s aggregate, one process"
+                         f" {_fmt(multi['one_process_spans_per_s'])} spans/s ({multi['stored_spans']:,} stored)")
         lines.append(f"  list_traces(limit=50)                 {store['reads']['list_traces_50_ms']} ms"
                      "   target < 50 ms")
         lines.append(f"  get_trace                             {store['reads']['get_trace_ms']} ms")
@@ -139,7 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.add_argument("--parts", default="overhead,store,memory,ui")
+    parser.add_argument("--parts", default="overhead,keeps_up,store,memory,ui")
     parser.add_argument("--from-json", help="print the table of a saved --json result instead of measuring")
     args = parser.parse_args()
     if args.from_json:

@@ -44,6 +44,13 @@ def test_smoke_json_has_every_figure() -> None:
     assert store["pipeline"]["exported_spans"] == 5000 and store["pipeline"]["export_errors"] == 0
     assert store["direct"]["spans_per_s"] > 0 and store["direct"]["bytes_per_span"] > 0
     assert store["reads"]["list_traces_50_ms"] > 0 and store["reads"]["get_trace_ms"] > 0
+    assert store["floor"]["spans_per_s"] > 0 and store["floor"]["no_index_spans_per_s"] > 0
+    assert store["ratios"]["direct_vs_floor"] > 0 and store["ratios"]["pipeline_vs_floor"] > 0
+    multi = store["processes"]  # four processes writing one file: every span stored once
+    assert multi["processes"] == 4 and multi["stored_spans"] == multi["spans"] == 4000
+    assert multi["aggregate_spans_per_s"] > 0 and multi["one_process_spans_per_s"] > 0
+    keeping = result["keeps_up"]
+    assert keeping["invokes"] == 20 and keeping["loop_s"] > 0 and keeping["flush_vs_loop"] >= 0
 
     imports = result["memory"]["import"]
     assert imports["import_ms"] > 0
@@ -53,6 +60,16 @@ def test_smoke_json_has_every_figure() -> None:
     lane = memory["lane_counters"]
     assert lane["exported_spans"] == 0  # the backend is down: everything is spooled, dropped or queued
     assert lane["spooled_spans"] + lane["dropped_spans"] + memory["pipeline_counters"]["queued"] >= 1
+
+    ui = result["ui"]  # benchmarks/ui.py: server times per page, browser times with Chromium
+    assert ui["spans"] == 2000 and ui["smoke"] is True
+    for label in ("trace list", "filtered: user", "filtered: errors", "search: recent text", "session page",
+                  "compare by variant"):
+        assert ui["server"][label]["median_ms"] > 0, (label, ui["server"][label])
+    if os.access("/usr/bin/chromium", os.X_OK):
+        assert ui["browser"]["trace_usable_ms"] > 0 and ui["browser"]["big_input_shown_ms"] > 0, ui["browser"]
+    else:
+        assert ui["browser"]["status"] == "n/a"
 
 
 def test_smoke_table_is_printed() -> None:
