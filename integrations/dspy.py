@@ -17,6 +17,13 @@ history entry just before the call returns. That entry holds the very list objec
 returns (``entry["outputs"] is outputs``), so ``on_lm_end`` finds its own entry by identity: exact
 even when threads share one LM and append to its history concurrently.
 
+``dspy.Evaluate`` becomes an experiment run (``spanmux.evaluate``'s record): each example's
+program call starts a trace of its own (tagged like an experiment item), the metric's value is
+its item score (``spanmux.score`` on that trace, named after the metric), and at the end one
+``ExperimentRun`` with every example goes to every backend. Examples are matched to their trace
+by the prediction object the program returned; an example whose program raised keeps the
+``Evaluate`` span's trace.
+
 Not traced: optimizer ``compile`` and code-interpreter hooks (module calls inside a compile become
 traces of their own). ``dspy.Parallel`` called outside any DSPy module starts one trace per item:
 its worker threads inherit DSPy's call id, not spanmux's manual-span context.
@@ -27,6 +34,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
 from typing import Any
 
 from dspy.clients import base_lm
@@ -37,7 +45,8 @@ from dspy.utils.callback import BaseCallback
 from spanmux import attributes as attr
 from spanmux import runtime
 from spanmux.context import SpanContext, register_provider
-from spanmux.model import Cost, ModelInfo, SpanKind, Usage
+from spanmux.model import Cost, ExperimentItem, ExperimentRun, ModelInfo, SpanKind, TraceAttributes, Usage
+from spanmux.model import new_trace_id as _new_trace_id
 from spanmux.open_spans import OpenSpan, OpenSpans, hook_guard
 from spanmux.usage import normalize_usage, reported_cost
 
@@ -220,6 +229,61 @@ def _usage_and_cost(entry: dict[str, Any]) -> tuple[Usage | None, Cost | None]:
 
 # -- the callback --------------------------------------------------------------------------------
 
+class _Evaluation:
+    """One running ``dspy.Evaluate`` call seen as an experiment run: its name, run id and, per
+    example's program call (the item's root), the trace it started."""
+
+    def __init__(self, name: str, metric: str, call: _Call) -> None:
+        self.name = name
+        self.metric = metric
+        self.run_id = _new_trace_id()
+        self.call = call
+        self.start_ns = call.start_ns
+        self.by_prediction: dict[int, tuple[_Call, int]] = {}  # id(prediction) -> (its program call, end)
+        self.roots: dict[str, _Call] = {}  # call id -> program call, while it runs
+        from spanmux.experiments import ItemCounter
+
+        self.counter = ItemCounter()
+        self.counter.start()
+
+    def item_trace(self, call: _Call) -> None:
+        """Make a program call under this Evaluate the root of a trace of its own."""
+        from spanmux.experiments import item_trace_fields
+
+        tags, metadata = item_trace_fields(self.name, self.run_id, None, {"dspy.metric": self.metric}, "", None)
+        metadata.pop(attr.EXPERIMENT_ITEM_ID, None)  # known once the example is matched, at the end
+        call.trace_id, call.parent_id = _new_trace_id(), None
+        call.trace = TraceAttributes(name=self.name, tags=tuple(tags), metadata=metadata)
+        self.counter.track(call.trace_id)
+
+
+_evaluations: dict[str, _Evaluation] = {}  # Evaluate call id -> its run
+
+
+def _score_value(value: Any) -> float | bool | str | None:
+    value = getattr(value, "score", value)  # a metric may return a Prediction with a score
+    if isinstance(value, bool | str):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _example_input(example: Any) -> Any:
+    try:
+        return dict(example.inputs())
+    except Exception:
+        return _fields(example)
+
+
+def _example_expected(example: Any) -> Any:
+    try:
+        return dict(example.labels()) or None
+    except Exception:
+        return None
+
+
 class Callback(BaseCallback):  # type: ignore[misc]
     """spanmux's DSPy callback: ``dspy.configure(callbacks=[Callback()])``. Never raises."""
 
@@ -254,10 +318,20 @@ class Callback(BaseCallback):  # type: ignore[misc]
     # modules
     def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         with _guard:
+            caller = callback_context.ACTIVE_CALL_ID.get()
             self._start(call_id, _module_name(instance), _module_kind(instance), _call_input(inputs))
+            evaluation = _evaluations.get(caller) if caller is not None else None
+            call = _spans.get(call_id)
+            if evaluation is not None and call is not None and call.owner is self:
+                evaluation.item_trace(call)  # an example's program call: a trace of its own
+                evaluation.roots[call_id] = call
 
     def on_module_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         with _guard:
+            for evaluation in list(_evaluations.values()):
+                root = evaluation.roots.pop(call_id, None)
+                if root is not None and outputs is not None and exception is None:
+                    evaluation.by_prediction[id(outputs)] = (root, time.time_ns())
             self._end(call_id, outputs, exception)
 
     # language models
@@ -334,6 +408,10 @@ class Callback(BaseCallback):  # type: ignore[misc]
                 "num_examples": len(devset) if hasattr(devset, "__len__") else None,
             }
             self._start(call_id, type(instance).__name__, "evaluator", data)
+            call = _spans.get(call_id)
+            if call is not None and call.owner is self:
+                name = str(data["program"] or type(instance).__name__)
+                _evaluations[call_id] = _Evaluation(name, str(data["metric"] or "metric"), call)
 
     def on_evaluate_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         with _guard:
@@ -347,6 +425,59 @@ class Callback(BaseCallback):  # type: ignore[misc]
                 output = {"score": score, "num_results": len(results) if isinstance(results, list) else None}
             call.output = output
             call.finish(exception=exception)
+            evaluation = _evaluations.pop(call_id, None)
+            if evaluation is not None:
+                evaluation.counter.stop()
+                if exception is None:
+                    _record_run(evaluation, getattr(outputs, "results", None))
+
+
+def _record_run(evaluation: _Evaluation, results: Any) -> None:
+    """Every example of a finished ``dspy.Evaluate`` as an experiment item, its metric value as the
+    item's score, and the run as one ``ExperimentRun`` record for every backend."""
+    from spanmux.experiments import content_id, emit_run
+    from spanmux.serialize import to_jsonable
+    from spanmux.tracer import score
+
+    if not isinstance(results, list):
+        return
+    items: list[ExperimentItem] = []
+    seen: set[str] = set()
+    fallback = evaluation.call
+    for index, entry in enumerate(results):
+        try:
+            example, prediction, value = entry
+        except (TypeError, ValueError):
+            continue
+        input_value = to_jsonable(_example_input(example), 64 * 1024)[0]
+        base = content_id(input_value)
+        item_id, n = base, 1
+        while item_id in seen:
+            n += 1
+            item_id = f"{base}-{n}"
+        seen.add(item_id)
+        found_root = evaluation.by_prediction.get(id(prediction))
+        root, end_ns = found_root if found_root is not None else (None, fallback.start_ns)
+        where = root if root is not None else fallback
+        value = _score_value(value)
+        scores: dict[str, float | bool | str] = {}
+        score_ids: dict[str, str] = {}
+        if value is not None and root is not None:
+            scores[evaluation.metric] = value
+            found = score(root.trace_id, evaluation.metric, value, span_id=root.span_id)
+            if found is not None:
+                score_ids[evaluation.metric] = found
+        figures = evaluation.counter.figures(root.trace_id, set()) if root is not None else {}
+        items.append(ExperimentItem(
+            item_id=item_id, index=index, trace_id=where.trace_id, span_id=where.span_id, start_ns=where.start_ns,
+            end_ns=end_ns, root_end_ns=end_ns, input=input_value, **figures,
+            expected=to_jsonable(_example_expected(example), 64 * 1024)[0],
+            output=to_jsonable(_fields(prediction), 64 * 1024)[0], scores=scores, score_ids=score_ids,
+            error=None if root is not None else "the program raised (see the Evaluate trace)",
+        ))
+    emit_run(ExperimentRun(run_id=evaluation.run_id, name=evaluation.name, start_ns=evaluation.start_ns,
+                           end_ns=time.time_ns(), scorers=[evaluation.metric], items=items, source="dspy",
+                           metadata={"dspy.metric": evaluation.metric}))
 
 
 # -- process-wide attachment -----------------------------------------------------------------------

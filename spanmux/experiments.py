@@ -104,7 +104,7 @@ def _item_of(raw: Any, index: int) -> tuple[str | None, Any, Any, dict[str, Any]
         dict(metadata) if isinstance(metadata, Mapping) else None)
 
 
-def _content_id(value: Any) -> str:
+def content_id(value: Any) -> str:
     """A stable id for an item without one: the hash of its input (the same in every run, so runs
     can be compared and Langfuse dataset items are not duplicated)."""
     text = json.dumps(value, sort_keys=True, default=repr, ensure_ascii=False)
@@ -130,7 +130,7 @@ def load_data(data: Iterable[Any] | str | Path) -> list[DataItem]:
     seen: set[str] = set()
     for index, raw in enumerate(records):
         item_id, value, expected, metadata = _item_of(raw, index)
-        base = item_id or _content_id(value)
+        base = item_id or content_id(value)
         unique, n = base, 1
         while unique in seen:
             n += 1
@@ -266,6 +266,39 @@ class _Figures:
             if cost is not None:
                 out["cost"] = (out["cost"] or 0.0) + cost.total
         return out
+
+
+class ItemCounter:
+    """Counts each experiment item's task and evaluator figures: watches the spans its traces emit
+    (``Pipeline.observers``, while started) and processes them as the worker does. Used by
+    ``evaluate`` and by the DSPy integration's ``dspy.Evaluate`` runs."""
+
+    def __init__(self) -> None:
+        settings = runtime.settings()
+        self.pipeline = runtime.active()
+        processor = None
+        if settings is not None and self.pipeline is not None:
+            from spanmux.processors import SpanProcessor
+
+            processor = SpanProcessor(settings)
+        self._watch = _Watch()
+        self._figures = _Figures(processor)
+
+    def start(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.observers = (*self.pipeline.observers, self._watch)
+
+    def stop(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.observers = tuple(o for o in self.pipeline.observers if o is not self._watch)
+
+    def track(self, trace_id: str) -> None:
+        self._watch.add(trace_id)
+
+    def figures(self, trace_id: str, evaluator_ids: set[str]) -> dict[str, Any]:
+        """The item's ``ExperimentItem`` figures (tokens and cost, task and evaluator apart); the
+        trace is forgotten afterwards."""
+        return self._figures.of(self._watch.take(trace_id), evaluator_ids)
 
 
 class _ItemSpan(ManualSpan):
@@ -540,13 +573,7 @@ class _Runner:
         settings = runtime.settings()
         self.capture = bool(getattr(settings, "capture_content", True))
         self.limit = int(getattr(settings, "max_content_bytes", _CONTENT_LIMIT) or _CONTENT_LIMIT)
-        self.watch = _Watch()
-        processor = None
-        if settings is not None and runtime.active() is not None:
-            from spanmux.processors import SpanProcessor
-
-            processor = SpanProcessor(settings)
-        self.figures = _Figures(processor)
+        self.counter = ItemCounter()
 
     def _content(self, value: Any) -> Any:
         if not self.capture or value is None:
@@ -577,7 +604,7 @@ class _Runner:
         with trace_context(name=self.name, tags=tags, metadata=metadata):
             root = _ItemSpan(self.name, "chain", item.input, {"experiment.item_id": item.id})
             root.start()
-            self.watch.add(root.trace_id)
+            self.counter.track(root.trace_id)
             start = time.time_ns()
             try:
                 output = self._call_task(item)
@@ -591,7 +618,7 @@ class _Runner:
                     self._score(judge, item, output, root, scores, score_ids, scorer_errors, evaluator_ids)
             root.end()
         root_end = time.time_ns()
-        figures = self.figures.of(self.watch.take(root.trace_id), evaluator_ids)
+        figures = self.counter.figures(root.trace_id, evaluator_ids)
         return ExperimentItem(
             item_id=item.id, index=index, trace_id=root.trace_id, span_id=root.span_id, start_ns=start, end_ns=end,
             input=self._content(item.input), expected=self._content(item.expected), output=self._content(output),
@@ -663,9 +690,7 @@ def evaluate(
     items = load_data(data)
     title = name or getattr(task, "__name__", None) or "experiment"
     runner = _Runner(title, task, scorers, dataset, metadata)
-    pipeline = runtime.active()
-    if pipeline is not None:
-        pipeline.observers = (*pipeline.observers, runner.watch)
+    runner.counter.start()
     started = time.time_ns()
     done: dict[int, ExperimentItem] = {}
     status: Literal["finished", "interrupted"] = "finished"
@@ -697,8 +722,7 @@ def evaluate(
     finally:
         pool.shutdown(wait=status == "finished", cancel_futures=True)
         bar.close()
-        if pipeline is not None:
-            pipeline.observers = tuple(o for o in pipeline.observers if o is not runner.watch)
+        runner.counter.stop()
     run = ExperimentRun(
         run_id=runner.run_id, name=title, start_ns=started, end_ns=time.time_ns(), dataset=dataset,
         metadata=runner.metadata or None, scorers=[s.name for s in runner.scorers],
