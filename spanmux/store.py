@@ -726,22 +726,50 @@ class LocalStore:
     def list_sessions(self, where: TraceFilter = EVERY_TRACE, *, limit: int = 50,
                       before_ns: int | None = None) -> list[SessionSummary]:
         """Sessions with their totals, the most recently active first; ``before_ns`` pages on (the
-        previous page's last ``last_start_ns``)."""
+        previous page's last ``last_start_ns``). The newest traces are read through the start-time
+        index until ``limit`` sessions are found, then only those sessions are summed (through
+        ``traces_by_session``): a big store is never grouped whole."""
         clause, params = where.where()
         clause = f"{clause} AND session_id IS NOT NULL" if clause else "WHERE session_id IS NOT NULL"
-        having = ""
         if before_ns is not None:
-            having = "HAVING MAX(start_ns) < ?"
+            clause += " AND start_ns < ?"
             params = [*params, before_ns]
+        recent = self._conn.execute(f"SELECT session_id FROM traces {clause} ORDER BY start_ns DESC", params)
+        found: dict[str, SessionSummary] = {}
+        seen: set[str] = set()
+        while len(found) < limit:
+            batch: list[str] = []
+            for (session_id,) in recent:
+                if session_id not in seen:
+                    seen.add(session_id)
+                    batch.append(session_id)
+                    if len(batch) >= limit - len(found):
+                        break
+            if not batch:
+                break
+            for summary in self._sum_sessions(where, batch):
+                if before_ns is None or summary.last_start_ns < before_ns:  # else it was on an earlier page
+                    found[summary.session_id] = summary
+        recent.close()
+        return sorted(found.values(), key=lambda s: -s.last_start_ns)[:limit]
+
+    def _sum_sessions(self, where: TraceFilter, session_ids: list[str]) -> list[SessionSummary]:
+        clause, params = where.where()
+        inside = "session_id IN (SELECT value FROM json_each(?))"
+        clause = f"{clause} AND {inside}" if clause else f"WHERE {inside}"
         rows = self._conn.execute(
             "SELECT session_id, COUNT(*), MIN(start_ns), MAX(start_ns), MAX(end_ns), MAX(user_id),"
             " SUM(error_count > 0), SUM(total_tokens), SUM(cost_total), MIN(root_start_ns || ' ' || COALESCE(name, ''))"
-            f" FROM traces {clause} GROUP BY session_id {having} ORDER BY MAX(start_ns) DESC LIMIT ?",
-            (*params, limit)).fetchall()
+            f" FROM traces {clause} GROUP BY session_id", (*params, json.dumps(session_ids))).fetchall()
         return [SessionSummary(
             session_id=r[0], traces=r[1], start_ns=r[2], last_start_ns=r[3], end_ns=r[4], user_id=r[5],
             errors=r[6], total_tokens=r[7], cost_total=r[8], first_name=(r[9] or " ").partition(" ")[2] or None,
         ) for r in rows]
+
+    def count_traces(self, where: TraceFilter = EVERY_TRACE) -> int:
+        """How many traces match (the UI says how many a bounded view left out)."""
+        clause, params = where.where()
+        return int(self._conn.execute(f"SELECT COUNT(*) FROM traces {clause}", params).fetchone()[0])
 
     def time_buckets(self, width_ns: int, where: TraceFilter = EVERY_TRACE) -> list[TimeBucket]:
         """Per-bucket totals of the matching traces (by start time), oldest bucket first; empty

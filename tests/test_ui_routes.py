@@ -522,6 +522,27 @@ def test_compare_scores_are_charted(own_store: Demo) -> None:
     assert data["scores"] == {"accuracy": [0.5]}
 
 
+def test_compare_reads_the_newest_traces_only_and_says_so(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spanmux.ui import app as ui_app
+
+    monkeypatch.setattr(ui_app, "COMPARE_TRACES", 3)
+    html = client.get("/compare?by=name").text
+    note = html.split('data-testid="compare-bounded"')[1].split("</p>")[0]
+    assert "newest 3 of 8" in note
+    counts = re.findall(r'data-group="[^"]+">\s*<td><b>[^<]*</b></td><td class="num">(\d+)', html)
+    assert sum(int(n) for n in counts) == 3
+
+
+def test_sessions_page_on_without_repeating_one(client: TestClient) -> None:
+    first = client.get("/sessions?limit=1").text
+    assert re.findall(r'data-session-id="([^"]+)"', first) == ["rag-1"]
+    more = re.search(r'data-testid="next-page" href="([^"]+)"', first)
+    assert more is not None
+    second = client.get(more.group(1).replace("&amp;", "&")).text
+    assert re.findall(r'data-session-id="([^"]+)"', second) == ["chat-1"]
+    assert 'data-testid="next-page"' not in second
+
+
 def test_two_traces_side_by_side(client: TestClient, demo: Demo) -> None:
     a, b = demo.ids["LangGraph"], demo.by_name("ReAct(QA)").trace_id
     html = client.get(f"/compare/traces?a={a[:12]}&b={b}").text

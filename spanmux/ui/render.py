@@ -207,9 +207,9 @@ def fmt_cost(cost: float | None) -> str:
 
 def fmt_score(value: Any) -> str:
     if value is True:
-        return "👍"
+        return "▲ up"
     if value is False:
-        return "👎"
+        return "▼ down"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

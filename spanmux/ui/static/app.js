@@ -8,6 +8,12 @@
     event.detail.headers["X-Spanmux-Token"] = token;
   });
 
+  // Back/forward: the browser may put back what was typed in a form; the page's URL is the state,
+  // and the server wrote it into the fields' default values, so show those.
+  window.addEventListener("pageshow", function () {
+    document.querySelectorAll("form.filters").forEach(function (form) { form.reset(); });
+  });
+
   // Live: ask for traces that arrived after the newest one shown, with the page's own filters,
   // and put them on top without moving what the reader is looking at.
   const live = document.querySelector("[data-live-url]");

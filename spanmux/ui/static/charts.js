@@ -13,12 +13,12 @@
   const configs = {
     latency: { type: "bar", datasets: [bar("p50 ms", data.p50_ms), bar("p95 ms", data.p95_ms)] },
     tokens: { type: "bar", stacked: true, datasets: [bar("input", data.input_tokens, "t"), bar("output", data.output_tokens, "t")] },
-    cost: { type: "bar", datasets: [bar("mean cost USD", data.cost)] },
+    cost: { type: "bar", money: true, datasets: [bar("mean cost USD", data.cost)] },
     errors: { type: "bar", datasets: [bar("error rate %", data.error_rate)] },
     scores: { type: "bar", datasets: Object.keys(data.scores || {}).map(function (name) { return bar(name, data.scores[name]); }) },
     traces: { type: "bar", datasets: [bar("traces", data.traces), bar("with errors", data.errors)] },
     "time-tokens": { type: "bar", stacked: true, datasets: [bar("input", data.input_tokens, "t"), bar("output", data.output_tokens, "t")] },
-    "time-cost": { type: "line", datasets: [{ label: "cost USD", data: data.cost, tension: 0.2 }] },
+    "time-cost": { type: "line", money: true, datasets: [{ label: "cost USD", data: data.cost, tension: 0.2 }] },
   };
   document.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
     const spec = configs[canvas.dataset.chart];
@@ -30,6 +30,7 @@
         animation: false, responsive: true, maintainAspectRatio: false,
         scales: { x: { stacked: !!spec.stacked }, y: { stacked: !!spec.stacked, beginAtZero: true } },
         plugins: { legend: { position: "bottom" } },
+        ...(spec.money ? { scales: { y: { beginAtZero: true, ticks: { callback: function (v) { return "$" + Number(v).toPrecision(2); } } } } } : {}),
       },
     });
     canvas.dataset.drawn = "1";
