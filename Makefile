@@ -23,6 +23,9 @@ demo: $(STAMP)
 	$(PY) examples/quickstart.py
 	@for f in examples/llamaindex_rag.py examples/dspy_react.py; do \
 		if [ -f $$f ]; then $(PY) $$f || exit 1; fi; done
+	@echo
+	@echo "See the demo's traces in your browser (waterfall, messages, sessions, A/B charts):"
+	@echo "  $(VENV)/bin/spanmux ui --store .spanmux/spanmux.db"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check spanmux integrations backends config_schemas tests examples benchmarks

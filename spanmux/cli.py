@@ -433,10 +433,12 @@ def ui(
     except ImportError as exc:
         _error(f"the web UI needs its extra ({exc.name} is missing): pip install \"spanmux[ui]\"")
         raise typer.Exit(1) from None
-    settings = _load(config).settings  # -c, else $SPANMUX_CONFIG or ./spanmux.yaml (dashboard.port)
-    path = store or (str(settings.local.path) if config else default_store_path())
+    settings = None  # -c, else $SPANMUX_CONFIG or ./spanmux.yaml (dashboard.port); none: skip pydantic (start-up)
+    if config is not None or os.environ.get("SPANMUX_CONFIG") or Path("spanmux.yaml").exists():
+        settings = _load(config).settings
+    path = store or (str(settings.local.path) if settings is not None else DEFAULT_PATH)
     if port is None:
-        port = settings.ui_port or UI_DEFAULT_PORT
+        port = (settings.ui_port if settings is not None else None) or UI_DEFAULT_PORT
     if host not in ("127.0.0.1", "localhost", "::1"):
         _error(f"--host {host}: the UI will be reachable from other machines, and traces contain prompts and "
                "outputs; anyone who can reach it can read them.", colour="yellow")

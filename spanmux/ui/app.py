@@ -32,7 +32,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from spanmux.comparison import GROUPINGS, GroupStats, aggregate, check_grouping
+from spanmux.comparison import GROUPINGS, NONE_GROUP, GroupStats, aggregate, check_grouping
 from spanmux.errors import ConfigurationError
 from spanmux.model import Score, Span, time_to_first_token_ns
 from spanmux.store import LocalStore, StoreReadError, StoreSchemaError, TraceFilter, TraceSummary
@@ -370,7 +370,11 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
             matching = db.count_traces(filters.where)
             summaries = db.list_traces(COMPARE_TRACES, where=filters.where)
             scores = db.scores_of([t.trace_id for t in summaries])
-        groups = aggregate(summaries, [s for group in scores.values() for s in group], by)
+        every_score = [s for group in scores.values() for s in group]
+        groups = aggregate(summaries, every_score, by)
+        if query.text("by") is None and [g.group for g in groups] == [NONE_GROUP]:  # no variants: by model
+            by = "model"
+            groups = aggregate(summaries, every_score, by)
         return ui.page("compare.html", nav="compare", groups=groups, by=by, form=filters.form, problems=problems,
                        chart=compare_chart(groups), matching=matching, read=len(summaries))
 
