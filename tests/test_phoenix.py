@@ -117,8 +117,9 @@ def test_langgraph_agent_arrives_with_kinds_parents_model_tokens_messages(
         assert a["llm.input_messages.0.message.role"] == "user"
         assert a["llm.input_messages.0.message.content"] == "weather in Paris?"
         assert a["session.id"] == "lg-session" and a["user.id"] == "lg-user"
-    first = next(s for s in llms if "llm.output_messages.0.message.tool_calls.0.tool_call.function.name" in s["attributes"])
-    assert first["attributes"]["llm.output_messages.0.message.tool_calls.0.tool_call.function.name"] == "get_weather"
+    call_name = "llm.output_messages.0.message.tool_calls.0.tool_call.function.name"
+    first = next(s for s in llms if call_name in s["attributes"])
+    assert first["attributes"][call_name] == "get_weather"
     last = next(s for s in llms if s is not first)
     assert last["attributes"]["llm.output_messages.0.message.content"] == "It is sunny in Paris."
     tool_span = next(s for s in stored if s["span_kind"] == "TOOL")
@@ -224,7 +225,8 @@ def test_scores_arrive_as_annotations(phoenix: PhoenixServer, tmp_path: Path) ->
     correct = span_annotations["correct"]
     assert correct["span_id"] == llm.span_id and correct["annotator_kind"] == "LLM"
     assert correct["result"]["label"] == "true" and correct["result"]["score"] == 1.0
-    assert span_annotations["tone"]["result"]["label"] == "warm" and span_annotations["tone"]["annotator_kind"] == "HUMAN"
+    tone = span_annotations["tone"]
+    assert tone["result"]["label"] == "warm" and tone["annotator_kind"] == "HUMAN"
 
 
 def test_phoenix_stopped_mid_run_and_started_again_gets_every_span_once(
