@@ -435,9 +435,11 @@ class Callback(BaseCallback):  # type: ignore[misc]
 def _record_run(evaluation: _Evaluation, results: Any) -> None:
     """Every example of a finished ``dspy.Evaluate`` as an experiment item, its metric value as the
     item's score, and the run as one ``ExperimentRun`` record for every backend."""
-    from spanmux.experiments import content_id, emit_run
+    from spanmux.experiments import Content, content_id, emit_run
     from spanmux.serialize import to_jsonable
     from spanmux.tracer import score
+
+    content = Content()
 
     if not isinstance(results, list):
         return
@@ -470,9 +472,9 @@ def _record_run(evaluation: _Evaluation, results: Any) -> None:
         figures = evaluation.counter.figures(root.trace_id, set()) if root is not None else {}
         items.append(ExperimentItem(
             item_id=item_id, index=index, trace_id=where.trace_id, span_id=where.span_id, start_ns=where.start_ns,
-            end_ns=end_ns, root_end_ns=end_ns, input=input_value, **figures,
-            expected=to_jsonable(_example_expected(example), 64 * 1024)[0],
-            output=to_jsonable(_fields(prediction), 64 * 1024)[0], scores=scores, score_ids=score_ids,
+            end_ns=end_ns, root_end_ns=end_ns, input=content.value(input_value), **figures,
+            expected=content.value(_example_expected(example)), output=content.value(_fields(prediction)),
+            scores=scores, score_ids=score_ids,
             error=None if root is not None else "the program raised (see the Evaluate trace)",
         ))
     emit_run(ExperimentRun(run_id=evaluation.run_id, name=evaluation.name, start_ns=evaluation.start_ns,

@@ -540,9 +540,26 @@ def compare_runs(a: ExperimentRun, b: ExperimentRun) -> ExperimentComparison:
 
 # ---------------------------------------------------------------- running
 
-def _error_text(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 2000 else text[:2000] + "..."
+class Content:
+    """What of an item a record keeps, by the configuration's ``capture_content`` rule: inputs,
+    outputs and error messages only when content is captured (an error message may quote either),
+    serialized with its size bound. Used by ``evaluate`` and the DSPy integration alike."""
+
+    def __init__(self) -> None:
+        settings = runtime.settings()
+        self.capture = bool(getattr(settings, "capture_content", True))
+        self.limit = int(getattr(settings, "max_content_bytes", _CONTENT_LIMIT) or _CONTENT_LIMIT)
+
+    def value(self, value: Any) -> Any:
+        if not self.capture or value is None:
+            return None
+        return to_jsonable(value, self.limit)[0]
+
+    def error(self, exc: BaseException) -> str:
+        if not self.capture:
+            return type(exc).__name__
+        text = f"{type(exc).__name__}: {exc}"
+        return text if len(text) <= 2000 else text[:2000] + "..."
 
 
 def item_trace_fields(name: str, run_id: str, dataset: str | None, metadata: Mapping[str, Any] | None,
@@ -570,15 +587,11 @@ class _Runner:
         self.dataset = dataset
         self.metadata = dict(metadata or {})
         self.run_id = new_trace_id()
-        settings = runtime.settings()
-        self.capture = bool(getattr(settings, "capture_content", True))
-        self.limit = int(getattr(settings, "max_content_bytes", _CONTENT_LIMIT) or _CONTENT_LIMIT)
+        self.content = Content()
         self.counter = ItemCounter()
 
     def _content(self, value: Any) -> Any:
-        if not self.capture or value is None:
-            return None
-        return to_jsonable(value, self.limit)[0]
+        return self.content.value(value)
 
     def _call_task(self, item: DataItem) -> Any:
         try:
@@ -609,7 +622,7 @@ class _Runner:
             try:
                 output = self._call_task(item)
             except Exception as exc:
-                error = _error_text(exc)
+                error = self.content.error(exc)
                 root.record_error(exc)
             end = time.time_ns()
             root.set_output(output)
@@ -634,7 +647,7 @@ class _Runner:
             try:
                 name, value, comment, source = _score_parts(judge.name, judge(item, output))
             except Exception as exc:
-                errors[judge.name] = _error_text(exc)
+                errors[judge.name] = self.content.error(exc)
                 evaluator.record_error(exc)
                 return
             evaluator.set_output(value)
@@ -654,10 +667,12 @@ class _Progress:
             show = sys.stderr.isatty()
         if not show:
             return
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("{task.fields[errors]} errors"), TimeElapsedColumn(), transient=False)
+                             TextColumn("{task.fields[errors]} errors"), TimeElapsedColumn(),
+                             console=Console(stderr=True), transient=False)
         self._task = self._bar.add_task(name, total=total, errors=0)
         self._bar.start()
 
@@ -709,7 +724,7 @@ def evaluate(
                 log.exception("spanmux.evaluate: item %d failed", index)
                 item = items[index]
                 result = ExperimentItem(item_id=item.id, index=index, trace_id="", span_id="", start_ns=0,
-                                        end_ns=0, error=_error_text(exc))
+                                        end_ns=0, error=runner.content.error(exc))
             done[index] = result
             errors += result.error is not None
             bar.advance(errors)

@@ -413,3 +413,32 @@ def test_import_spanmux_does_not_load_experiments() -> None:
     code = "import sys, spanmux; print('spanmux.experiments' in sys.modules, 'rich' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_capture_content_false_keeps_no_content_in_the_run(tmp_path: Path) -> None:
+    recorder = Recorder()
+    spanmux.configure({"backends": [recorder], "capture_content": False, "spool_dir": str(tmp_path / "spool"),
+                       "flush_interval": 0.05})
+
+    def task(input: str) -> str:
+        if input == "secret-2":
+            raise ValueError(f"cannot handle {input}")
+        return input.upper()
+
+    result = spanmux.evaluate(data=[{"input": "secret-1", "expected": "SECRET-1", "id": "a"},
+                                    {"input": "secret-2", "id": "b"}],
+                              task=task, scorers=[exact_match], name="private")
+    assert spanmux.flush(timeout=10)
+    (run,) = recorder.runs
+    assert [(i.input, i.expected, i.output) for i in run.items] == [(None, None, None)] * 2
+    assert run.items[1].error == "ValueError"  # the message quoted the input
+    assert run.items[0].scores == {"exact_match": True}  # scores are no content
+    assert "secret" not in json.dumps([i.error for i in result.items])
+
+
+def test_progress_bar_on_request(recorded: tuple[Recorder, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    spanmux.evaluate(data=["a", "b", "c"], task=lambda input: input, name="shown", progress=True)
+    err = capsys.readouterr().err
+    assert "shown" in err and "3/3" in err
+    spanmux.evaluate(data=["a"], task=lambda input: input, name="hidden")  # not a terminal: no bar
+    assert "hidden" not in capsys.readouterr().err
