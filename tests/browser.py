@@ -103,7 +103,7 @@ class UiServer:
 
 def _is_loopback(url: str) -> bool:
     parts = urlsplit(url)
-    if parts.scheme in ("data", "blob", "about", "javascript"):
+    if parts.scheme in ("data", "blob", "about"):
         return True
     return parts.hostname in ("127.0.0.1", "localhost", "::1")
 
@@ -370,6 +370,7 @@ def build_ui_store(
 def build_in_subprocess(path: Path, *, big_spans: int = BIG_TRACE_SPANS, extra: dict[str, Any] | None = None,
                         timeout: float = 600) -> StoreFacts:
     """``build_ui_store`` in a fresh interpreter; its facts."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **OFFLINE_ENV, "DSPY_CACHEDIR": str(path.parent / "dspy-cache")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     command = [sys.executable, str(Path(__file__).resolve()), "build", str(path), "--big-spans", str(big_spans),

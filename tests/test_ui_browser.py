@@ -129,9 +129,14 @@ def wait_chart_drawn(page: Page) -> int:
     return int(page.evaluate(DRAWN_PIXELS, handle))
 
 
+EXECUTABLE_ALERTS = """() => [...document.scripts].filter(s =>
+    ['', 'text/javascript', 'module'].includes(s.type) && s.textContent.includes('alert')).length"""
+
+
 def no_horizontal_overflow(page: Page) -> None:
     width = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
-    assert width[0] <= width[1] + 1, f"the page scrolls sideways: scrollWidth {width[0]} > innerWidth {width[1]}"
+    assert width[0] <= width[1] + 1, (f"{page.url} scrolls sideways: scrollWidth {width[0]} > innerWidth "
+                                      f"{width[1]}")
 
 
 # ---- the trace list ---------------------------------------------------------------------------------
@@ -294,9 +299,11 @@ def test_error_and_retriever_documents_are_shown(tab: Tab, facts: StoreFacts) ->
     page = open_trace(tab, facts.rag)
     page.locator("[data-testid=tree-node][data-kind=retriever]").first.click()
     documents = page.locator("[data-testid=span-detail] [data-testid=document]")
-    expect(documents).to_have_count(2)
-    expect(documents.first).to_contain_text("Bergen")
-    expect(documents.first).to_contain_text("guide.md")
+    expect(documents).to_have_count(2)  # similarity_top_k=2; MockEmbedding makes which two arbitrary
+    for document in documents.all():
+        expect(document).to_contain_text(re.compile(r"(Bergen is the rainiest|Oslo is the capital|Tromso is known)"))
+        expect(document).to_contain_text("score")
+        expect(document).to_contain_text(re.compile(r"guide\.md|faq\.md"))
 
 
 def test_ten_thousand_span_trace_opens_renders_the_visible_part_and_selects(tab: Tab, facts: StoreFacts) -> None:
@@ -418,7 +425,7 @@ def test_xss_payloads_render_as_text_everywhere(tab: Tab, facts: StoreFacts) -> 
         page = tab.open(path)
         expect(page.locator("main[data-testid=main]")).to_be_visible()
         assert page.locator("img[src=x]").count() == 0, path
-        assert page.evaluate("() => [...document.scripts].filter(s => s.textContent.includes('alert')).length") == 0
+        assert page.evaluate(EXECUTABLE_ALERTS) == 0, path
     assert tab.dialogs == []
 
 
@@ -477,8 +484,8 @@ def test_screenshots_of_the_demo_store(browser: Any, tmp_path: Path) -> None:
     store = demo_store(tmp_path)
     with LocalStore(store) as db:
         traces = db.list_traces(limit=100)
-    assert traces, "the demo wrote no trace"
-    richest = max(traces, key=lambda t: (t.llm_calls > 0 and t.span_count < 40, t.span_count))
+    assert traces, f"the demo wrote no trace: {sorted(str(p) for p in tmp_path.rglob('*.db'))}"
+    richest = max(traces, key=lambda t: (t.session_id == "quickstart", t.llm_calls))  # the LangGraph agent
     session = next(t.session_id for t in traces if t.session_id)
     shots = {
         "traces": ("/traces", "tr[data-testid=trace-row]"),
