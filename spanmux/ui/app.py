@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jinja2
+import msgspec
 from markupsafe import escape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -242,7 +243,7 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
             if trace_id is None or summary is None:
                 return JSONResponse({"error": "no such trace"}, 404)
             rows = db.span_rows(trace_id)
-        return JSONResponse(tree_rows(summary, rows))
+        return Response(msgspec.json.encode(tree_rows(summary, rows)), media_type="application/json")
 
     def span_detail(request: Request) -> Response:
         trace_id, span_id = request.path_params["trace_id"], request.path_params["span_id"]
