@@ -222,6 +222,9 @@ class _Watch:
         return self.spans.pop(trace_id, [])
 
 
+_COUNTED_KINDS = frozenset({"llm", "embedding"})
+
+
 class _Figures:
     """Task and evaluator tokens and cost of one trace, from its spans processed as the worker does."""
 
@@ -237,6 +240,9 @@ class _Figures:
         processed = []
         with self._lock:
             for raw in spans:
+                if raw.kind not in _COUNTED_KINDS and raw.usage is None and raw.cost is None:
+                    processed.append(raw)  # carries no figures: only its place in the tree matters
+                    continue
                 try:
                     done = self._processor(raw)
                 except Exception:  # the worker logs its own failures; a figure is not worth a second one
@@ -589,16 +595,18 @@ class _Runner:
         self.run_id = new_trace_id()
         self.content = Content()
         self.counter = ItemCounter()
+        try:
+            parameters = list(inspect.signature(task).parameters)
+        except (TypeError, ValueError):
+            parameters = []
+        self.takes_input = parameters == ["input"]
+        """The task's one parameter is named ``input``: it gets the item's input, else the item."""
 
     def _content(self, value: Any) -> Any:
         return self.content.value(value)
 
     def _call_task(self, item: DataItem) -> Any:
-        try:
-            parameters = inspect.signature(self.task).parameters
-        except (TypeError, ValueError):
-            parameters = {}  # type: ignore[assignment]
-        if len(parameters) == 1 and next(iter(parameters)) == "input":
+        if self.takes_input:
             return _resolve(self.task(item.input))
         return _resolve(self.task({"input": item.input, "expected": item.expected, "metadata": item.metadata,
                                    "id": item.id}))
