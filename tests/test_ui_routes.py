@@ -643,3 +643,41 @@ def test_cli_ui_warns_off_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     (tmp_path / "spanmux.yaml").write_text("observability:\n  dashboard:\n    port: 7321\n")
     monkeypatch.chdir(tmp_path)
     assert CliRunner().invoke(cli.app, ["ui"]).exit_code == 0 and seen["port"] == 7321
+
+
+# ---- what a page shows of a value ----------------------------------------------------------------------
+
+
+def test_messages_of_every_shape_the_integrations_record() -> None:
+    from spanmux.ui.render import call_arguments, messages_of, turn_text
+
+    openai = [{"role": "system", "content": "Be brief."},
+              {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]},
+              {"role": "assistant", "content": None,
+               "tool_calls": [{"id": "c1", "function": {"name": "add", "arguments": '{"a": 1}'}}]},
+              {"role": "tool", "content": "2", "tool_call_id": "c1"}]
+    shown = messages_of(openai)
+    assert shown is not None and [m.role for m in shown] == ["system", "user", "assistant", "tool"]
+    assert shown[1].content == "Hi\nthere" and call_arguments(shown[2].tool_calls[0]) == '{"a": 1}'
+    assert [m.role for m in messages_of({"messages": [("human", "q"), ("ai", "a")]}) or []] == ["user", "assistant"]
+    assert messages_of({"role": "ai", "content": "Paris"}) is not None
+    for not_chat in ("text", {"question": "q"}, [1, 2], [{"role": "nobody", "content": "x"}], None, []):
+        assert messages_of(not_chat) is None
+    assert turn_text({"question": "Capital?"}, answer=False) == "Capital?"
+    assert turn_text({"reasoning": "r", "answer": "Paris"}, answer=True) == "Paris"
+    assert turn_text({"messages": [("user", "q1"), ("ai", "a1"), ("user", "q2")]}, answer=False) == "q2"
+    assert turn_text("x" * 5000, answer=True).endswith("…")
+
+
+def test_filters_read_from_the_url_and_written_back() -> None:
+    from spanmux.ui.query import Query, link, parse_filters
+
+    parsed = parse_filters(Query({"user": "  alice ", "meta": ["variant=B", "env = prod"], "errors": "1",
+                                  "since": "2026-01-02T03:04", "min_cost": "0.5", "name": ""}), now=0)
+    where = parsed.where
+    assert where.user_id == "alice" and where.metadata == {"variant": "B", "env": "prod"} and where.errors_only
+    assert where.since_ns == 1767323040 * 10**9 and where.min_cost == 0.5 and where.name is None
+    assert parsed.problems == []
+    assert link("/traces", parsed.form, cursor="1.2") == (
+        "/traces?since=2026-01-02T03%3A04&errors=1&user=alice&min_cost=0.5&meta=variant%3DB&meta=env+%3D+prod"
+        "&cursor=1.2")
