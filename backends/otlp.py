@@ -704,14 +704,14 @@ class OtlpBackend(BaseBackend):
             self._transport.close()
 
     def check_connection(self, timeout: float = 5.0) -> str:
-        """One empty export (valid OTLP: no spans), for ``spanmux doctor``."""
+        """One empty export (valid OTLP: no spans), for ``spanmux doctor``: raises ``ExportError``
+        when nothing answers or the credentials are refused."""
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
         try:
             self.transport.send(ExportTraceServiceRequest(), timeout)
-        except Rejected as exc:
-            raise ExportError(f"OTLP receiver at {self.transport.where} refused an empty export: {exc}",
-                              retryable=False) from None
+        except Rejected as exc:  # it answered, as OTLP (MLflow refuses a request without spans)
+            return f"OTLP receiver at {self.transport.where} ({self.target.protocol}) answered ({exc})"
         return f"OTLP receiver at {self.transport.where} ({self.target.protocol}) accepts exports"
 
     def stats(self) -> dict[str, int]:

@@ -494,3 +494,34 @@ def test_phoenix_annotation_bodies() -> None:
     assert boolean["result"] == {"score": 1.0, "label": "true"}
     label = annotation(Score(id="s3", trace_id=trace_id, name="tone", value="warm", data_type="categorical"))
     assert label["result"] == {"label": "warm"} and label["annotator_kind"] == "CODE"
+
+
+# ------------------------------------------------------------------ a second real receiver: MLflow 3's OTLP ingestion
+
+@pytest.mark.slow
+def test_mlflow_server_ingests_otlp_with_span_types_usage_and_model(mlflow_server: str, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.create_experiment(f"otlp-ingest-{new_span_id()}")
+    configure(tmp_path, endpoint=mlflow_server + "/v1/traces", headers={"x-mlflow-experiment-id": experiment})
+    trace_id, ids = agent_trace()
+    flush()
+
+    trace = client.get_trace(f"tr-{trace_id}")
+    assert trace.info.experiment_id == experiment
+    spans = {s.name: s for s in trace.data.spans}
+    assert {s.span_id for s in trace.data.spans} >= set(ids.values()) and len(spans) == 6
+    assert spans["support-agent"].parent_id is None and spans["plan"].parent_id == ids["agent"]
+    types = {name: s.span_type for name, s in spans.items()}
+    assert types == {"support-agent": "AGENT", "plan": "CHAIN", "embed": "EMBEDDING", "search": "RETRIEVER",
+                     "ChatOpenAI": "LLM", "lookup_order": "TOOL"}
+    llm = spans["ChatOpenAI"].attributes
+    assert llm["mlflow.chat.tokenUsage"]["input_tokens"] == 1000 and llm["mlflow.llm.model"] == "gpt-4o-mini-2024-07-18"
+    assert trace.info.token_usage["output_tokens"] == 300
+
+    from spanmux.backends.otlp import OtlpBackend, OtlpConfig
+
+    doctor = OtlpBackend(OtlpConfig(endpoint=mlflow_server + "/v1/traces"))
+    assert "answered" in doctor.check_connection(5)  # MLflow refuses an export without spans: it answered
+    doctor.shutdown(1)
