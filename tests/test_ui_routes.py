@@ -681,3 +681,15 @@ def test_filters_read_from_the_url_and_written_back() -> None:
     assert link("/traces", parsed.form, cursor="1.2") == (
         "/traces?since=2026-01-02T03%3A04&errors=1&user=alice&min_cost=0.5&meta=variant%3DB&meta=env+%3D+prod"
         "&cursor=1.2")
+
+
+def test_quiet_hours_are_empty_buckets_not_skipped() -> None:
+    from spanmux.store import TimeBucket
+    from spanmux.ui.app import with_empty_buckets
+
+    hour = 3600 * 10**9
+    two = [TimeBucket(start_ns=s, traces=1, errors=0, input_tokens=1, output_tokens=1, total_tokens=2, cost_total=0.1)
+           for s in (0, 3 * hour)]
+    filled = with_empty_buckets(two, hour)
+    assert [b.start_ns for b in filled] == [0, hour, 2 * hour, 3 * hour] and [b.traces for b in filled] == [1, 0, 0, 1]
+    assert with_empty_buckets(two, hour, most=2) == two

@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from spanmux.comparison import GROUPINGS, NONE_GROUP, GroupStats, aggregate, check_grouping
 from spanmux.errors import ConfigurationError
 from spanmux.model import Score, Span, time_to_first_token_ns
-from spanmux.store import LocalStore, StoreReadError, StoreSchemaError, TraceFilter, TraceSummary
+from spanmux.store import LocalStore, StoreReadError, StoreSchemaError, TimeBucket, TraceFilter, TraceSummary
 from spanmux.ui import render
 from spanmux.ui.feedback import FeedbackWriter
 from spanmux.ui.query import Query, link, parse_cursor, parse_filters
@@ -412,7 +412,7 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
             problems.append("bucket: hour or day")
             bucket = "hour"
         with ui.store() as db:
-            buckets = db.time_buckets(BUCKETS[bucket], filters.where)
+            buckets = with_empty_buckets(db.time_buckets(BUCKETS[bucket], filters.where), BUCKETS[bucket])
         chart = {
             "labels": [render.fmt_time(b.start_ns)[: 13 if bucket == "hour" else 10] for b in buckets],
             "traces": [b.traces for b in buckets], "errors": [b.errors for b in buckets],
@@ -452,6 +452,17 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
 
 
 BUCKETS = {"hour": 3600 * 10**9, "day": 86_400 * 10**9}
+
+
+def with_empty_buckets(buckets: list[TimeBucket], width_ns: int, most: int = 2_000) -> list[TimeBucket]:
+    """The buckets with the empty ones between them put back (a chart's time axis must not skip a quiet
+    hour); left as they are when that would make more than ``most`` buckets."""
+    if len(buckets) < 2 or (buckets[-1].start_ns - buckets[0].start_ns) // width_ns >= most:
+        return buckets
+    known = {b.start_ns: b for b in buckets}
+    return [known.get(start) or TimeBucket(start_ns=start, traces=0, errors=0, input_tokens=0, output_tokens=0,
+                                           total_tokens=0, cost_total=None)
+            for start in range(buckets[0].start_ns, buckets[-1].start_ns + 1, width_ns)]
 
 
 def _limit(query: Query) -> int:
