@@ -8,6 +8,19 @@
     event.detail.headers["X-Spanmux-Token"] = token;
   });
 
+  // A refused or failed htmx request (403 without the token, a server error) says so where its answer
+  // would have gone, instead of nothing happening.
+  document.addEventListener("htmx:responseError", function (event) {
+    const target = event.detail.target;
+    if (!target) return;
+    const note = document.createElement("p");
+    note.className = "problem";
+    note.setAttribute("data-testid", "request-error");
+    note.textContent = "The server refused this (" + event.detail.xhr.status + "): " +
+      (event.detail.xhr.responseText || "").slice(0, 200);
+    target.prepend(note);
+  });
+
   // Back/forward: the browser may put back what was typed in a form; the page's URL is the state,
   // and the server wrote it into the fields' default values, so show those.
   window.addEventListener("pageshow", function () {
