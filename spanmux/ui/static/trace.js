@@ -180,7 +180,16 @@
   window.addEventListener("resize", function () { draw(true); });
   window.addEventListener("popstate", function () {
     const span = new URLSearchParams(window.location.search).get("span");
-    if (span && span !== selected) { select(span, false); scrollTo(span); }
+    if (span && span !== selected) { select(span, false); scrollTo(span); return; }
+    if (!span && selected && rows.length) {  // back to the trace itself: its root span, scores on the trace
+      select(rows[0][0], false);
+      selected = null;
+      rowsBox.querySelectorAll(".node.selected").forEach(function (n) { n.classList.remove("selected"); });
+      const field = document.getElementById("feedback-span");
+      if (field) field.value = "";
+      const target = document.getElementById("feedback-target");
+      if (target) target.textContent = "on the trace";
+    }
   });
   document.getElementById("expand-all").addEventListener("click", function () {
     collapsed = new Set(); computeVisible(); draw(true);
