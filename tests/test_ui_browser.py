@@ -486,16 +486,19 @@ def test_screenshots_of_the_demo_store(browser: Any, tmp_path: Path) -> None:
         traces = db.list_traces(limit=100)
     assert traces, f"the demo wrote no trace: {sorted(str(p) for p in tmp_path.rglob('*.db'))}"
     richest = max(traces, key=lambda t: (t.session_id == "quickstart", t.llm_calls))  # the LangGraph agent
-    session = next(t.session_id for t in traces if t.session_id)
+    sessions = [t.session_id for t in traces if t.session_id]
+    session = max(sessions, key=sessions.count)  # the longest conversation
+    by = "variant" if any("variant" in t.metadata for t in traces) else "name"
     shots = {
         "traces": ("/traces", "tr[data-testid=trace-row]"),
         "trace": (f"/traces/{richest.trace_id}", "[data-testid=bar]"),
         "session": (f"/sessions/{session}", "[data-testid=turn]"),
-        "compare": ("/compare?by=name", "canvas[data-testid=chart]"),
+        "compare": (f"/compare?by={by}", "canvas[data-testid=chart]"),
     }
     out = tmp_path / "shots"
     out.mkdir()
-    with UiServer(make_app(str(store))) as server, browser_page(browser, 1280, 800) as (page, _guard, dialogs):
+    relative = os.path.relpath(store)  # the page shows the store's path as `make demo` users see it
+    with UiServer(make_app(relative)) as server, browser_page(browser, 1280, 800) as (page, _guard, dialogs):
         for name, (path, ready) in shots.items():
             page.goto(server.url + path)
             expect(page.locator(ready).first).to_be_visible()
