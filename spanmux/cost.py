@@ -98,19 +98,23 @@ class LinearPrice:
     self-check in ``probe`` and keep using the library for every span.
     """
 
-    __slots__ = ("coefficients",)
+    __slots__ = ("_rows", "coefficients")
 
     def __init__(self, coefficients: dict[str, tuple[float, float]]) -> None:
         self.coefficients = coefficients
+        # (per-token input cost, per-token output cost) of each of _BUCKETS, unpacked once per span
+        self._rows = tuple(coefficients[bucket] for bucket in _BUCKETS)
 
     def cost(self, usage: Usage) -> Cost:
-        counts = _bucket_counts(usage)
-        input_cost = output_cost = 0.0
-        for bucket, count in counts.items():
-            if count:
-                per_in, per_out = self.coefficients[bucket]
-                input_cost += per_in * count
-                output_cost += per_out * count
+        (ii, io), (oi, oo), (ri, ro), (wi, wo), (si, so) = self._rows
+        inp, out = usage.input_tokens, usage.output_tokens
+        read, write, reasoning = usage.cache_read_tokens, usage.cache_write_tokens, usage.reasoning_tokens
+        input_cost = ii * inp + oi * out
+        output_cost = io * inp + oo * out
+        if read or write or reasoning:  # most calls have none: skip three products of zeros
+            reasoning = min(reasoning, out)
+            input_cost += ri * read + wi * write + si * reasoning
+            output_cost += ro * read + wo * write + so * reasoning
         return Cost(input_cost, output_cost, input_cost + output_cost, "price-table")
 
     @classmethod
@@ -150,15 +154,15 @@ class LinearPrice:
         return linear
 
 
-def _bucket_counts(usage: Usage) -> dict[str, int]:
-    reasoning = min(usage.reasoning_tokens, usage.output_tokens)
-    return {
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cache_read_tokens": usage.cache_read_tokens,
-        "cache_write_tokens": usage.cache_write_tokens,
-        "reasoning_tokens": reasoning,
-    }
+_BUCKETS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+
+
+def _utc_day() -> int:
+    """Days since the epoch in UTC: the key prices are probed again by (a date string cost ~1 us)."""
+    return int(time.time() // 86_400)
+
+
+_UNPROBED = object()
 
 
 class CostCalculator:
@@ -167,7 +171,7 @@ class CostCalculator:
     def __init__(self, settings: ObservabilityConfig) -> None:
         self.overrides = {name.lower(): price for name, price in settings.pricing.items()}
         self._resolved: dict[tuple[str, str | None], Resolution | None] = {}
-        self._linear_prices: dict[tuple[str, str | None, str], LinearPrice | None] = {}
+        self._linear_prices: dict[tuple[str, str | None, int], LinearPrice | None] = {}
         self._lock = threading.Lock()
         self.priced: dict[str, int] = {"provider": 0, "config": 0, "price-table": 0}
         self.unknown_models: dict[str, int] = {}
@@ -274,9 +278,10 @@ class CostCalculator:
 
     def _linear(self, model_ref: str, provider_id: str | None) -> LinearPrice | None:
         """The probed linear price of a model, per UTC day (prices change by date)."""
-        key = (model_ref, provider_id, time.strftime("%Y-%m-%d", time.gmtime()))
-        if key in self._linear_prices:
-            return self._linear_prices[key]
+        key = (model_ref, provider_id, _utc_day())
+        found = self._linear_prices.get(key, _UNPROBED)
+        if found is not _UNPROBED:
+            return found  # type: ignore[return-value]
         try:
             found = LinearPrice.probe(model_ref, provider_id)
         except Exception:  # unknown model or a library error: the slow path decides

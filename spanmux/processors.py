@@ -5,6 +5,7 @@ sampling (whole traces), content capture, serialization with size bounds, token 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any
 
 import msgspec
@@ -73,7 +74,9 @@ class SpanProcessor:
         self.estimated_spans = 0
         self.llm_calls = 0
         self.delegating_spans = 0
-        self._wrapped: dict[str, str] = {}  # recent parents of llm/embedding spans -> child kind (insertion-ordered)
+        # recent parents of llm/embedding spans -> child kind, oldest first: an OrderedDict drops its
+        # oldest in O(1), where next(iter(dict)) walks past every slot deleted before it
+        self._wrapped: OrderedDict[str, str] = OrderedDict()
         self.costs = CostCalculator(settings)
 
     def __call__(self, span: Span) -> Span | None:
@@ -147,7 +150,7 @@ class SpanProcessor:
         wrapped = self._wrapped
         wrapped[parent_id] = kind
         if len(wrapped) > _PARENTS_KEPT:
-            del wrapped[next(iter(wrapped))]
+            wrapped.popitem(last=False)
 
     def _estimate(self, span: Span, changes: dict[str, Any]) -> Usage | None:
         """Token estimate from the serialized input/output (serialized here when content is not

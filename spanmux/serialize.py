@@ -46,6 +46,8 @@ def _safe_repr(value: Any) -> str:
 
 _MESSAGE_EXTRAS = ("tool_calls", "tool_call_id", "name")
 _extras_by_type: dict[type, tuple[str, ...]] = {}
+_message_classes: set[type] = set()
+"""Classes whose instances reached ``_message`` past every other test in ``_convert``."""
 
 
 def _message(value: Any) -> dict[str, Any] | None:
@@ -80,12 +82,53 @@ def _convert(value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
             return "<cycle>"
         seen.add(marker)
         try:
-            return {
-                key if type(key) is str else _safe_repr(key): _convert(item, budget, depth + 1, seen)
-                for key, item in value.items()
-            }
+            copy: dict[str, Any] = {}
+            for key, item in value.items():
+                # leaves inline (most values are short strings and ints): one call less per value
+                leaf = type(item)
+                if leaf is str and len(item) <= budget.left:
+                    budget.left -= len(item)
+                elif not (item is None or leaf is int or leaf is bool):
+                    item = _convert(item, budget, depth + 1, seen)
+                copy[key if type(key) is str else _safe_repr(key)] = item
+            return copy
         finally:
             seen.discard(marker)
+    if (kind is list or kind is tuple) and depth < MAX_DEPTH and budget.left > 0:
+        marker = id(value)
+        if marker in seen:
+            return "<cycle>"
+        seen.add(marker)
+        try:
+            items: list[Any] = []
+            for index, item in enumerate(value):
+                if index >= MAX_ITEMS or budget.left <= 0:
+                    budget.truncated = True
+                    items.append(f"...{len(value) - index} more items")
+                    break
+                leaf = type(item)
+                if leaf is str and len(item) <= budget.left:
+                    budget.left -= len(item)
+                elif not (item is None or leaf is int or leaf is bool):
+                    item = _convert(item, budget, depth + 1, seen)
+                items.append(item)
+            return items
+        finally:
+            seen.discard(marker)
+    if kind in _message_classes and depth < MAX_DEPTH and budget.left > 0 and id(value) not in seen:
+        # a class already converted as a message below: skip the isinstance chain (an ABC check
+        # on Mapping is slow), same result
+        try:
+            message = _message(value)
+        except Exception:
+            message = None
+        if message is not None:
+            marker = id(value)
+            seen.add(marker)
+            try:
+                return _convert(message, budget, depth + 1, seen)
+            finally:
+                seen.discard(marker)
     if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
@@ -131,6 +174,8 @@ def _convert(value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
         except Exception:  # an object whose attribute reads raise is not a message
             message = None
         if message is not None:
+            if len(_message_classes) < 1024:
+                _message_classes.add(kind)
             return _convert(message, budget, depth + 1, seen)
         dumped = _structured(value)
         if dumped is not None:
@@ -155,43 +200,6 @@ def _structured(value: Any) -> Any:
     return None
 
 
-class _NotPlain(Exception):
-    """Raised by ``_plain_copy`` at the first value that needs the general conversion."""
-
-
-_NOT_PLAIN = _NotPlain()
-_INF = float("inf")
-
-
-def _plain_copy(value: Any, depth: int, budget: list[int]) -> Any:
-    """A copy of a value made only of dicts with str keys, lists, tuples, str, int, bool, None and
-    finite floats, within the depth and item bounds and with fewer string characters than the
-    budget: exactly what ``_convert`` returns for it, without its per-value bookkeeping (most
-    inputs and outputs are such values: chain inputs, already-converted messages). Raises
-    ``_NotPlain`` for anything else, and the caller converts from scratch."""
-    if depth >= MAX_DEPTH or len(value) > MAX_ITEMS:
-        raise _NOT_PLAIN
-    is_dict = type(value) is dict
-    out: Any = {} if is_dict else []
-    for key, item in (value.items() if is_dict else enumerate(value)):
-        kind = type(item)
-        if kind is str:
-            budget[0] -= len(item)
-        elif kind is dict or kind is list or kind is tuple:
-            item = _plain_copy(item, depth + 1, budget)
-        elif not (item is None or kind is int or kind is bool or (kind is float and -_INF < item < _INF)):
-            raise _NOT_PLAIN
-        if is_dict:
-            if type(key) is not str:
-                raise _NOT_PLAIN
-            out[key] = item
-        else:
-            out.append(item)
-    if budget[0] <= 0:
-        raise _NOT_PLAIN
-    return out
-
-
 def to_jsonable(value: Any, limit: int) -> tuple[Any, bool]:
     """(JSON-able copy of ``value`` within about ``limit`` characters, whether it was cut)."""
     kind = type(value)
@@ -200,13 +208,6 @@ def to_jsonable(value: Any, limit: int) -> tuple[Any, bool]:
             return value, False
     elif value is None or kind is int or kind is bool:
         return value, False
-    elif kind is dict or kind is list or kind is tuple:
-        try:
-            return _plain_copy(value, 0, [limit]), False
-        except _NotPlain:
-            pass
-        except RecursionError:
-            pass
     budget = _Budget(limit)
     try:
         converted = _convert(value, budget, 0, set())

@@ -396,3 +396,53 @@ def test_trace_filter_combines_and_matches_the_keyword_form(tmp_path: Path) -> N
         assert db.list_traces(where=where) == db.list_traces(model="gpt-4o-mini") == list(db.iter_traces(where))
         with pytest.raises(TypeError, match="not both"):
             db.list_traces(where=where, name="slow")
+
+
+def test_detail_leaves_out_zero_usage_and_reads_back_the_same_span(tmp_path: Path) -> None:
+    from spanmux.backends.local import _Detail
+    from spanmux.store import DETAIL_FIELDS
+
+    assert _Detail.__struct_fields__ == (*DETAIL_FIELDS, "truncated")  # one encoder for exactly those fields
+    path = tmp_path / "s.db"
+    backend = LocalBackend(LocalConfig(path=str(path)))
+    trace_id, t0 = new_trace_id(), time.time_ns()
+    plain = llm_span(trace_id, None, (50, 10), 0.01, t0)
+    detailed = Span(trace_id=trace_id, span_id=new_span_id(), parent_id=plain.span_id, name="cached", kind="llm",
+                    framework="manual", start_ns=t0 + 1, end_ns=t0 + 9, input=[{"role": "user", "content": "q"}],
+                    usage=Usage(input_tokens=9, output_tokens=3, total_tokens=12, cache_read_tokens=4,
+                                reasoning_tokens=1, estimated=True), completion_start_ns=t0 + 5, truncated=True)
+    bare = Span(trace_id=trace_id, span_id=new_span_id(), parent_id=plain.span_id, name="bare", kind="tool",
+                framework="manual", start_ns=t0 + 2, end_ns=t0 + 3)
+    backend.export([plain, detailed, bare], [])
+    backend.shutdown(5)
+    conn = sqlite3.connect(path)
+    details = dict(conn.execute("SELECT name, detail FROM spans").fetchall())
+    conn.close()
+    assert json.loads(details["ChatModel"])["usage"] == {"input_tokens": 50, "output_tokens": 10, "total_tokens": 60}
+    assert json.loads(details["ChatModel"])["model"] == {"name": "gpt-4o-mini", "provider": "openai"}
+    assert details["bare"] is None
+    with LocalStore(path) as store:
+        read = {s.name: s for s in store.get_trace(trace_id)}
+    assert read["ChatModel"] == plain and read["cached"] == detailed and read["bare"] == bare
+
+
+def test_the_log_is_copied_back_off_the_writers_thread(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    backend = LocalBackend(LocalConfig(path=str(path)))
+    assert backend._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 1000  # not inside its commits
+    trace_id = new_trace_id()
+    backend.export([llm_span(trace_id, None, (1, 1), 0.0, time.time_ns() + i) for i in range(300)], [])
+    checkpointer = backend._checkpointer
+    assert checkpointer is not None
+    deadline = time.monotonic() + 30
+    while checkpointer.runs == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert checkpointer.runs >= 1
+    conn = sqlite3.connect(path)
+    busy, logged, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    conn.close()
+    assert busy == 0 and logged == copied
+    backend.shutdown(5)
+    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+    with LocalStore(path) as store:
+        assert store.count_spans() == 300

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from conftest import TracedStore
 import spanmux
 from spanmux import runtime
 from spanmux.config_schemas import ObservabilityConfig
-from spanmux.model import Span, make_score, new_span_id, new_trace_id
+from spanmux.model import Score, Span, make_score, new_span_id, new_trace_id
 from spanmux.pipeline import Pipeline
 from spanmux.processors import SpanProcessor, trace_is_sampled
 from spanmux.testing import InMemoryBackend, capture
@@ -258,3 +259,52 @@ def test_flush_says_false_when_records_were_dropped_for_want_of_a_spool(tmp_path
     p.emit(make_span())
     assert p.flush(5)  # the next flush judges only what came after
     p.shutdown(0.5)
+
+
+class GatedBackend(InMemoryBackend):
+    """Holds its first export until ``gate`` is set, so the lane's queue fills behind it."""
+
+    def __init__(self, merge_up_to: int) -> None:
+        super().__init__()
+        self.merge_batches_up_to = merge_up_to  # type: ignore[misc]
+        self.calls: list[int] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def export(self, spans: Sequence[Span], scores: Sequence[Score]) -> None:
+        self.calls.append(len(spans))
+        self.entered.set()
+        assert self.gate.wait(30)
+        super().export(spans, scores)
+
+
+def _gated_lane_calls(merge_up_to: int) -> tuple[list[int], int]:
+    from spanmux.pipeline import Lane, _Batch, _Marker
+
+    backend = GatedBackend(merge_up_to)
+    lane = Lane("gated", backend, None, max_pending=10_000)
+    batch = lambda: _Batch([make_span() for _ in range(10)])  # noqa: E731
+    lane.submit(batch())
+    assert backend.entered.wait(30)  # the first export holds the lane; the rest queues behind it
+    for _ in range(3):
+        lane.submit(batch())
+    between = _Marker(1, time.monotonic() + 30)
+    lane.mark(between)  # a flush marker: batches are never merged across it
+    for _ in range(2):
+        lane.submit(batch())
+    backend.gate.set()
+    last = _Marker(1, time.monotonic() + 30)
+    lane.mark(last)
+    assert between.done.wait(30) and last.done.wait(30)
+    lane.stop(5)
+    return backend.calls, len(backend.spans)
+
+
+def test_a_lane_merges_queued_batches_for_a_backend_that_asks() -> None:
+    calls, delivered = _gated_lane_calls(merge_up_to=25)
+    assert calls == [10, 20, 10, 20] and delivered == 60  # up to 25 records a call, not across the marker
+
+
+def test_a_lane_hands_over_one_batch_per_call_by_default() -> None:
+    calls, delivered = _gated_lane_calls(merge_up_to=0)
+    assert calls == [10] * 6 and delivered == 60

@@ -65,3 +65,36 @@ def test_spans_with_hostile_inputs_are_still_recorded(traced: TracedStore) -> No
     assert span.truncated
     assert len(json.dumps(span.input)) < 70_000
     assert span.input["cyc"] == ["<cycle>"]  # type: ignore[index]
+
+
+class Message:
+    """A chat message the way LangChain's look to the serializer: ``type`` and ``content``."""
+
+    def __init__(self, role: str | None, content: Any) -> None:
+        self.type, self.content = role, content
+
+
+def test_messages_of_a_known_class_convert_the_same_the_second_time() -> None:
+    # the first instance goes through every test; later ones of the class skip to the message
+    first = to_jsonable([Message("human", "hi"), Message("ai", ["a", {"b": 1}])], 1000)
+    again = to_jsonable([Message("human", "hi"), Message("ai", ["a", {"b": 1}])], 1000)
+    assert first == again == ([{"role": "human", "content": "hi"}, {"role": "ai", "content": ["a", {"b": 1}]}], False)
+    # an instance of the class that is no message after all is converted like any object
+    odd = Message(None, None)
+    assert to_jsonable(odd, 1000)[0] == repr(odd)
+    looped = Message("ai", None)
+    looped.content = [looped]
+    assert to_jsonable(looped, 1000)[0] == {"role": "ai", "content": ["<cycle>"]}
+
+
+def test_plain_values_keep_the_bounds_at_the_edges() -> None:
+    # strings inline in dicts and lists share the one budget: the one that does not fit is cut
+    out, cut = to_jsonable({"a": "x" * 60, "b": ["y" * 30, "z" * 30]}, 100)
+    assert cut and out["a"] == "x" * 60 and out["b"][0] == "y" * 30 and "truncated" in out["b"][1]
+    assert to_jsonable(("t", 1, None, True), 100) == (["t", 1, None, True], False)
+    assert to_jsonable({"k": "v" * 99}, 100) == ({"k": "v" * 99}, False)
+    many, cut = to_jsonable([{"i": i} for i in range(1500)], 100_000)
+    assert cut and len(many) == 1001 and many[-1] == "...500 more items"
+    source = {"inner": {"list": [1, 2]}}
+    copy, _ = to_jsonable(source, 100)
+    assert copy == source and copy is not source and copy["inner"] is not source["inner"]
