@@ -258,7 +258,7 @@ class MlflowBackend(BaseBackend):
         self.tracking_uri = self.mlflow.tracking_uri
         self.is_http = self.mlflow.is_http
         self.runs = RunTracker(section, settings, self.mlflow)
-        self.experiment_runs = ExperimentRunWriter(section, self.mlflow)
+        self.experiment_runs = ExperimentRunWriter(section, self.mlflow, assessment_id_of)
         self._delivered_scores = RecentIds()
         self._waiting_scores: OrderedDict[str, tuple[Score, int]] = OrderedDict()
         self._closed = False

@@ -596,6 +596,8 @@ GENAI_EVALUATE = "genai_evaluate"
 """The run type ``mlflow.genai.evaluate`` sets; MLflow's UI shows such runs as evaluation runs."""
 EVAL_RESULTS_TABLE = "eval_results_table.json"
 """The per-item table artifact, named and tagged as MLflow's own evaluation writes it."""
+SOURCE_RUN_METADATA = "mlflow.assessment.sourceRunId"
+"""Assessment metadata naming the evaluation run a feedback belongs to (``AssessmentMetadataKey.SOURCE_RUN_ID``)."""
 
 
 class ExperimentRunWriter:
@@ -603,12 +605,14 @@ class ExperimentRunWriter:
     run type ``genai_evaluate``, a ``<scorer>/mean`` metric per scorer (plus latency, tokens, cost
     and errors), the item table ``eval_results_table.json`` (``trace_id``, ``<scorer>/value``...),
     every item's trace linked to the run. The scores themselves reach the traces as feedback through
-    the score path. Delivering the same run again finds its MLflow run by tag and rewrites the same
+    the score path; each is then tied to the run (``mlflow.assessment.sourceRunId``), as
+    ``genai.evaluate`` ties its own. Delivering the same run again finds its MLflow run by tag and rewrites the same
     values (metrics at the same point, the same parameters, the table whole)."""
 
-    def __init__(self, config: MlflowConfig, mlflow: MlflowConnection) -> None:
+    def __init__(self, config: MlflowConfig, mlflow: MlflowConnection, assessment_id: Any) -> None:
         self.config = config
         self._mlflow = mlflow
+        self._assessment_id = assessment_id  # spanmux score id -> MLflow assessment id
         self._runs: OrderedDict[str, str] = OrderedDict()  # spanmux run id -> MLflow run id
 
     def write(self, run: Any) -> str:
@@ -649,11 +653,28 @@ class ExperimentRunWriter:
         traces = [f"tr-{i.trace_id}" for i in run.items if i.trace_id]
         for start in range(0, len(traces), _LINKS_PER_CALL):
             call("link experiment traces", client.link_traces_to_run, traces[start:start + _LINKS_PER_CALL], run_id)
+        self._tie_feedback(run, run_id)
         # the store call, not MlflowClient.set_terminated, which prints run URLs to stdout
         status = RunStatus.FINISHED if run.status == "finished" else RunStatus.KILLED
         call("finish the experiment run", self._mlflow.tracing.store.update_run_info, run_id, status,
              run.end_ns // 1_000_000, None)
         return run_id
+
+    def _tie_feedback(self, run: Any, run_id: str) -> None:
+        """Name the run in each item's feedback (metadata only: value and rationale stay). A score
+        MLflow does not hold (refused, or its trace still missing) is left alone."""
+        store = self._mlflow.tracing.store
+        for item in run.items:
+            for score_id in item.score_ids.values():
+                try:
+                    store.update_assessment(trace_id=f"tr-{item.trace_id}", assessment_id=self._assessment_id(score_id),
+                                            metadata={SOURCE_RUN_METADATA: run_id})
+                except Exception as exc:
+                    if str(getattr(exc, "error_code", "")) != "RESOURCE_DOES_NOT_EXIST":
+                        raise self._mlflow.error("tie feedback to the evaluation run", exc) from None
+                    log.debug("spanmux: feedback %s of trace %s is not in MLflow (yet)", score_id, item.trace_id)
+                else:
+                    self._mlflow.answered()
 
     def _run_for(self, run: Any, experiment_id: str) -> str:
         found = self._runs.get(run.run_id)

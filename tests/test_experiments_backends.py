@@ -160,6 +160,8 @@ def test_mlflow_server_gets_an_evaluation_run(mlflow_server: str, tmp_path: Path
     feedback = {a.name: a for a in trace.info.assessments}
     assert feedback["exact_match"].value is False and feedback["exact_match"].source.source_type == "CODE"
     assert feedback["judge"].value == 0.25 and feedback["judge"].source.source_type == "LLM_JUDGE"
+    # tied to the evaluation run as genai.evaluate ties its own (value and rationale untouched)
+    assert {a.metadata["mlflow.assessment.sourceRunId"] for a in trace.info.assessments} == {run.info.run_id}
     assert [s.span_type for s in trace.data.spans if s.name == "judge"] == ["EVALUATOR"]
 
 
