@@ -509,6 +509,9 @@ def test_compare_groups_with_chart_data(client: TestClient) -> None:
     assert html.count('data-testid="chart"') >= 4
     by_user = client.get("/compare?by=user&tag=prod").text
     assert re.findall(r'data-testid="compare-row" data-group="([^"]+)"', by_user) == ["alice"]
+    assert '<option value="metadata.note" >metadata.note</option>' in html  # keys seen are offered
+    by_note = client.get("/compare?by=metadata.note").text
+    assert '<option value="metadata.note" selected>' in by_note
     bad = client.get("/compare?by=colour").text
     assert "cannot group by" in bad and 'data-testid="compare-row"' in bad
 

@@ -376,8 +376,10 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
         if query.text("by") is None and [g.group for g in groups] == [NONE_GROUP]:  # no variants: by model
             by = "model"
             groups = aggregate(summaries, every_score, by)
+        keys = sorted({f"metadata.{k}" for t in summaries for k in t.metadata if k != "variant"} | (
+            {by} if by.startswith("metadata.") else set()))[:50]  # the keys seen, offered as groupings
         return ui.page("compare.html", nav="compare", groups=groups, by=by, form=filters.form, problems=problems,
-                       chart=compare_chart(groups), matching=matching, read=len(summaries))
+                       chart=compare_chart(groups), matching=matching, read=len(summaries), metadata_keys=keys)
 
     def compare_traces(request: Request) -> Response:
         query = Query(request.query_params)
