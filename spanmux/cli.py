@@ -498,7 +498,8 @@ def replay(
     if result.close_error:
         _error(result.close_error, colour="yellow")
     if result.spool_left is None:
-        console.print(f"[green]sent[/green] {result.spans} spans and {result.scores} scores from"
+        runs = f" and {result.experiments} experiment runs" if result.experiments else ""
+        console.print(f"[green]sent[/green] {result.spans} spans and {result.scores} scores{runs} from"
                       f" {escape(result.source)} to {to}")
         return
     left, tail = result.spool_left, ""
