@@ -153,6 +153,7 @@ def drain_spool(backend: BaseBackend, spool: Spool, result: ReplayResult, *, own
         result.batches += 1
         result.spans += len(batch.spans)
         result.scores += len(batch.scores)
+        result.experiments += len(batch.experiments)
 
 
 # ---- from a configuration (what ``spanmux replay`` runs)
