@@ -474,7 +474,7 @@ def shown(endpoint: str) -> str:
 # ---------------------------------------------------------------- transports
 
 class Rejected(Exception):
-    """The receiver refused this request's content (HTTP 400/413, gRPC INVALID_ARGUMENT): retrying
+    """The receiver refused this request's content (HTTP 400/413/422, gRPC INVALID_ARGUMENT): retrying
     the same records cannot help; the caller isolates and drops them."""
 
 
@@ -520,7 +520,7 @@ class HttpTransport:
         if status in self.RETRYABLE:
             raise ExportError(f"OTLP receiver at {self.where} answered HTTP {status}", retryable=True,
                               retry_after=retry_after_seconds(response.headers.get("Retry-After")))
-        if status in (400, 413):
+        if status in (400, 413, 422):  # 422: MLflow could not convert a span
             raise Rejected(f"HTTP {status}: {_short(response.text)}")
         if status in (401, 403):
             raise ExportError(f"OTLP receiver at {self.where} refused the credentials (HTTP {status}): "
