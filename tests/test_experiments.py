@@ -442,3 +442,18 @@ def test_progress_bar_on_request(recorded: tuple[Recorder, Path], capsys: pytest
     assert "shown" in err and "3/3" in err
     spanmux.evaluate(data=["a"], task=lambda input: input, name="hidden")  # not a terminal: no bar
     assert "hidden" not in capsys.readouterr().err
+
+
+def test_langgraph_agents_at_concurrency_8_keep_their_own_traces(recorded: tuple[Recorder, Path]) -> None:
+    data = [{"input": {"question": f"{n}+{n}?"}, "expected": str(2 * n), "id": f"n{n}"} for n in range(16)]
+    result = spanmux.evaluate(data=data, task=run_agent, scorers=[exact_match], name="agents", concurrency=8)
+    assert [i.scores for i in result.items] == [{"exact_match": True}] * 16
+    assert all(i.total_tokens == 34 for i in result.items)  # each item's two model calls, no one else's
+    _, store = recorded
+    with read(store) as db:
+        for n, item in enumerate(result.items):
+            spans = db.get_trace(item.trace_id)
+            tools = [s for s in spans if s.kind == "tool"]
+            assert len(tools) == 1 and tools[0].input in ({"a": n, "b": n}, str({"a": n, "b": n}))
+            assert sum(1 for s in spans if s.kind == "llm") == 2
+            assert all(s.trace_id == item.trace_id for s in spans)
