@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import child_env, machine, median, python
 
 CONFIGS = ("none", "noop_handler", "spanmux_local", "spanmux_local_priced", "spanmux_mlflow", "spanmux_langfuse",
-           "langfuse_handler", "mlflow_autolog")
+           "langfuse_handler", "mlflow_autolog", "spanmux_otlp", "openinference_otel")
+"""``spanmux_otlp`` and ``openinference_otel`` (OpenInference's LangChain instrumentor + the OTel SDK's
+BatchSpanProcessor + OTLP/HTTP exporter) both export OTLP to the same local sink."""
 WORKLOADS = ("chain", "agent")
 PUBLIC_KEY, SECRET_KEY = "pk-lf-bench", "sk-lf-bench"
 
@@ -97,6 +99,8 @@ def _setup(config: str, folder: Path, sink: str) -> tuple[list[Any], Any]:
                                "experiment_name": "bench"}
         if backend == "langfuse":
             block["langfuse"] = {"host": sink, "public_key": PUBLIC_KEY, "secret_key": SECRET_KEY}
+        if backend == "otlp":
+            block["otlp"] = {"endpoint": f"{sink}/v1/traces"}
         spanmux.configure(block)
 
         def flush() -> None:
@@ -109,6 +113,20 @@ def _setup(config: str, folder: Path, sink: str) -> tuple[list[Any], Any]:
 
         client = Langfuse(public_key=PUBLIC_KEY, secret_key=SECRET_KEY, host=sink, tracing_enabled=True)
         return [LangfuseHandler(public_key=PUBLIC_KEY)], client.flush
+    if config == "openinference_otel":
+        from openinference.instrumentation.langchain import LangChainInstrumentor
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        provider = TracerProvider()  # its own provider, as spanmux uses none: no global state either
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{sink}/v1/traces")))
+        LangChainInstrumentor().instrument(tracer_provider=provider)
+
+        def otel_flush() -> None:
+            if not provider.force_flush(120_000):
+                raise RuntimeError("TracerProvider.force_flush timed out")
+        return [], otel_flush
     if config == "mlflow_autolog":
         import mlflow
 
@@ -280,6 +298,9 @@ def summarize(samples: dict[str, Any], errors: dict[str, str], rounds: int, call
             ratios[f"spanmux_vs_noop_{key}"] = ratio(noop, ours, key)
             for peer in ("langfuse_handler", "mlflow_autolog"):
                 ratios[f"{peer}_vs_spanmux_{key}"] = ratio(ours, table.get(peer, {}), key)
+        for key in ("added_latency_us", "added_total_us"):  # the same OTLP sink, both sides
+            ratios[f"openinference_otel_vs_spanmux_otlp_{key}"] = ratio(
+                table.get("spanmux_otlp", {}), table.get("openinference_otel", {}), key)
         result["workloads"][workload] = {"configs": table, "ratios": ratios}
     return result
 
