@@ -36,7 +36,7 @@ phoenix-venv: $(PHOENIX_STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/quickstart.py
-	@for f in examples/llamaindex_rag.py examples/dspy_react.py; do \
+	@for f in examples/llamaindex_rag.py examples/dspy_react.py examples/ab_sessions.py; do \
 		if [ -f $$f ]; then $(PY) $$f || exit 1; fi; done
 	@echo
 	@echo "See the demo's traces in your browser (waterfall, messages, sessions, A/B charts):"
