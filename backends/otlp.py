@@ -87,6 +87,7 @@ has no parser or plain span: CHAIN, and ``spanmux.kind`` says which it was."""
 SPANMUX_KIND: Final = "spanmux.kind"
 SPANMUX_FRAMEWORK: Final = "spanmux.framework"
 SCORE_ID: Final = "spanmux.score.id"
+EVENT_DATA: Final = "spanmux.event.data"
 """spanmux's own keys on OTLP spans (the same ``spanmux.kind`` MLflow carries)."""
 
 _ROLES: Final = {"human": "user", "ai": "assistant", "chat": "user", "function": "tool", "developer": "system"}
@@ -358,6 +359,21 @@ def without_content(attributes: Mapping[str, Any]) -> dict[str, Any]:
     """The attributes minus every content key (``capture_content: false``): the worker already
     removed inputs and outputs; this is the last guard, for keys a table derived from elsewhere."""
     return {k: v for k, v in attributes.items() if not attr.is_content_key(k)}
+
+
+def framework_events(span: Span) -> list[OtelEvent]:
+    """The span's recorded events (``attributes["event"]``: name, time, data) as OTel span events,
+    their data as JSON under ``spanmux.event.data`` (gone with ``capture_content: false``)."""
+    raw = (span.attributes or {}).get(attr.FRAMEWORK_EVENT)
+    out = []
+    for item in raw if isinstance(raw, list) else ():
+        if isinstance(item, Mapping) and item.get("name"):
+            data = item.get("data")
+            attributes = {EVENT_DATA: json_text(data)} if data is not None else {}
+            time_ns = item.get("time_ns")
+            out.append(OtelEvent(str(item["name"]), attributes,
+                                 time_ns if isinstance(time_ns, int) and time_ns > 0 else span.end_ns))
+    return out
 
 
 def score_event(score: Score) -> OtelEvent:
@@ -735,7 +751,8 @@ class OtlpBackend(BaseBackend):
                     attributes.update(table(span))
                 if not self.capture_content:
                     attributes = without_content(attributes)
-                out.append(build(span, attributes, events.get(span.span_id, ())))
+                span_events = [*framework_events(span), *events.get(span.span_id, ())]
+                out.append(build(span, attributes, span_events))
             except (ValueError, TypeError) as exc:
                 self.rejected_spans += 1
                 self._warn_once(f"span-invalid:{type(exc).__name__}",

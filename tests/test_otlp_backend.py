@@ -188,6 +188,24 @@ def test_capture_content_off_sends_no_content_attribute(receiver: OtlpReceiver, 
     assert llm["gen_ai.usage.input_tokens"] == 1000 and llm["gen_ai.request.model"] == "gpt-4o-mini"  # facts stay
 
 
+@pytest.mark.parametrize("capture_content", [True, False])
+def test_recorded_events_become_span_events(receiver: OtlpReceiver, tmp_path: Path, capture_content: bool) -> None:
+    configure(tmp_path, capture_content=capture_content, endpoint=receiver.http_url)
+    now = time.time_ns()
+    runtime.emit(Span(trace_id=new_trace_id(), span_id=new_span_id(), parent_id=None, name="agent-step",
+                      kind="agent", framework="langchain", start_ns=now - 10, end_ns=now,
+                      attributes={attr.FRAMEWORK_EVENT: [{"name": "agent_action", "time_ns": now - 5,
+                                                          "data": {"tool": "search", "input": "refund?"}}]}))
+    flush()
+    (span,) = receiver.spans
+    assert [name for name, _ in span.events] == ["agent_action"]
+    data = span.events[0][1].get("spanmux.event.data")
+    if capture_content:
+        assert json.loads(data) == {"tool": "search", "input": "refund?"}
+    else:
+        assert data is None and "refund" not in json.dumps(span.attributes)
+
+
 # ------------------------------------------------------------------ gRPC
 
 def test_agent_trace_over_grpc_with_headers_and_gzip(receiver: OtlpReceiver, tmp_path: Path,
