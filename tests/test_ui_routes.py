@@ -696,3 +696,19 @@ def test_quiet_hours_are_empty_buckets_not_skipped() -> None:
     filled = with_empty_buckets(two, hour)
     assert [b.start_ns for b in filled] == [0, hour, 2 * hour, 3 * hour] and [b.traces for b in filled] == [1, 0, 0, 1]
     assert with_empty_buckets(two, hour, most=2) == two
+
+
+def test_the_demo_ab_example_fills_sessions_and_compare(tmp_path: Path) -> None:
+    """`make demo` runs examples/ab_sessions.py: its store has the UI's three-turn sessions and A/B groups."""
+    example = Path(__file__).resolve().parent.parent / "examples" / "ab_sessions.py"
+    done = subprocess.run([sys.executable, str(example)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with TestClient(create_app(str(tmp_path / ".spanmux" / "spanmux.db")), base_url=BASE) as client:
+        session = client.get("/sessions/weather-A").text
+        assert session.count('data-testid="turn"') == 3 and "Do I need an umbrella?" in session
+        html = client.get("/compare?by=variant").text
+        assert re.findall(r'data-testid="compare-row" data-group="([^"]+)"', html) == ["A", "B"]
+        data = chart_data(html)
+    assert data["scores"]["user_feedback"] == [pytest.approx(2 / 3), 1.0]
+    assert data["output_tokens"][0] < data["output_tokens"][1]
