@@ -38,6 +38,7 @@ import inspect
 import json
 import logging
 import math
+import numbers
 import sys
 import threading
 import time
@@ -196,7 +197,7 @@ def _score_parts(name: str, value: Any) -> tuple[str, ScoreValue, str | None, Sc
         return value.name or name, value.value, value.comment, value.source
     if isinstance(value, bool | str):
         return name, value, None, None
-    if isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value)):
+    if isinstance(value, numbers.Real) and not math.isnan(float(value)):  # numpy numbers too
         return name, float(value), None, None
     raise TypeError(f"scorer {name!r} returned {type(value).__name__}; return a number, bool, str or spanmux.Score")
 

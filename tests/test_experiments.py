@@ -457,3 +457,24 @@ def test_langgraph_agents_at_concurrency_8_keep_their_own_traces(recorded: tuple
             assert len(tools) == 1 and tools[0].input in ({"a": n, "b": n}, str({"a": n, "b": n}))
             assert sum(1 for s in spans if s.kind == "llm") == 2
             assert all(s.trace_id == item.trace_id for s in spans)
+
+
+def test_scorer_values_numbers_of_any_kind_and_bad_ones(recorded: tuple[Recorder, Path]) -> None:
+    from fractions import Fraction
+
+    result = spanmux.evaluate(data=["a"], task=lambda input: input, name="values", scorers=[
+        scorer("fraction")(lambda output: Fraction(1, 4)),
+        scorer("nothing")(lambda output: None),
+        scorer("nan")(lambda output: float("nan")),
+    ])
+    (item,) = result.items
+    assert item.scores == {"fraction": 0.25}
+    assert set(item.scorer_errors) == {"nothing", "nan"} and "NoneType" in item.scorer_errors["nothing"]
+
+
+def test_tracing_disabled_still_runs_the_experiment() -> None:
+    spanmux.configure({"enabled": False})
+    result = spanmux.evaluate(data=["a", "bb"], task=lambda input: input * 2, scorers=[lambda output: len(output)],
+                              name="off")
+    assert [i.output for i in result.items] == ["aa", "bbbb"]
+    assert result.summary().scorers["<lambda>"].mean == 3.0
