@@ -307,7 +307,10 @@ def test_llm_span_shows_messages_per_role_tool_calls_tokens_and_cost(client: Tes
     assert "price-table" in html.split('data-testid="cost">')[1].split("</dd>")[0]
     assert "gpt-4o-mini" in html.split('data-testid="model">')[1]
     selected = client.get(f"/traces/{trace_id}?span={span_of(demo, trace_id, 'llm')}").text
-    assert 'data-testid="message" data-role="user"' in selected and 'id="feedback-span" value="' in selected
+    assert 'data-testid="message" data-role="user"' in selected
+    assert f'id="feedback-span" value="{span_of(demo, trace_id, "llm")}"' in selected  # scores go to that span
+    unknown = client.get(f"/traces/{trace_id}?span=0000000000000000").text
+    assert 'id="feedback-span" value=""' in unknown and "LangGraph" in unknown  # the root, scores on the trace
 
 
 def test_retriever_documents_and_dspy_estimated_tokens(client: TestClient, demo: Demo) -> None:

@@ -188,6 +188,7 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
         limit = _limit(query)
         budget_hit = False
         with ui.store() as db:
+            newest = db.newest_seq()  # before the page: a trace landing meanwhile then arrives as a live row
             if filters.text:
                 found = db.search_traces(filters.text, filters.where, limit=limit, after=cursor,
                                          budget_spans=SEARCH_BUDGET)
@@ -196,7 +197,6 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
                 page = db.page_traces(filters.where, limit=limit, after=cursor)
                 rows, next_cursor = page.traces, page.next
             scores = db.scores_of([t.trace_id for t in rows])
-            newest = db.newest_seq()
         return ui.page(
             "traces.html", nav="traces", rows=rows, scores={k: _summary_scores(v) for k, v in scores.items()},
             form=filters.form, problems=problems, cursor=cursor, budget_hit=budget_hit,
@@ -233,7 +233,8 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
             if span is None and summary.root_span_id:
                 span = db.get_span(trace_id, summary.root_span_id)
             scores = db.get_scores(trace_id)
-        return ui.page("trace.html", nav="traces", t=summary, scores=scores, selected=wanted if span else None,
+        selected = wanted if span is not None and span.span_id == wanted else None
+        return ui.page("trace.html", nav="traces", t=summary, scores=scores, selected=selected,
                        detail=_span_view(span) if span else None)
 
     def tree_json(request: Request) -> Response:
