@@ -227,9 +227,10 @@ def browser_times(folder: Path, big_spans: int, input_bytes: int, runs: int) -> 
 
 def measure(spans: int, requests: int, big_spans: int, input_bytes: int, browser_runs: int,
             cache: Path = CACHE) -> dict[str, Any]:
+    before = machine()
     path, built_s = cached_store(spans, cache)
-    result: dict[str, Any] = {"spans": spans, "store": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT)
-                              else str(path), "store_build_s": built_s,
+    shown = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+    result: dict[str, Any] = {"machine_before": before, "spans": spans, "store": shown, "store_build_s": built_s,
                               "store_mb": round(path.stat().st_size / 1e6, 1), "requests": requests}
     try:
         result["server"] = server_times(path, requests)
@@ -246,7 +247,7 @@ def measure(spans: int, requests: int, big_spans: int, input_bytes: int, browser
 def table(result: dict[str, Any]) -> str:
     """The figures as the Markdown table BENCHMARKS.md shows."""
     lines = [f"## web UI, {result['spans']:,}-span store ({result['store_mb']} MB), median of "
-             f"{result['requests']} requests"]
+             f"{result['requests']} requests (load average before {result['machine_before']['loadavg']})"]
     server = result.get("server", {})
     if "reason" in server:
         lines.append(f"  server: n/a: {server['reason']}")
