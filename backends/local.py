@@ -21,6 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,33 @@ ON CONFLICT (trace_id) DO UPDATE SET
     root_start_ns = CASE WHEN (excluded.root_rank, excluded.root_start_ns) < (traces.root_rank, traces.root_start_ns)
                          THEN excluded.root_start_ns ELSE traces.root_start_ns END
 """
+
+ROWS_PER_STATEMENT = 32
+"""Rows bound to one INSERT (``VALUES (...), (...)``): the sqlite3 module lets the GIL go around
+each statement's step, so ``executemany`` of single rows hands the GIL over once per row, and a
+writer thread waits for it behind the worker (the interpreter's 5 ms switch interval) that often.
+32 rows keep under SQLite's oldest limit of 999 bound values (19 columns for a trace)."""
+
+
+def _many_rows(sql: str) -> str:
+    """``sql`` (one ``VALUES (?, ...)`` group) with ``ROWS_PER_STATEMENT`` groups."""
+    head, _, tail = sql.partition("VALUES (")
+    group, _, rest = tail.partition(")")
+    return f"{head}VALUES " + ", ".join([f"({group})"] * ROWS_PER_STATEMENT) + rest
+
+
+def _insert_rows(conn: sqlite3.Connection, single: str, many: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """``rows`` through ``many`` (``ROWS_PER_STATEMENT`` a statement), the remainder through ``single``."""
+    whole = len(rows) - len(rows) % ROWS_PER_STATEMENT
+    if whole:
+        conn.executemany(many, [tuple(chain.from_iterable(rows[i:i + ROWS_PER_STATEMENT]))
+                                for i in range(0, whole, ROWS_PER_STATEMENT)])
+    if whole < len(rows):
+        conn.executemany(single, rows[whole:])
+
+
+_INSERT_SPANS = _many_rows(_INSERT_SPAN)
+_ADD_TOTALS_MANY = _many_rows(_ADD_TOTALS)
 
 _SET_TRACE_FIELDS = """
 UPDATE traces SET
@@ -392,8 +420,8 @@ def write_batch(conn: sqlite3.Connection, spans: Sequence[Span], scores: Sequenc
             # a replayed span is neither stored nor counted twice
             new_spans = _unknown_spans(conn, spans, numbers, known_traces)
             if new_spans:
-                conn.executemany(_INSERT_SPAN, [_span_row(s, numbers[s.trace_id]) for s in new_spans])
-                conn.executemany(_ADD_TOTALS, _trace_totals(new_spans, numbers))
+                _insert_rows(conn, _INSERT_SPAN, _INSERT_SPANS, [_span_row(s, numbers[s.trace_id]) for s in new_spans])
+                _insert_rows(conn, _ADD_TOTALS, _ADD_TOTALS_MANY, _trace_totals(new_spans, numbers))
             fields: dict[str, TraceAttributes] = {}
             for s in spans:
                 if s.trace is not None:
