@@ -439,6 +439,9 @@ def test_thumbs_down_with_comment_reaches_the_store_and_shows_at_once(own_store:
         assert post_score(client, trace_id, headers, kind="value", name="tone", value="rude").status_code == 200
         missing = post_score(client, trace_id, headers, kind="value", name="empty", value="")
         assert 'data-testid="score-problem"' in missing.text
+        for odd in ("nan", "inf"):
+            assert 'data-testid="score-problem"' in post_score(client, trace_id, headers, kind="value",
+                                                               name="empty", value=odd).text
         token_in_form = post_score(client, trace_id, ORIGIN, kind="up", token=client.app.state.token)  # type: ignore[attr-defined]
         assert token_in_form.status_code == 200  # a plain form post carries the token as a field
     with LocalStore(own_store.path) as db:

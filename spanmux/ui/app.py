@@ -11,6 +11,7 @@ Content-Security-Policy forbids inline script, so even an escaping mistake canno
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import sqlite3
@@ -294,6 +295,8 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
                 value, data_type = raw, "categorical"
             if not raw:
                 problem = "give a number or a label (or use the thumbs)"
+            elif isinstance(value, float) and not math.isfinite(value):
+                problem = f"{raw!r} is not a usable number"
         try:
             with ui.store() as db:
                 if db.get_trace_summary(trace_id) is None:
