@@ -325,6 +325,37 @@ def test_ten_thousand_span_trace_opens_renders_the_visible_part_and_selects(tab:
     assert page.locator("[data-testid=tree-node]").count() < 2000
 
 
+def test_big_input_shows_its_first_part_and_more_on_demand_and_truncation_is_marked(
+    browser: Any, tmp_path: Path
+) -> None:
+    store = tmp_path / "big" / "spanmux.db"
+    spanmux.configure({"backends": ["local"], "local": {"path": str(store)}, "flush_interval": 0.05,
+                       "spool_dir": str(tmp_path / "spool"), "max_content_bytes": 2_000_000})
+    text = "".join(f"line {n:07d}\n" for n in range(40_000))  # 520,000 characters, the last line known
+    with spanmux.span("big-input", kind="chain", input=text) as big:
+        big.set_output("done")
+    with spanmux.span("cut-input", kind="chain", input="y" * 3_000_000) as cut:  # over the bound: truncated
+        pass
+    assert spanmux.flush(60)
+    with UiServer(make_app(str(store))) as server, browser_page(browser) as (page, _guard, dialogs):
+        page.goto(f"{server.url}/traces/{big.trace_id}?span={big.span_id}")
+        value = page.locator("[data-testid=span-detail] [data-testid=input]")
+        expect(value).to_contain_text("line 0000000")
+        assert "line 0039999" not in value.inner_text()  # only the first part was sent
+        for _ in range(10):  # 20,000 characters first, then parts on demand until nothing is left
+            more = value.locator("a[data-testid=show-more]")
+            if more.count() == 0:
+                break
+            more.first.click()
+            expect(value.locator("[data-testid=more-part]").last).to_be_visible()
+        expect(value).to_contain_text("line 0039999")
+        assert value.locator("a[data-testid=show-more]").count() == 0
+
+        page.goto(f"{server.url}/traces/{cut.trace_id}?span={cut.span_id}")
+        expect(page.locator("[data-testid=span-detail] [data-testid=truncated]").first).to_be_visible()
+        assert dialogs == []
+
+
 # ---- feedback through every configured backend --------------------------------------------------------
 
 def test_thumbs_down_with_comment_reaches_store_and_mlflow(browser: Any, mlflow_server: str, tmp_path: Path) -> None:
