@@ -172,6 +172,8 @@ class CostCalculator:
         self.overrides = {name.lower(): price for name, price in settings.pricing.items()}
         self._resolved: dict[tuple[str, str | None], Resolution | None] = {}
         self._linear_prices: dict[tuple[str, str | None, int], LinearPrice | None] = {}
+        # (model name, provider) -> (day, linear price) of names the table priced directly today
+        self._table_prices: dict[tuple[str, str | None], tuple[int, LinearPrice]] = {}
         self._lock = threading.Lock()
         self.priced: dict[str, int] = {"provider": 0, "config": 0, "price-table": 0}
         self.unknown_models: dict[str, int] = {}
@@ -195,8 +197,12 @@ class CostCalculator:
                 self.no_model += 1
             return span
         provider = span.model.provider if span.model is not None else None
-        alternatives = (requested,) if requested and requested != name else ()
-        cost = self.price(name, provider, span.usage, alternatives=alternatives)
+        known = self._table_prices.get((name, provider))
+        if known is not None and known[0] == _utc_day():  # what price() finds first, without its steps
+            cost: Cost | None = known[1].cost(span.usage)
+        else:
+            alternatives = (requested,) if requested and requested != name else ()
+            cost = self.price(name, provider, span.usage, alternatives=alternatives)
         if cost is None:
             return span
         self._count_priced(cost.source)
@@ -260,6 +266,10 @@ class CostCalculator:
             linear = self._linear(model_ref, provider_id)
             if linear is not None:
                 self._remember(key, (model_ref, provider_id))
+                if not self.overrides:  # no override can come first: apply() may go straight here
+                    if len(self._table_prices) >= _CACHE_LIMIT:
+                        self._table_prices.clear()
+                    self._table_prices[key] = (_utc_day(), linear)
                 return linear.cost(usage)
             try:
                 from genai_prices import calc_price

@@ -56,7 +56,9 @@ def _message(value: Any) -> dict[str, Any] | None:
     role = getattr(value, "type", None) or getattr(value, "role", None)
     if role is None or content is None and not hasattr(value, "tool_calls"):
         return None
-    out: dict[str, Any] = {"role": str(getattr(role, "value", role)), "content": content}
+    # a plain str role is the common case: getattr(str, "value", ...) raises inside, which is slow
+    out: dict[str, Any] = {"role": role if type(role) is str else str(getattr(role, "value", role)),
+                           "content": content}
     kind = type(value)
     extras = _extras_by_type.get(kind)
     if extras is None:  # missing attributes are slow on pydantic models: look once per class
