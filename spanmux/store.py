@@ -649,6 +649,11 @@ class LocalStore:
         """The number of the last trace that arrived (0 for an empty store): where "new traces" start."""
         return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM traces").fetchone()[0])
 
+    def newest_start_ns(self) -> int | None:
+        """The start of the newest trace (None for an empty store), through ``traces_by_start``."""
+        value = self._conn.execute("SELECT MAX(start_ns) FROM traces").fetchone()[0]
+        return int(value) if value is not None else None
+
     def traces_after_seq(self, where: TraceFilter, after_seq: int, limit: int = 200) -> tuple[list[TraceSummary], int]:
         """Matching traces that arrived after trace number ``after_seq``, newest first, and the newest
         number seen (live updates: arrival order, so a trace with an older start time is not missed)."""

@@ -571,6 +571,10 @@ def test_over_time_per_hour_and_day(client: TestClient, demo: Demo) -> None:
         assert sum(data["traces"]) == total and sum(data["errors"]) == 1
         assert html.count('data-testid="chart"') == 3
     assert sum(chart_data(client.get("/over-time?user=alice").text)["traces"]) == 2
+    assert 'data-testid="over-time-window"' in html and "the 90 days up to the newest trace" in html
+    everything = client.get("/over-time?range=all").text
+    assert 'data-testid="over-time-window"' not in everything and sum(chart_data(everything)["traces"]) == total
+    assert '<option value="all" selected>all time</option>' in everything
     assert "bucket: hour or day" in client.get("/over-time?bucket=week").text
 
 

@@ -417,8 +417,14 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
         if bucket not in BUCKETS:
             problems.append("bucket: hour or day")
             bucket = "hour"
+        where, window = filters.where, None
         with ui.store() as db:
-            buckets = with_empty_buckets(db.time_buckets(BUCKETS[bucket], filters.where), BUCKETS[bucket])
+            if not any(query.text(k) for k in ("range", "since", "until")):  # default: the newest part only
+                newest = db.newest_start_ns()
+                if newest is not None:
+                    window = OVER_TIME_WINDOWS[bucket]
+                    where = msgspec.structs.replace(where, since_ns=newest - window[0])
+            buckets = with_empty_buckets(db.time_buckets(BUCKETS[bucket], where), BUCKETS[bucket])
         chart = {
             "labels": [render.fmt_time(b.start_ns)[: 13 if bucket == "hour" else 10] for b in buckets],
             "traces": [b.traces for b in buckets], "errors": [b.errors for b in buckets],
@@ -426,7 +432,8 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
             "cost": [b.cost_total or 0 for b in buckets],
         }
         return ui.page("over_time.html", nav="over-time", buckets=buckets, bucket=bucket, form=filters.form,
-                       problems=problems, chart=chart)
+                       problems=problems, chart=chart, window_label=OVER_TIME_WINDOWS[bucket][1],
+                       windowed=window is not None)
 
     async def index(request: Request) -> Response:
         return RedirectResponse("/traces", 307)
@@ -458,6 +465,10 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
 
 
 BUCKETS = {"hour": 3600 * 10**9, "day": 86_400 * 10**9}
+OVER_TIME_WINDOWS = {"hour": (24 * 3600 * 10**9, "the 24 hours up to the newest trace"),
+                     "day": (90 * 86_400 * 10**9, "the 90 days up to the newest trace")}
+"""What over time shows when no time range is given: the newest part of the store, so a big store is not
+grouped whole at every visit (``range=all`` asks for everything)."""
 
 
 def with_empty_buckets(buckets: list[TimeBucket], width_ns: int, most: int = 2_000) -> list[TimeBucket]:

@@ -92,10 +92,12 @@ def parse_filters(query: Query, now: float | None = None) -> Filters:
     fields: dict[str, Any] = {}
     span = query.text("range")
     if span is not None:
-        if span in RANGES:
+        if span == "all":
+            pass
+        elif span in RANGES:
             fields["since_ns"] = int(((now if now is not None else time.time()) - RANGES[span]) * 1e9)
         else:
-            problems.append(f"range: one of {', '.join(RANGES)}")
+            problems.append(f"range: all or one of {', '.join(RANGES)}")
     for key, field in (("since", "since_ns"), ("until", "until_ns")):
         value = query.text(key)
         if value is not None and (parsed := _time(value, key, problems)) is not None:
