@@ -386,6 +386,10 @@ def test_every_page_has_a_strict_csp_and_no_outside_resource(client: TestClient,
 def test_other_host_names_are_refused(demo: Demo) -> None:
     with TestClient(create_app(str(demo.path)), base_url="http://attacker.example") as c:
         assert c.get("/traces").status_code == 400  # DNS rebinding: another name pointing at 127.0.0.1
+    with TestClient(create_app(str(demo.path)), base_url="http://[::1]:7100") as c:
+        assert c.get("/traces").status_code == 200  # IPv6 loopback, with its port
+    with TestClient(create_app(str(demo.path)), base_url="http://localhost:7100") as c:
+        assert c.get("/traces").status_code == 200
 
 
 def post_score(client: TestClient, trace_id: str, headers: dict[str, str] | None = None, **form: str) -> Any:

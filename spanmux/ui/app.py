@@ -27,7 +27,6 @@ from markupsafe import escape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -47,7 +46,7 @@ log = logging.getLogger("spanmux.ui")
 HERE = Path(__file__).parent
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1"]
 PAGE_SIZE = 50
 COMPARE_TRACES = 5_000
 """The compare page groups the newest this many matching traces (and says so when there are more):
@@ -77,6 +76,28 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class LoopbackHosts:
+    """Answers only requests whose Host names one of ``hosts`` (``*``: any), port ignored; IPv6
+    literals understood (``[::1]:7100``), unlike Starlette's TrustedHostMiddleware. A page on another
+    name that resolves to 127.0.0.1 (DNS rebinding) gets a 400, not the traces."""
+
+    def __init__(self, app: ASGIApp, hosts: list[str]) -> None:
+        self.app = app
+        self.hosts = {h.strip("[]").lower() for h in hosts}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "*" not in self.hosts:
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            try:
+                name = urlsplit(f"//{host}").hostname or ""
+            except ValueError:
+                name = ""
+            if name not in self.hosts:
+                await PlainTextResponse("Invalid host header", 400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class StoreProblem(Exception):
@@ -458,7 +479,7 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
     ]
     hosts = allowed_hosts if allowed_hosts is not None else LOOPBACK_HOSTS
     app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders),
-                                               Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
+                                               Middleware(LoopbackHosts, hosts=hosts)])
     app.state.token = ui.token
     app.state.ui = ui
     return app
