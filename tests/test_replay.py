@@ -280,6 +280,7 @@ def test_backoff_doubles_honours_retry_after_and_gives_up_on_a_refusal() -> None
 
 def test_replay_retries_each_batch_with_the_lanes_backoff() -> None:
     waits: list[float] = []
+    one = [make_score("t" * 32, "q", 1.0)]
     flaky = Flaky(ExportError("503"), ExportError("429", retry_after=3.0))
     send_retrying(flaky, [], [make_score("t" * 32, "q", 1.0)], origin={"replay": "x"}, spooled=True, sleep=waits.append)
     assert waits == [0.5, 3.0] and [c[0] for c in flaky.calls] == ["export_spooled"] * 3
@@ -287,17 +288,17 @@ def test_replay_retries_each_batch_with_the_lanes_backoff() -> None:
 
     refusing = Flaky(ExportError("401", retryable=False))
     with pytest.raises(ExportError, match="401"):
-        send_retrying(refusing, [], [], sleep=waits.append)
+        send_retrying(refusing, [], one, sleep=waits.append)
     assert len(refusing.calls) == 1 and waits == [0.5, 3.0]  # a refusal is not retried
 
     down = Flaky(*[ExportError("503")] * 9)
     waits.clear()
     with pytest.raises(ExportError, match="503"):
-        send_retrying(down, [], [], sleep=waits.append)
+        send_retrying(down, [], one, sleep=waits.append)
     assert len(down.calls) == ATTEMPTS and waits == [0.5, 1.0, 2.0, 4.0]
 
     with pytest.raises(ExportError, match="ZeroDivisionError") as raised:
-        send_retrying(Flaky(ZeroDivisionError("bug")), [], [], sleep=waits.append)
+        send_retrying(Flaky(ZeroDivisionError("bug")), [], one, sleep=waits.append)
     assert raised.value.retryable is False
 
 
