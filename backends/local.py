@@ -367,16 +367,19 @@ class TraceTotals:
     models: list[str] = field(default_factory=list)
 
     def add(self, s: Span) -> None:
-        if s.start_ns < self.start_ns:
-            self.start_ns = s.start_ns
+        start = s.start_ns
+        if start < self.start_ns:
+            self.start_ns = start
         if s.end_ns > self.end_ns:
             self.end_ns = s.end_ns
         rank = 0 if s.parent_id is None else 1
-        if (rank, s.start_ns) < (self.root_rank, self.root_start_ns):
-            self.root, self.root_rank, self.root_start_ns = s, rank, s.start_ns
+        if rank < self.root_rank or (rank == self.root_rank and start < self.root_start_ns):
+            self.root, self.root_rank, self.root_start_ns = s, rank, start
         self.spans += 1
-        self.errors += s.status == "error"
-        self.llm_calls += is_model_call(s)  # a delegating wrapper (LlamaIndex predict over complete) is no call
+        if s.status == "error":
+            self.errors += 1
+        if s.kind == "llm" and is_model_call(s):  # a delegating wrapper (LlamaIndex predict over complete) is no call
+            self.llm_calls += 1
         usage, cost, model = s.usage, s.cost, s.model
         if usage is not None:
             self.input_tokens += usage.input_tokens
