@@ -113,8 +113,7 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json_text(value)
 
 
-def _mime(value: Any) -> str:
-    return "text/plain" if isinstance(value, str) else "application/json"
+JSON_MIME: Final = "application/json"
 
 
 class Message(NamedTuple):
@@ -149,9 +148,24 @@ def _message(raw: Any, default_role: str) -> Message | None:
                    None if tool_call_id is None else str(tool_call_id))
 
 
+_last_messages: tuple[Any, str, list[Message]] = (None, "", [])
+"""The last ``messages_of`` answer: both tables ask for the same span's messages in a row. The value
+itself is held (not its id), so a hit can never be another object at a reused address."""
+
+
 def messages_of(value: Any, default_role: str) -> list[Message]:
     """Chat messages in a span's input or output: a message list, one message, ``{"messages": [...]}``
     or a plain string. Anything else has none (it still travels as ``input.value``)."""
+    global _last_messages
+    last = _last_messages  # one read: another lane may swap it meanwhile, never half of it
+    if last[0] is value and last[1] == default_role and value is not None:
+        return last[2]
+    found = _messages(value, default_role)
+    _last_messages = (value, default_role, found)
+    return found
+
+
+def _messages(value: Any, default_role: str) -> list[Message]:
     if isinstance(value, Mapping) and isinstance(value.get("messages"), list):
         value = value["messages"]
     if isinstance(value, (Mapping, str)):
@@ -238,7 +252,7 @@ def genai_attributes(span: Span) -> dict[str, Any]:
             key = attr.GEN_AI_REQUEST_PARAMETERS.get(name)
             if key is not None and value is not None:
                 out[key] = (value,) if name == "stop" and isinstance(value, str) else otel_value(value)
-    if span.usage is not None and is_model_call(span) or span.kind == "embedding" and span.usage is not None:
+    if span.usage is not None and (is_model_call(span) or span.kind == "embedding"):
         usage = span.usage
         out[attr.GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
         out[attr.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
@@ -274,12 +288,18 @@ def openinference_attributes(span: Span) -> dict[str, Any]:
     """OpenInference semantic conventions (Phoenix, Arize)."""
     extra = span.attributes or {}
     out: dict[str, Any] = {attr.OPENINFERENCE_SPAN_KIND: OPENINFERENCE_KIND_BY_KIND[span.kind]}
-    if span.input is not None:
-        out[attr.INPUT_VALUE] = _text(span.input)
-        out[attr.INPUT_MIME_TYPE] = _mime(span.input)
+    if span.input is not None:  # a mime type only for JSON: text/plain is OpenInference's default
+        if isinstance(span.input, str):
+            out[attr.INPUT_VALUE] = span.input
+        else:
+            out[attr.INPUT_VALUE] = json_text(span.input)
+            out[attr.INPUT_MIME_TYPE] = JSON_MIME
     if span.output is not None:
-        out[attr.OUTPUT_VALUE] = _text(span.output)
-        out[attr.OUTPUT_MIME_TYPE] = _mime(span.output)
+        if isinstance(span.output, str):
+            out[attr.OUTPUT_VALUE] = span.output
+        else:
+            out[attr.OUTPUT_VALUE] = json_text(span.output)
+            out[attr.OUTPUT_MIME_TYPE] = JSON_MIME
     model = span.model
     if span.kind == "llm":
         if model is not None and model.name:
@@ -519,7 +539,7 @@ class HttpTransport:
         body = request.SerializeToString()
         headers = {**self.target.headers, "Content-Type": "application/x-protobuf"}
         if self.target.compression == "gzip":
-            body = gzip.compress(body, compresslevel=5)
+            body = gzip.compress(body, compresslevel=1)  # small requests: speed over ratio
             headers["Content-Encoding"] = "gzip"
         seconds = timeout or self.target.timeout
         try:

@@ -64,7 +64,7 @@ def annotation(score: Score) -> dict[str, Any]:
     return item
 
 
-class PhoenixBackend(OtlpBackend):
+class PhoenixBackend(OtlpBackend):  # type: ignore[misc]  # mypy sees backends/ as "backends", not spanmux.backends
     """OTLP to Phoenix with its defaults; scores as Phoenix annotations."""
 
     name = "phoenix"

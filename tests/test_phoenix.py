@@ -17,7 +17,7 @@ from phoenix_server import PYTHON_ENV, PhoenixServer, phoenix_python  # tests/ i
 
 import spanmux
 from spanmux.backends.otlp import OPENINFERENCE_KIND_BY_KIND
-from spanmux.model import Span
+from spanmux.model import Span, new_span_id, new_trace_id
 from spanmux.testing import InMemoryBackend
 from spanmux.usage import is_model_call
 
@@ -254,3 +254,21 @@ def test_phoenix_stopped_mid_run_and_started_again_gets_every_span_once(
     assert len(produced) == 20
     stored = phoenix.read("outage", expect_spans=len(produced))["spans"]
     check_same_spans(produced, stored)
+
+
+def test_a_batch_sent_twice_is_stored_once(phoenix: PhoenixServer) -> None:
+    """The lane re-sends a whole batch when a later part of it failed (e.g. its annotations): Phoenix
+    keeps one copy of each span id, so redelivery is idempotent."""
+    from spanmux.backends.phoenix import PhoenixBackend, PhoenixConfig
+
+    trace_id, root_id = new_trace_id(), new_span_id()
+    spans = [Span(trace_id=trace_id, span_id=root_id, parent_id=None, name="twice", kind="agent",
+                  framework="manual", start_ns=1_700_000_000_000_000_000, end_ns=1_700_000_000_100_000_000),
+             Span(trace_id=trace_id, span_id=new_span_id(), parent_id=root_id, name="child", kind="tool",
+                  framework="manual", start_ns=1_700_000_000_010_000_000, end_ns=1_700_000_000_020_000_000)]
+    backend = PhoenixBackend(PhoenixConfig(endpoint=phoenix.url + "/v1/traces", project="twice"))
+    backend.export(spans, [])
+    backend.export(spans, [])
+    backend.shutdown(1)
+    stored = phoenix.read("twice", expect_spans=2)["spans"]
+    check_same_spans(spans, stored)
