@@ -686,6 +686,14 @@ def test_messages_of_every_shape_the_integrations_record() -> None:
     assert turn_text("x" * 5000, answer=True).endswith("…")
 
 
+def test_json_keeps_an_embedding_on_one_line() -> None:
+    from spanmux.ui.render import to_json
+
+    assert to_json({"embedding": [0.5, -1e-3, 2], "mixed": [1, "a"]}) == (
+        '{\n  "embedding": [0.5, -0.001, 2],\n  "mixed": [\n    1,\n    "a"\n  ]\n}')
+    assert to_json("plain text") == "plain text"
+
+
 def test_filters_read_from_the_url_and_written_back() -> None:
     from spanmux.ui.query import Query, link, parse_filters
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from typing import Any
 
 import msgspec
@@ -112,14 +113,18 @@ def documents_of(attributes: dict[str, Any] | None) -> list[dict[str, Any]] | No
     return None
 
 
+_NUMBER_LIST = re.compile(r"\[\s*\n\s*(-?[0-9][0-9.eE+-]*(?:,\s*\n\s*-?[0-9][0-9.eE+-]*)*)\s*\n\s*\]")
+
+
 def to_json(value: Any) -> str:
-    """Pretty JSON for the page (a string stays itself)."""
+    """Pretty JSON for the page (a string stays itself); a list of numbers (an embedding) on one line."""
     if isinstance(value, str):
         return value
     try:
-        return json.dumps(value, indent=2, ensure_ascii=False, default=repr)
+        text = json.dumps(value, indent=2, ensure_ascii=False, default=repr)
     except (TypeError, ValueError):
         return repr(value)
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(n.strip() for n in m.group(1).split(",")) + "]", text)
 
 
 def is_truncated(text: str) -> bool:

@@ -49,7 +49,7 @@
     for (const s of steps) { if (total / s <= 6) { step = s; break; } }
     for (let t = 0; t <= total + 1e-9; t += step) {
       const tick = document.createElement("span");
-      tick.className = t / total > 0.8 ? "tick end" : "tick";  // a label near the end stays inside
+      tick.className = t / total > 0.92 ? "tick end" : "tick";  // a label near the end stays inside
       tick.style.left = (t / total * 100) + "%";
       tick.textContent = fmtMs(t);
       axis.appendChild(tick);
