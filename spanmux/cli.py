@@ -446,6 +446,9 @@ def ui(
     def ready(url: str) -> None:
         sys.stdout.write(f"spanmux UI on {url} (store {path}); Ctrl+C to stop\n")
         sys.stdout.flush()
+        if not Path(path).exists():
+            _error(f"no store at {path} yet: the pages say so until a traced program writes it (or pass --store)",
+                   colour="yellow")
 
     try:
         serve(path, str(config) if config else None, host=host, port=port, open_browser=open_browser, on_ready=ready)
@@ -536,23 +539,23 @@ def doctor(
 
 def _print_doctor(found: Any) -> None:
     table = Table(title=escape(f"{found.source}: spool in {found.spool_dir}"), title_justify="left")
-    for column in ("backend", "status", "detail", "spooled batches", "spans", "scores", "bytes"):
+    for column in ("backend", "status", "detail", "spooled batches", "spans", "scores", "experiments", "bytes"):
         table.add_column(column, overflow="fold")
     for check in found.backends:
         colour = "green" if check.ok else "red"
         spool = check.spool
         table.add_row(escape(check.backend), f"[{colour}]{escape(check.status)}[/{colour}]", escape(check.detail),
                       str(spool["batches"] + spool["claimed"]), str(spool["spans"]), str(spool["scores"]),
-                      str(spool["bytes"]))
+                      str(spool["experiments"]), str(spool["bytes"]))
     console.print(table)
     if found.spools:
         listed = Table(title=escape(f"spool folders in {found.spool_dir}"), title_justify="left")
-        for column in ("folder", "configured", "batches", "spans", "scores", "bytes", "unreadable"):
+        for column in ("folder", "configured", "batches", "spans", "scores", "experiments", "bytes", "unreadable"):
             listed.add_column(column, overflow="fold")
         for folder in found.spools:
             listed.add_row(escape(folder.name), "yes" if folder.configured else "no",
                            str(folder.batches + folder.claimed), str(folder.spans), str(folder.scores),
-                           str(folder.bytes), str(folder.corrupt))
+                           str(folder.experiments), str(folder.bytes), str(folder.corrupt))
         console.print(listed)
         for folder in found.spools:  # on their own lines, so a command can be copied as it is
             if folder.needs_attention:

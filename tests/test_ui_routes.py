@@ -646,7 +646,8 @@ def test_cli_ui_serves_and_prints_its_url(demo: Demo) -> None:
         process.wait(timeout=10)
 
 
-def test_cli_ui_warns_off_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_ui_warns_off_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
     from typer.testing import CliRunner
 
     from spanmux import cli
@@ -657,6 +658,9 @@ def test_cli_ui_warns_off_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     result = CliRunner().invoke(cli.app, ["ui", "--store", "x.db", "--host", "0.0.0.0", "--port", "0"])
     assert result.exit_code == 0, result.output
     assert "traces contain prompts" in result.output and seen["host"] == "0.0.0.0" and seen["port"] == 0
+    seen["on_ready"]("http://0.0.0.0:1234/traces")
+    ready = capsys.readouterr()
+    assert "http://0.0.0.0:1234/traces" in ready.out and "no store at x.db yet" in ready.err
     (tmp_path / "spanmux.yaml").write_text("observability:\n  dashboard:\n    port: 7321\n")
     monkeypatch.chdir(tmp_path)
     assert CliRunner().invoke(cli.app, ["ui"]).exit_code == 0 and seen["port"] == 7321
