@@ -502,6 +502,11 @@ def test_sessions_list_and_a_session_as_a_conversation(client: TestClient, demo:
     totals = chat.split('data-testid="session-totals"')[1].split("</dl>")[0]
     assert "68" in totals and "alice" in totals
     assert client.get("/sessions/nope").status_code == 404
+    first, second = re.findall(r'data-testid="turn" data-trace-id="([0-9a-f]+)"', chat)
+    header = client.get(f"/traces/{first}").text
+    assert "turn 1 of 2" in header and f'data-testid="turn-next" href="/traces/{second}"' in header
+    assert 'data-testid="turn-previous"' not in header
+    assert f'data-testid="turn-previous" href="/traces/{first}"' in client.get(f"/traces/{second}").text
 
 
 def chart_data(html: str) -> dict[str, Any]:

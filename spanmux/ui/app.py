@@ -10,6 +10,7 @@ Content-Security-Policy forbids inline script, so even an escaping mistake canno
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
@@ -168,6 +169,18 @@ def _resolve(db: LocalStore, trace_id: str) -> str | None:
     return db.find_trace_id(trace_id) if _HEX.match(trace_id) else None
 
 
+def _turn_of(db: LocalStore, summary: TraceSummary, most: int = 1_000) -> dict[str, Any] | None:
+    """Where a trace sits in its session (turn number, previous and next trace), for the trace header."""
+    if not summary.session_id:
+        return None
+    ids = [t.trace_id for t in itertools.islice(db.iter_traces(TraceFilter(session_id=summary.session_id)), most)]
+    if summary.trace_id not in ids:
+        return None
+    at = ids.index(summary.trace_id)
+    return {"number": at + 1, "of": len(ids), "previous": ids[at - 1] if at else None,
+            "next": ids[at + 1] if at + 1 < len(ids) else None}
+
+
 def _span_view(span: Span) -> dict[str, Any]:
     """What the span detail panel shows of one span."""
     attributes = dict(span.attributes or {})
@@ -255,8 +268,9 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
             if span is None and summary.root_span_id:
                 span = db.get_span(trace_id, summary.root_span_id)
             scores = db.get_scores(trace_id)
+            turn = _turn_of(db, summary)
         selected = wanted if span is not None and span.span_id == wanted else None
-        return ui.page("trace.html", nav="traces", t=summary, scores=scores, selected=selected,
+        return ui.page("trace.html", nav="traces", t=summary, scores=scores, selected=selected, turn=turn,
                        detail=_span_view(span) if span else None)
 
     def tree_json(request: Request) -> Response:
