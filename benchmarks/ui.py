@@ -9,7 +9,7 @@ tags, A/B metadata and a failed tool every 40th trace, written through the local
 ``LocalBackend.export`` in pipeline-sized batches. It is cached under ``.spanmux/bench/`` keyed by
 the store's schema version, this generator's version and the span count, so reruns only measure.
 
-Server time: the UI app on a real uvicorn server on loopback, each URL requested once to warm up,
+Server time: ``spanmux ui`` in its own process (as a user runs it), each URL requested once to warm up,
 then ``--requests`` times with httpx; the median wall time of a request (what a user waits, HTTP
 on loopback included). Browser time: Chromium from the start of navigation to the tree and
 waterfall usable (first bars visible, a click on a tree node shows that span's detail), median of
@@ -144,12 +144,10 @@ def server_urls(facts: dict[str, Any]) -> dict[str, str]:
 
 def server_times(store: Path, requests: int) -> dict[str, Any]:
     import httpx
-    from browser import UiServer
-
-    from spanmux.ui.app import create_app
+    from browser import UiProcess
 
     out: dict[str, Any] = {}
-    with UiServer(create_app(str(store))) as server, httpx.Client(base_url=server.url, timeout=120) as client:
+    with UiProcess(store) as server, httpx.Client(base_url=server.url, timeout=120) as client:
         for label, url in server_urls(_store_facts(store)).items():
             first = client.get(url)
             if first.status_code != 200 or 'data-testid="store-error"' in first.text:
@@ -186,32 +184,32 @@ def _browser_store(folder: Path, big_spans: int, input_bytes: int) -> dict[str, 
 
 
 def browser_times(folder: Path, big_spans: int, input_bytes: int, runs: int) -> dict[str, Any]:
-    from browser import UiServer, browser_page, chromium_path, launch_chromium
+    from browser import UiProcess, browser_page, chromium_path, launch_chromium
 
     executable = chromium_path()
     if executable is None:
         return {"status": "n/a", "reason": "no Chromium (apt-get install chromium)"}
     from playwright.sync_api import sync_playwright
 
-    from spanmux.ui.app import create_app
-
     facts = _browser_store(folder, big_spans, input_bytes)
+    bars_ms: list[float] = []
     tree_ms: list[float] = []
     input_ms: list[float] = []
-    with UiServer(create_app(str(facts["path"]))) as server, sync_playwright() as pw:
+    with UiProcess(facts["path"]) as server, sync_playwright() as pw:
+        fragments = _fragment_times(server.url, facts, runs)
         browser = launch_chromium(pw, executable)
         for _ in range(runs + 1):  # the first run warms the server's and the browser's caches
-            with browser_page(browser) as (page, _guard, _dialogs):
+            with browser_page(browser, offline_guard=False) as (page, _guard, _dialogs):
                 t0 = time.perf_counter()
                 page.goto(f"{server.url}/traces/{facts['big']}", wait_until="commit")
                 page.locator("[data-testid=bar]").first.wait_for(state="visible", timeout=60_000)
+                bars_ms.append((time.perf_counter() - t0) * 1e3)
                 node = page.locator("[data-testid=tree-node]").nth(3)
-                name = node.get_attribute("data-span-id")
+                span_id = node.get_attribute("data-span-id")
                 node.click()
-                page.locator(f"[data-testid=span-detail] [data-span-id='{name}'], "
-                             f"[data-testid=span-detail][data-span-id='{name}']").first.wait_for(timeout=60_000)
+                page.locator(f"[data-testid=span-detail] [data-span-id='{span_id}']").first.wait_for(timeout=60_000)
                 tree_ms.append((time.perf_counter() - t0) * 1e3)
-            with browser_page(browser) as (page, _guard, _dialogs):
+            with browser_page(browser, offline_guard=False) as (page, _guard, _dialogs):
                 t0 = time.perf_counter()
                 page.goto(f"{server.url}/traces/{facts['input_trace']}?span={facts['input_span']}",
                           wait_until="commit")
@@ -219,10 +217,34 @@ def browser_times(folder: Path, big_spans: int, input_bytes: int, runs: int) -> 
                     state="visible", timeout=60_000)
                 input_ms.append((time.perf_counter() - t0) * 1e3)
         browser.close()
+
+    def mid(values: list[float]) -> float:
+        return round(statistics.median(values[1:] or values), 1)
+
     return {"big_trace_spans": big_spans, "input_bytes": input_bytes, "runs": runs,
-            "trace_usable_ms": round(statistics.median(tree_ms[1:] or tree_ms), 1),
-            "trace_usable_ms_max": round(max(tree_ms[1:] or tree_ms), 1),
-            "big_input_shown_ms": round(statistics.median(input_ms[1:] or input_ms), 1)}
+            "first_bars_ms": mid(bars_ms), "trace_usable_ms": mid(tree_ms),
+            "trace_usable_ms_max": round(max(tree_ms[1:] or tree_ms), 1), "big_input_shown_ms": mid(input_ms),
+            **fragments}
+
+
+def _fragment_times(url: str, facts: dict[str, Any], runs: int) -> dict[str, Any]:
+    """Server side of the browser figures: the 10k-span tree.json and the big span's detail fragment."""
+    import httpx
+
+    out: dict[str, Any] = {}
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for key, path in (("tree_json", f"/traces/{facts['big']}/tree.json"),
+                          ("big_detail", f"/traces/{facts['input_trace']}/spans/{facts['input_span']}")):
+            times, size = [], 0
+            for _ in range(runs + 1):
+                t0 = time.perf_counter()
+                response = client.get(path)
+                times.append(time.perf_counter() - t0)
+                response.raise_for_status()
+                size = len(response.content)
+            out[f"{key}_ms"] = round(median(times[1:] or times) * 1e3, 1)
+            out[f"{key}_kb"] = round(size / 1e3, 1)
+    return out
 
 
 def measure(spans: int, requests: int, big_spans: int, input_bytes: int, browser_runs: int,
@@ -265,8 +287,11 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"  browser: {browser['big_trace_spans']:,}-span trace usable (bars visible, click shows "
                      f"the span) {browser['trace_usable_ms']} ms median of {browser['runs']} "
                      f"(max {browser['trace_usable_ms_max']})   target < 2000 ms")
-        lines.append(f"  browser: {browser['input_bytes'] / 1e6:.0f} MB input's first part shown "
-                     f"{browser['big_input_shown_ms']} ms")
+        lines.append(f"  browser: first bars visible {browser['first_bars_ms']} ms; server: tree.json "
+                     f"{browser['tree_json_ms']} ms ({browser['tree_json_kb']} KB)")
+        lines.append(f"  browser: {browser['input_bytes'] / 1e6:.1f} MB input's first part shown "
+                     f"{browser['big_input_shown_ms']} ms; server: its detail fragment {browser['big_detail_ms']} ms "
+                     f"({browser['big_detail_kb']} KB)")
     else:
         lines.append(f"  browser: n/a: {browser.get('reason')}")
     return "\n".join(lines)

@@ -101,6 +101,59 @@ class UiServer:
         self.stop()
 
 
+class UiProcess:
+    """``with UiProcess(store) as server: server.url``: ``spanmux ui`` in its own process, as a user
+    runs it (for measurements: a server thread would share the GIL with the Playwright driver)."""
+
+    def __init__(self, store: str | Path, config: str | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [sys.executable, "-m", "spanmux.cli", "ui", "--store", str(store), "--port", str(self.port)]
+        if config is not None:
+            self.command += ["-c", config]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> UiProcess:
+        import time
+        import urllib.request
+
+        env = {**os.environ, **OFFLINE_ENV}
+        self.process = subprocess.Popen(self.command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"spanmux ui exited: {self.process.stderr.read().decode()[-2000:]}"
+                                   if self.process.stderr else "spanmux ui exited")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)  # polling a starting subprocess
+        self.stop()
+        raise RuntimeError(f"spanmux ui did not answer on {self.url} within {timeout}s")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        if process.stderr:
+            process.stderr.close()
+
+    def __enter__(self) -> UiProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def _is_loopback(url: str) -> bool:
     parts = urlsplit(url)
     if parts.scheme in ("data", "blob", "about"):
@@ -128,12 +181,17 @@ class OfflineGuard:
 
 
 @contextlib.contextmanager
-def browser_page(browser: Any, width: int = 1280, height: int = 800) -> Iterator[tuple[Any, OfflineGuard, list[str]]]:
+def browser_page(
+    browser: Any, width: int = 1280, height: int = 800, *, offline_guard: bool = True
+) -> Iterator[tuple[Any, OfflineGuard, list[str]]]:
     """A fresh context and page at a viewport, with the offline guard and a record of the dialogs
-    that opened (an XSS payload that ran would open one); fails if the page left loopback."""
+    that opened (an XSS payload that ran would open one); fails if the page left loopback.
+    ``offline_guard=False`` for timings: routing sends every request through this process (about
+    100-200 ms each on a busy machine)."""
     context = browser.new_context(viewport={"width": width, "height": height})
     guard = OfflineGuard()
-    guard.install(context)
+    if offline_guard:
+        guard.install(context)
     dialogs: list[str] = []
     page = context.new_page()
 
