@@ -187,6 +187,9 @@ def test_list_shows_every_framework_run_newest_first(client: TestClient, demo: D
     lg = demo.ids["LangGraph"]
     assert lg in html and "alice" in html and "chat-1" in html and "prod" in html
     assert 'data-testid="live-status"' in html  # first page: live rows
+    users = html.split('<datalist id="suggest-user">')[1].split("</datalist>")[0]
+    assert 'value="alice"' in users.split("<option")[1] and 'value="eve"' in users  # most traces first
+    assert 'list="suggest-model"' in html and '<option value="gpt-4o-mini">' in html
 
 
 @pytest.mark.parametrize(("query", "expected"), [
@@ -378,7 +381,8 @@ def test_every_page_has_a_strict_csp_and_no_outside_resource(client: TestClient,
         assert response.headers["x-content-type-options"] == "nosniff"
         assert not re.search(r'(src|href)="(https?:)?//', response.text)
         assert "<style" not in response.text and " style=" not in response.text
-        assert not re.search(r"<[a-z][^<>]*\son[a-z]+=", response.text)  # no inline event handler
+        handler = r'<[a-z]+(\s+[a-z-]+(=("[^"]*"|[^\s>"]+))?)*\s+on[a-z]+='  # an inline event handler in a tag
+        assert not re.search(handler, response.text)
     for asset in ("htmx.min.js", "htmx.LICENSE", "chart.umd.min.js", "chart.js.LICENSE.md", "app.js", "trace.js"):
         assert client.get(f"/static/{asset}").status_code == 200
 

@@ -16,6 +16,8 @@ import math
 import re
 import secrets
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +54,7 @@ PAGE_SIZE = 50
 COMPARE_TRACES = 5_000
 """The compare page groups the newest this many matching traces (and says so when there are more):
 about 0.3 s of reading; ``spanmux stats`` reads them all."""
+SUGGESTIONS_SECONDS = 30.0
 SEARCH_BUDGET = 50_000
 """Spans a full-text search reads per page before it stops and offers to search further back."""
 _HEX = re.compile(r"^[0-9a-f]{1,32}$")
@@ -114,6 +117,8 @@ class UI:
         self.poll_seconds = poll_seconds
         self.token = secrets.token_hex(16)
         self.feedback = FeedbackWriter(store_path, config)
+        self._lock = threading.Lock()
+        self._suggested: tuple[float, dict[str, list[str]]] | None = None
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       trim_blocks=True, lstrip_blocks=True)
         self.env.globals.update(
@@ -142,7 +147,25 @@ class UI:
             db.close()
 
     def page(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        if "form" in context and "suggestions" not in context:  # a page with the filter form
+            context["suggestions"] = self.suggestions()
         return HTMLResponse(self.env.get_template(template).render(**context), status_code=status)
+
+    def suggestions(self) -> dict[str, list[str]]:
+        """What the filter fields suggest (names, users, sessions, tags, models of the newest traces),
+        read at most every ``SUGGESTIONS_SECONDS``; nothing when the store cannot be read."""
+        now = time.monotonic()
+        with self._lock:
+            if self._suggested is not None and now - self._suggested[0] < SUGGESTIONS_SECONDS:
+                return self._suggested[1]
+        try:
+            with self.store() as db:
+                found = db.recent_values(traces=1_000)
+        except StoreProblem:
+            return {}
+        with self._lock:
+            self._suggested = (now, found)
+        return found
 
 
 def _summary_scores(scores: list[Score]) -> list[tuple[str, str]]:
