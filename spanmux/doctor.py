@@ -19,7 +19,7 @@ from spanmux.store import WRITER_BACKENDS
 if TYPE_CHECKING:
     from spanmux.config import LoadedConfig
 
-SPOOL_COUNTS = ("batches", "bytes", "spans", "scores", "claimed", "corrupt")
+SPOOL_COUNTS = ("batches", "bytes", "spans", "scores", "experiments", "claimed", "corrupt")
 
 
 class BackendCheck(msgspec.Struct):
@@ -43,6 +43,8 @@ class SpoolFolder(msgspec.Struct):
     bytes: int
     spans: int
     scores: int
+    experiments: int
+    """Experiment runs (``spanmux.evaluate``), each with all its items."""
     claimed: int
     corrupt: int
     deliver: str
@@ -138,7 +140,7 @@ def spool_report(loaded: LoadedConfig) -> list[SpoolFolder]:
         out.append(SpoolFolder(
             name=folder.name, folder=str(folder), configured=folder.name in configured,
             batches=waiting["batches"], bytes=waiting["bytes"], spans=waiting["spans"], scores=waiting["scores"],
-            claimed=waiting["claimed"], corrupt=waiting["corrupt"],
+            experiments=waiting["experiments"], claimed=waiting["claimed"], corrupt=waiting["corrupt"],
             deliver=_delivery(folder.name, waiting, configured, cfg),
         ))
     return out

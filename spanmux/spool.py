@@ -206,8 +206,9 @@ class Spool:
         return None
 
     def describe(self) -> dict[str, int]:
-        """What waits here, for ``spanmux doctor``: batches, bytes, records, claimed and corrupt files."""
-        out = {"batches": 0, "bytes": 0, "spans": 0, "scores": 0, "claimed": 0, "corrupt": 0}
+        """What waits here, for ``spanmux doctor``: batches, bytes, records (spans, scores, experiment
+        runs), claimed and corrupt files."""
+        out = {"batches": 0, "bytes": 0, "spans": 0, "scores": 0, "experiments": 0, "claimed": 0, "corrupt": 0}
         if not self.folder.is_dir():
             return out
         for path in self.folder.iterdir():
@@ -228,6 +229,7 @@ class Spool:
             out["bytes"] += len(data)
             out["spans"] += len(batch.spans)
             out["scores"] += len(batch.scores)
+            out["experiments"] += len(batch.experiments)
         return out
 
     def done(self, claimed: Path) -> None:

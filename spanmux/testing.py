@@ -2,7 +2,8 @@
 
 ``capture()`` configures spanmux with an ``InMemoryBackend`` for the length of a ``with`` block and
 hands back what reached it: the same finished, processed spans and scores every backend receives
-(sampling, ``capture_content``, token estimates and costs applied). ``render_tree`` turns a trace
+(sampling, ``capture_content``, token estimates and costs applied), and the experiment runs of
+``spanmux.evaluate``. ``render_tree`` turns a trace
 into lines to assert on; ``reset()`` returns spanmux to its unconfigured state between tests.
 
     from spanmux.testing import capture, render_tree
@@ -23,14 +24,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from spanmux import runtime
 from spanmux.backend import BaseBackend, ExportError
-from spanmux.model import Score, Span
+from spanmux.model import ExperimentRun, Score, Span
 from spanmux.open_spans import forget_failures
 from spanmux.pipeline import Pipeline
 from spanmux.store import order_tree
@@ -67,10 +68,11 @@ class _Failure:
 
 
 class InMemoryBackend(BaseBackend):
-    """A backend that keeps every span and score it receives, in arrival order. Thread-safe:
-    its lane appends while the test reads. ``fail()`` makes it refuse batches like a server that
-    is down (a retryable ``ExportError``), so the lane retries and spools them as it would for a
-    real backend; ``recover()`` brings it back."""
+    """A backend that keeps every span, score and experiment run it receives, in arrival order
+    (redelivered records twice: it does not upsert as real backends do). Thread-safe: its lane
+    appends while the test reads. ``fail()`` makes it refuse batches like a server that is down (a
+    retryable ``ExportError``), so the lane retries and spools them as it would for a real
+    backend; ``recover()`` brings it back."""
 
     def __init__(self, name: str = "memory") -> None:
         super().__init__()
@@ -78,10 +80,14 @@ class InMemoryBackend(BaseBackend):
         self._lock = threading.Lock()
         self._spans: list[Span] = []
         self._scores: list[Score] = []
+        self._experiments: list[ExperimentRun] = []
         self._failure: _Failure | None = None
         self.export_calls = 0
         """Every ``export`` call, failed ones included."""
+        self.experiment_calls = 0
+        """Every ``export_experiments`` call, failed ones included."""
         self.failed_calls = 0
+        """Refused calls, of either kind."""
         self.closed = False
 
     def __repr__(self) -> str:
@@ -99,16 +105,25 @@ class InMemoryBackend(BaseBackend):
             return list(self._scores)
 
     @property
+    def experiments(self) -> list[ExperimentRun]:
+        """The experiment runs delivered so far (a copy), each after the spans of its items."""
+        with self._lock:
+            return list(self._experiments)
+
+    @property
     def failing(self) -> bool:
         """Whether it was told to fail and still is."""
         with self._lock:
             return self._failure is not None
 
     def fail(self, times: int | None = None, *, every: int = 0, error: ExportError | None = None) -> None:
-        """Refuse the next ``times`` export calls (None: every call until ``recover()``), or with
-        ``every=n`` only each n-th call (an intermittent server). ``error`` is what to raise; by
-        default a retryable "connection refused". Pass ``ExportError(..., retryable=False)`` for a
-        refusal that retrying cannot fix, or ``retry_after=`` for a 429."""
+        """Refuse the next ``times`` calls (None: every call until ``recover()``), or with
+        ``every=n`` only each n-th call (an intermittent server). ``export_experiments`` is a call
+        too: a batch that carries an experiment run takes two (spans, then the run), so with
+        ``every=2`` it never gets through, as with a real server refusing every other request.
+        ``error`` is what to raise; by default a retryable "connection refused". Pass
+        ``ExportError(..., retryable=False)`` for a refusal that retrying cannot fix, or
+        ``retry_after=`` for a 429."""
         if times is not None and times < 1:
             raise ValueError("times must be at least 1 (or None: until recover())")
         if every < 0:
@@ -127,21 +142,36 @@ class InMemoryBackend(BaseBackend):
         with self._lock:
             self._spans.clear()
             self._scores.clear()
+            self._experiments.clear()
 
     def export(self, spans: Sequence[Span], scores: Sequence[Score]) -> None:
         with self._lock:
             self.export_calls += 1
-            failure = self._failure
-            error = failure.next_error() if failure is not None else None
-            if failure is not None and failure.over:
-                self._failure = None
+            error = self._refusal()
             if error is None:
                 self._spans.extend(spans)
                 self._scores.extend(scores)
-            else:
-                self.failed_calls += 1
         if error is not None:
             raise error
+
+    def export_experiments(self, runs: Sequence[ExperimentRun], origin: Mapping[str, str] | None) -> None:
+        with self._lock:
+            self.experiment_calls += 1
+            error = self._refusal()
+            if error is None:
+                self._experiments.extend(runs)
+        if error is not None:
+            raise error
+
+    def _refusal(self) -> ExportError | None:
+        """What this call raises under ``fail()`` (None: accepted). Called with the lock held."""
+        failure = self._failure
+        error = failure.next_error() if failure is not None else None
+        if failure is not None and failure.over:
+            self._failure = None
+        if error is not None:
+            self.failed_calls += 1
+        return error
 
     def shutdown(self, timeout: float) -> None:
         self.closed = True  # what it received stays readable
@@ -200,6 +230,12 @@ class Captured:
     def scores(self) -> list[Score]:
         self.flush()
         return self.backend.scores
+
+    @property
+    def experiments(self) -> list[ExperimentRun]:
+        """Every experiment run (``spanmux.evaluate``) the block finished, in delivery order."""
+        self.flush()
+        return self.backend.experiments
 
     def traces(self) -> list[list[Span]]:
         """The spans of each trace in tree order (as ``render_tree`` lists them), earliest trace

@@ -42,8 +42,8 @@ def test_all_backends_reachable(langfuse_server: Any, tmp_path: Path) -> None:
     rows = {r["backend"]: r for r in report["backends"]}
     assert rows["local"]["status"] == rows["langfuse"]["status"] == "ok"
     assert "spanmux-contract" in rows["langfuse"]["detail"]
-    assert rows["langfuse"]["spool"] == {"batches": 0, "bytes": 0, "spans": 0, "scores": 0, "claimed": 0,
-                                         "corrupt": 0}
+    assert rows["langfuse"]["spool"] == {"batches": 0, "bytes": 0, "spans": 0, "scores": 0, "experiments": 0,
+                                         "claimed": 0, "corrupt": 0}
     assert langfuse_server.statuses("/api/public/otel/v1/traces") == []  # nothing was sent
     table = runner.invoke(app, ["doctor", str(config)])
     assert table.exit_code == 0 and "langfuse" in table.output and "ok" in table.output
@@ -169,8 +169,35 @@ def test_diagnose_reports_the_overflow_spool_and_what_the_cli_prints(tmp_path: P
     (overflow,) = found.spools
     assert overflow.name == OVERFLOW and overflow.scores == 1 and overflow.needs_attention and not overflow.stranded
     assert "the next traced run delivers them to every configured backend" in overflow.deliver
-    assert found.overflow_spool == {"batches": 1, "bytes": overflow.bytes, "spans": 0, "scores": 1, "claimed": 0,
-                                    "corrupt": 0}
+    assert found.overflow_spool == {"batches": 1, "bytes": overflow.bytes, "spans": 0, "scores": 1, "experiments": 0,
+                                    "claimed": 0, "corrupt": 0}
     code, report = doctor(config)
     assert code == 0 and report["overflow_spool"] == found.overflow_spool
     assert report["spools"][0]["deliver"] == overflow.deliver
+
+
+def test_experiment_runs_waiting_in_a_spool_are_counted(tmp_path: Path) -> None:
+    from spanmux.testing import InMemoryBackend
+
+    down = InMemoryBackend("evals")
+    down.fail()  # its server is down for the whole evaluation: the items and the run wait in its spool
+    spanmux.configure({"backends": [down], "spool_dir": str(tmp_path / "spool"), "flush_interval": 0.05})
+    spanmux.evaluate(data=["a", "b"], task=lambda input: input, scorers=[lambda output: 1.0], name="offline")
+    spanmux.evaluate(data=["c"], task=lambda input: input, name="offline")
+    assert not spanmux.flush(0.5)
+    spanmux.shutdown(1)
+    assert down.spans == [] and down.experiments == []
+
+    config = write_config(tmp_path, ["local"])
+    code, report = doctor(config)
+    assert code == 0, report
+    (folder,) = [s for s in report["spools"] if s["name"] == "evals"]
+    # three item spans and an evaluator span per score; two runs
+    assert (folder["spans"], folder["scores"], folder["experiments"]) == (5, 2, 2)
+    assert folder["configured"] is False and "--from-spool evals" in folder["deliver"]
+    table = runner.invoke(app, ["doctor", str(config)], env={"COLUMNS": "200"})
+    assert table.exit_code == 0
+    header, row = (" ".join(line.replace("│", " ").replace("┃", " ").split()) for line in table.output.splitlines()
+                   if "unreadable" in line or line.startswith("│ evals"))
+    assert header == "folder configured batches spans scores experiments bytes unreadable"
+    assert row.split()[:6] == ["evals", "no", str(folder["batches"]), "5", "2", "2"]

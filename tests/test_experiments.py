@@ -8,7 +8,6 @@ import _thread
 import json
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import spanmux
 from spanmux import attributes as attr
 from spanmux.cli import app
 from spanmux.experiments import compare_runs, load_data, scorer
-from spanmux.model import ExperimentRun, Score
+from spanmux.model import Score
 from spanmux.store import LocalStore
 from spanmux.testing import InMemoryBackend, render_tree
 
@@ -36,20 +35,9 @@ class FakeChat(FakeMessagesListChatModel):
         return self
 
 
-class Recorder(InMemoryBackend):
-    """An in-memory backend that also keeps the experiment runs its lane delivers."""
-
-    def __init__(self) -> None:
-        super().__init__(name="recorder")
-        self.runs: list[ExperimentRun] = []
-
-    def export_experiments(self, runs: Sequence[ExperimentRun], origin: Any) -> None:
-        self.runs.extend(runs)
-
-
 @pytest.fixture
-def recorded(tmp_path: Path) -> tuple[Recorder, Path]:
-    recorder = Recorder()
+def recorded(tmp_path: Path) -> tuple[InMemoryBackend, Path]:
+    recorder = InMemoryBackend("recorder")
     store = tmp_path / "store.db"
     spanmux.configure({"backends": ["local", recorder], "local": {"path": str(store)},
                        "spool_dir": str(tmp_path / "spool"), "flush_interval": 0.05})
@@ -106,7 +94,7 @@ def judge(output: str, expected: str) -> float:
     return 1.0 if output == expected else 0.0
 
 
-def test_langgraph_agent_items_traces_scores_and_judge_tokens(recorded: tuple[Recorder, Path]) -> None:
+def test_langgraph_agent_items_traces_scores_and_judge_tokens(recorded: tuple[InMemoryBackend, Path]) -> None:
     recorder, store = recorded
     result = spanmux.evaluate(data=MATH, task=run_agent, scorers=[exact_match, judge], name="math-tutor",
                               dataset="math-v1", metadata={"variant": "B", "prompt.version": 3})
@@ -145,10 +133,10 @@ def test_langgraph_agent_items_traces_scores_and_judge_tokens(recorded: tuple[Re
         stored = db.get_experiment(result.run_id)
         assert stored is not None and stored.items == result.items
         assert stored.metadata == {"variant": "B", "prompt.version": 3} and stored.dataset == "math-v1"
-    assert [r.run_id for r in recorder.runs] == [result.run_id]  # through the pipeline to every backend
+    assert [r.run_id for r in recorder.experiments] == [result.run_id]  # through the pipeline to every backend
 
 
-def test_llamaindex_query_engine_task(recorded: tuple[Recorder, Path]) -> None:
+def test_llamaindex_query_engine_task(recorded: tuple[InMemoryBackend, Path]) -> None:
     from llama_index.core import Document, VectorStoreIndex
     from llama_index.core.embeddings import MockEmbedding
     from llama_index.core.llms import MockLLM
@@ -176,7 +164,7 @@ def test_llamaindex_query_engine_task(recorded: tuple[Recorder, Path]) -> None:
             assert any(line.strip().startswith("retriever:") for line in tree)
 
 
-def test_raising_task_and_raising_scorer_are_item_errors(recorded: tuple[Recorder, Path]) -> None:
+def test_raising_task_and_raising_scorer_are_item_errors(recorded: tuple[InMemoryBackend, Path]) -> None:
     def task(input: str) -> str:
         if input == "boom":
             raise ValueError("the task broke")
@@ -204,7 +192,7 @@ def test_raising_task_and_raising_scorer_are_item_errors(recorded: tuple[Recorde
         assert db.get_scores(by_input["b"].trace_id) == []
 
 
-def test_concurrency_8_keeps_each_item_in_its_own_trace(recorded: tuple[Recorder, Path]) -> None:
+def test_concurrency_8_keeps_each_item_in_its_own_trace(recorded: tuple[InMemoryBackend, Path]) -> None:
     inside = threading.Barrier(8, timeout=10)
 
     def task(input: dict[str, Any]) -> str:
@@ -236,13 +224,13 @@ def test_concurrency_8_keeps_each_item_in_its_own_trace(recorded: tuple[Recorder
     assert spanmux.current_trace_id() is None  # nothing leaked into the caller's context
 
 
-def test_evaluate_inside_an_open_span_still_starts_a_trace_per_item(recorded: tuple[Recorder, Path]) -> None:
+def test_evaluate_inside_an_open_span_still_starts_a_trace_per_item(recorded: tuple[InMemoryBackend, Path]) -> None:
     with spanmux.span("outer") as outer:
         result = spanmux.evaluate(data=["x"], task=lambda input: input, name="nested")
     assert result.items[0].trace_id != outer.trace_id
 
 
-def test_ctrl_c_stops_and_keeps_what_finished(recorded: tuple[Recorder, Path]) -> None:
+def test_ctrl_c_stops_and_keeps_what_finished(recorded: tuple[InMemoryBackend, Path]) -> None:
     def task(input: int) -> int:
         if input == 3:
             _thread.interrupt_main()  # what Ctrl-C does: KeyboardInterrupt in the main thread
@@ -265,7 +253,8 @@ def math_task(wrong: set[str]) -> Any:
     return task
 
 
-def test_compare_two_runs_finds_exactly_the_changed_items(recorded: tuple[Recorder, Path], tmp_path: Path) -> None:
+def test_compare_two_runs_finds_exactly_the_changed_items(recorded: tuple[InMemoryBackend, Path],
+                                                          tmp_path: Path) -> None:
     data = [{"input": f"q{n}", "expected": str(n), "id": f"q{n}"} for n in range(6)]
     a = spanmux.evaluate(data=data, task=math_task({"q3", "q4"}), scorers=[exact_match], name="tutor",
                          metadata={"variant": "A"})
@@ -294,7 +283,7 @@ def test_compare_two_runs_finds_exactly_the_changed_items(recorded: tuple[Record
     assert text.exit_code == 0 and "1 better" in text.stdout and "1 worse" in text.stdout and "q3" in text.stdout
 
 
-def test_cli_lists_and_shows_runs(recorded: tuple[Recorder, Path]) -> None:
+def test_cli_lists_and_shows_runs(recorded: tuple[InMemoryBackend, Path]) -> None:
     result = spanmux.evaluate(data=MATH, task=math_task({"q2"}), scorers=[exact_match], name="cli-run",
                               dataset="math-v1")
     _, store = recorded
@@ -331,7 +320,7 @@ def test_data_from_jsonl_and_csv(tmp_path: Path) -> None:
         load_data(tmp_path / "items.txt")
 
 
-def test_async_task_and_score_objects(recorded: tuple[Recorder, Path]) -> None:
+def test_async_task_and_score_objects(recorded: tuple[InMemoryBackend, Path]) -> None:
     async def task(input: str) -> str:
         with spanmux.span("async-step"):
             return input * 2
@@ -375,16 +364,16 @@ def test_a_backend_without_experiments_keeps_working(tmp_path: Path) -> None:
 
 
 def test_failing_backend_gets_the_run_from_its_spool(tmp_path: Path) -> None:
-    recorder = Recorder()
+    recorder = InMemoryBackend("recorder")
     spanmux.configure({"backends": [recorder], "spool_dir": str(tmp_path / "spool"), "flush_interval": 0.05})
     recorder.fail()
     result = spanmux.evaluate(data=["a", "b"], task=lambda input: input, scorers=[lambda output: 1.0], name="spooled")
     assert not spanmux.flush(timeout=0.5)
-    assert recorder.runs == []
+    assert recorder.experiments == []
     recorder.recover()
     assert spanmux.flush(timeout=10)
-    assert [r.run_id for r in recorder.runs] == [result.run_id]
-    assert [i.scores for i in recorder.runs[0].items] == [{"<lambda>": 1.0}, {"<lambda>": 1.0}]
+    assert [r.run_id for r in recorder.experiments] == [result.run_id]
+    assert [i.scores for i in recorder.experiments[0].items] == [{"<lambda>": 1.0}, {"<lambda>": 1.0}]
 
 
 def test_store_without_experiment_tables_reads_as_none(tmp_path: Path) -> None:
@@ -416,7 +405,7 @@ def test_import_spanmux_does_not_load_experiments() -> None:
 
 
 def test_capture_content_false_keeps_no_content_in_the_run(tmp_path: Path) -> None:
-    recorder = Recorder()
+    recorder = InMemoryBackend("recorder")
     spanmux.configure({"backends": [recorder], "capture_content": False, "spool_dir": str(tmp_path / "spool"),
                        "flush_interval": 0.05})
 
@@ -429,14 +418,14 @@ def test_capture_content_false_keeps_no_content_in_the_run(tmp_path: Path) -> No
                                     {"input": "secret-2", "id": "b"}],
                               task=task, scorers=[exact_match], name="private")
     assert spanmux.flush(timeout=10)
-    (run,) = recorder.runs
+    (run,) = recorder.experiments
     assert [(i.input, i.expected, i.output) for i in run.items] == [(None, None, None)] * 2
     assert run.items[1].error == "ValueError"  # the message quoted the input
     assert run.items[0].scores == {"exact_match": True}  # scores are no content
     assert "secret" not in json.dumps([i.error for i in result.items])
 
 
-def test_progress_bar_on_request(recorded: tuple[Recorder, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_on_request(recorded: tuple[InMemoryBackend, Path], capsys: pytest.CaptureFixture[str]) -> None:
     spanmux.evaluate(data=["a", "b", "c"], task=lambda input: input, name="shown", progress=True)
     err = capsys.readouterr().err
     assert "shown" in err and "3/3" in err
@@ -444,7 +433,7 @@ def test_progress_bar_on_request(recorded: tuple[Recorder, Path], capsys: pytest
     assert "hidden" not in capsys.readouterr().err
 
 
-def test_langgraph_agents_at_concurrency_8_keep_their_own_traces(recorded: tuple[Recorder, Path]) -> None:
+def test_langgraph_agents_at_concurrency_8_keep_their_own_traces(recorded: tuple[InMemoryBackend, Path]) -> None:
     data = [{"input": {"question": f"{n}+{n}?"}, "expected": str(2 * n), "id": f"n{n}"} for n in range(16)]
     result = spanmux.evaluate(data=data, task=run_agent, scorers=[exact_match], name="agents", concurrency=8)
     assert [i.scores for i in result.items] == [{"exact_match": True}] * 16
@@ -459,7 +448,7 @@ def test_langgraph_agents_at_concurrency_8_keep_their_own_traces(recorded: tuple
             assert all(s.trace_id == item.trace_id for s in spans)
 
 
-def test_scorer_values_numbers_of_any_kind_and_bad_ones(recorded: tuple[Recorder, Path]) -> None:
+def test_scorer_values_numbers_of_any_kind_and_bad_ones(recorded: tuple[InMemoryBackend, Path]) -> None:
     from fractions import Fraction
 
     result = spanmux.evaluate(data=["a"], task=lambda input: input, name="values", scorers=[

@@ -66,25 +66,15 @@ def test_store_keeps_runs_and_replay_sends_them_once(tmp_path: Path) -> None:
         assert stored.items[0].metadata == {"level": "easy"}
         assert stored.items[0].evaluator_tokens == 51 and stored.items[0].total_tokens == 22
 
-    class Keeping(InMemoryBackend):
-        def __init__(self) -> None:
-            super().__init__(name="keeping")
-            self.runs: dict[str, Any] = {}
-            self.deliveries = 0
-
-        def export_experiments(self, runs: Any, origin: Any) -> None:
-            self.deliveries += len(runs)
-            for run in runs:
-                self.runs[run.run_id] = run  # an upsert, as every real backend does
-
-    target = Keeping()
+    target = InMemoryBackend("keeping")
     for _ in range(2):  # a second replay changes nothing
         result = ReplayResult(source=str(store), to="keeping")
         with LocalStore(store) as db:
             copy_store(target, db, result)
         assert result.experiments == 2
-    assert set(target.runs) == {first.run_id, second.run_id}
-    assert target.runs[first.run_id].items == first.items
+    runs = {run.run_id: run for run in target.experiments}  # an upsert, as every real backend does
+    assert set(runs) == {first.run_id, second.run_id}
+    assert runs[first.run_id].items == first.items
 
 
 def test_replay_to_a_second_store_is_idempotent(tmp_path: Path) -> None:

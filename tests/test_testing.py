@@ -14,7 +14,7 @@ import pytest
 import spanmux
 from spanmux import runtime
 from spanmux.backend import ExportError
-from spanmux.model import Span
+from spanmux.model import ExperimentRun, Span
 from spanmux.store import LocalStore
 from spanmux.testing import InMemoryBackend, capture, render_tree, reset
 
@@ -158,6 +158,40 @@ def test_the_backend_is_thread_safe_to_read_while_its_lane_writes() -> None:
                 pass
             seen = max(seen, len(captured.backend.spans))  # reads race the lane's appends
         assert len(captured.spans) == 2000 >= seen
+
+
+# ---------------------------------------------------------------- experiment runs
+def test_capture_keeps_the_experiment_runs_after_their_items() -> None:
+    with capture() as captured:
+        result = spanmux.evaluate(data=["a", "b"], task=lambda input: input.upper(),
+                                  scorers=[lambda output: output == "A"], name="kept")
+        (run,) = captured.experiments
+        assert run == result.run and [i.output for i in run.items] == ["A", "B"]
+        assert {i.trace_id for i in run.items} <= {s.trace_id for s in captured.spans}  # its items arrived too
+        assert [s.value for s in captured.scores] == [True, False]
+    assert captured.backend.experiment_calls == 1
+    captured.backend.clear()
+    assert captured.backend.experiments == [] and captured.backend.spans == []
+
+
+def test_a_failing_backend_refuses_experiment_runs_too() -> None:
+    memory = InMemoryBackend()
+    run = ExperimentRun(run_id="r1", name="direct", start_ns=1, end_ns=2)
+    memory.fail(times=1)
+    with pytest.raises(ExportError, match="connection refused"):
+        memory.export_experiments([run], None)
+    assert memory.experiments == [] and not memory.failing
+    memory.export_experiments([run], {"pid": "1"})
+    assert memory.experiments == [run] and (memory.experiment_calls, memory.failed_calls) == (2, 1)
+
+    with capture(flush_timeout=0.5) as captured:
+        captured.backend.fail()
+        result = spanmux.evaluate(data=["a"], task=lambda input: input, name="spooled")
+        with pytest.raises(AssertionError, match="told to fail"):
+            _ = captured.experiments
+        assert captured.backend.experiments == []
+        captured.backend.recover()
+        assert [r.run_id for r in captured.experiments] == [result.run_id]  # from the spool, once
 
 
 # ---------------------------------------------------------------- backend objects in configure()
