@@ -451,7 +451,8 @@ def ui(
                    colour="yellow")
 
     try:
-        serve(path, str(config) if config else None, host=host, port=port, open_browser=open_browser, on_ready=ready)
+        serve(path, str(config) if config else None, host=host, port=port, open_browser=open_browser, on_ready=ready,
+              warn=False)  # warned above
     except OSError as exc:
         _error(f"cannot serve on {host}:{port}: {exc.strerror or exc}")
         raise typer.Exit(1) from None

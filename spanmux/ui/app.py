@@ -611,16 +611,17 @@ def _allowed(request: Request, token: str, body: bytes) -> bool:
 
 def serve(store_path: str, config: str | None = None, *, host: str = "127.0.0.1", port: int = 7100,
           open_browser: bool = False, poll_seconds: float = 2.0,
-          on_ready: Callable[[str], None] | None = None) -> None:
+          on_ready: Callable[[str], None] | None = None, warn: bool = True) -> None:
     """Run the UI with uvicorn until interrupted. ``port=0`` takes a free port; ``on_ready`` gets
-    the URL once the socket is bound (the CLI prints it)."""
+    the URL once the socket is bound (the CLI prints it); ``warn=False`` when the caller already
+    warned about a non-loopback host."""
     import socket
 
     import uvicorn
 
     loopback = host in ("127.0.0.1", "localhost", "::1")
     hosts = None if loopback else ["*"]
-    if not loopback:
+    if not loopback and warn:
         log.warning("serving on %s: anyone who can reach this address can read your traces, which contain "
                     "prompts and outputs", host)
     app = create_app(store_path, config, poll_seconds=poll_seconds, allowed_hosts=hosts)
