@@ -723,7 +723,7 @@ def test_filters_read_from_the_url_and_written_back() -> None:
 
 def test_quiet_hours_are_empty_buckets_not_skipped() -> None:
     from spanmux.store import TimeBucket
-    from spanmux.ui.app import with_empty_buckets
+    from spanmux.ui.views import with_empty_buckets
 
     hour = 3600 * 10**9
     two = [TimeBucket(start_ns=s, traces=1, errors=0, input_tokens=1, output_tokens=1, total_tokens=2, cost_total=0.1)

@@ -4,16 +4,14 @@ Every page reads through ``spanmux.store.LocalStore`` (read-only, one connection
 works beside a live writer and sees what was just written); no SQL here. Pages are Jinja2 templates
 with autoescape on; the trace tree is sent as compact JSON rows and drawn by ``static/trace.js``
 (only the visible rows), so a 10,000-span trace opens fast. Scores are the only state change: a
-same-origin check plus a per-process token protect them (``_allowed``), and a strict
+same-origin check plus a per-process token protect them (``security.allowed``), and a strict
 Content-Security-Policy forbids inline script, so even an escaping mistake cannot run code.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-import re
 import secrets
 import sqlite3
 import threading
@@ -22,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import jinja2
 import msgspec
@@ -34,22 +32,18 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from spanmux.comparison import GROUPINGS, NONE_GROUP, GroupStats, aggregate, check_grouping
+from spanmux.comparison import GROUPINGS, NONE_GROUP, aggregate, check_grouping
 from spanmux.errors import ConfigurationError
-from spanmux.model import Score, Span, time_to_first_token_ns
-from spanmux.store import LocalStore, StoreReadError, StoreSchemaError, TimeBucket, TraceFilter, TraceSummary
-from spanmux.ui import render
+from spanmux.store import LocalStore, StoreReadError, StoreSchemaError, TraceFilter
+from spanmux.ui import render, views
 from spanmux.ui.feedback import FeedbackWriter
 from spanmux.ui.query import Query, link, parse_cursor, parse_filters
+from spanmux.ui.security import LOOPBACK_HOSTS, LoopbackHosts, SecurityHeaders, allowed
 
 log = logging.getLogger("spanmux.ui")
 
 HERE = Path(__file__).parent
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "font-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1"]
 PAGE_SIZE = 50
 COMPARE_TRACES = 5_000
 """The compare page groups the newest this many matching traces (and says so when there are more):
@@ -57,51 +51,6 @@ about 0.3 s of reading; ``spanmux stats`` reads them all."""
 SUGGESTIONS_SECONDS = 30.0
 SEARCH_BUDGET = 50_000
 """Spans a full-text search reads per page before it stops and offers to search further back."""
-_HEX = re.compile(r"^[0-9a-f]{1,32}$")
-
-
-class SecurityHeaders:
-    """Adds the CSP and friends to every response (pure ASGI: no body buffering)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers += [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-                            (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"DENY")]
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-class LoopbackHosts:
-    """Answers only requests whose Host names one of ``hosts`` (``*``: any), port ignored; IPv6
-    literals understood (``[::1]:7100``), unlike Starlette's TrustedHostMiddleware. A page on another
-    name that resolves to 127.0.0.1 (DNS rebinding) gets a 400, not the traces."""
-
-    def __init__(self, app: ASGIApp, hosts: list[str]) -> None:
-        self.app = app
-        self.hosts = {h.strip("[]").lower() for h in hosts}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and "*" not in self.hosts:
-            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-            try:
-                name = urlsplit(f"//{host}").hostname or ""
-            except ValueError:
-                name = ""
-            if name not in self.hosts:
-                await PlainTextResponse("Invalid host header", 400)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 class StoreProblem(Exception):
@@ -168,55 +117,6 @@ class UI:
         return found
 
 
-def _summary_scores(scores: list[Score]) -> list[tuple[str, str]]:
-    """Per score name: the mean of numbers/booleans, else the last label (the list's score column)."""
-    names: dict[str, list[Score]] = {}
-    for score in scores:
-        names.setdefault(score.name, []).append(score)
-    out = []
-    for name, group in names.items():
-        values = [s.value for s in group]
-        if all(isinstance(v, bool) for v in values) and len(values) == 1:
-            out.append((name, render.fmt_score(values[0])))
-        elif all(isinstance(v, (int, float)) for v in values):
-            out.append((name, f"{sum(float(v) for v in values) / len(values):.2g}"))
-        else:
-            out.append((name, str(values[-1])))
-    return out
-
-
-def _resolve(db: LocalStore, trace_id: str) -> str | None:
-    trace_id = trace_id.lower().removeprefix("tr-")
-    if db.get_trace_summary(trace_id) is not None:
-        return trace_id
-    return db.find_trace_id(trace_id) if _HEX.match(trace_id) else None
-
-
-def _turn_of(db: LocalStore, summary: TraceSummary, most: int = 1_000) -> dict[str, Any] | None:
-    """Where a trace sits in its session (turn number, previous and next trace), for the trace header."""
-    if not summary.session_id:
-        return None
-    ids = [t.trace_id for t in itertools.islice(db.iter_traces(TraceFilter(session_id=summary.session_id)), most)]
-    if summary.trace_id not in ids:
-        return None
-    at = ids.index(summary.trace_id)
-    return {"number": at + 1, "of": len(ids), "previous": ids[at - 1] if at else None,
-            "next": ids[at + 1] if at + 1 < len(ids) else None}
-
-
-def _span_view(span: Span) -> dict[str, Any]:
-    """What the span detail panel shows of one span."""
-    attributes = dict(span.attributes or {})
-    documents = render.documents_of(attributes)
-    ttft = time_to_first_token_ns(span)
-    return {
-        "span": span, "input": render.show(span.input), "output": render.show(span.output),
-        "documents": documents, "attributes": attributes, "ttft_ms": ttft / 1e6 if ttft is not None else None,
-        "attributes_json": render.to_json(attributes) if attributes else None,
-        "parameters_json": render.to_json(span.model.parameters) if span.model and span.model.parameters else None,
-    }
-
-
 def create_app(store_path: str, config: str | None = None, *, poll_seconds: float = 2.0,
                allowed_hosts: list[str] | None = None) -> Starlette:
     """The UI app over the store at ``store_path``. ``config``: scores go through that
@@ -256,7 +156,7 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
                 rows, next_cursor = page.traces, page.next
             scores = db.scores_of([t.trace_id for t in rows])
         return ui.page(
-            "traces.html", nav="traces", rows=rows, scores={k: _summary_scores(v) for k, v in scores.items()},
+            "traces.html", nav="traces", rows=rows, scores={k: views.summary_scores(v) for k, v in scores.items()},
             form=filters.form, problems=problems, cursor=cursor, budget_hit=budget_hit,
             next_link=link("/traces", filters.form, cursor=next_cursor, limit=query.text("limit"))
             if next_cursor else None,
@@ -274,7 +174,7 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
         with ui.store() as db:
             rows, newest = db.traces_after_seq(filters.where, after)
             scores = db.scores_of([t.trace_id for t in rows])
-        response = ui.page("trace_rows.html", rows=rows, scores={k: _summary_scores(v) for k, v in scores.items()},
+        response = ui.page("trace_rows.html", rows=rows, scores={k: views.summary_scores(v) for k, v in scores.items()},
                            new=True)
         response.headers["X-Spanmux-Seq"] = str(newest)
         return response
@@ -282,7 +182,7 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
     # ---- one trace
     def trace(request: Request) -> Response:
         with ui.store() as db:
-            trace_id = _resolve(db, request.path_params["trace_id"])
+            trace_id = views.resolve(db, request.path_params["trace_id"])
             summary = db.get_trace_summary(trace_id) if trace_id else None
             if trace_id is None or summary is None:
                 return not_found("trace")
@@ -291,19 +191,19 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
             if span is None and summary.root_span_id:
                 span = db.get_span(trace_id, summary.root_span_id)
             scores = db.get_scores(trace_id)
-            turn = _turn_of(db, summary)
+            turn = views.turn_of(db, summary)
         selected = wanted if span is not None and span.span_id == wanted else None
         return ui.page("trace.html", nav="traces", t=summary, scores=scores, selected=selected, turn=turn,
-                       detail=_span_view(span) if span else None)
+                       detail=views.span_view(span) if span else None)
 
     def tree_json(request: Request) -> Response:
         with ui.store() as db:
-            trace_id = _resolve(db, request.path_params["trace_id"])
+            trace_id = views.resolve(db, request.path_params["trace_id"])
             summary = db.get_trace_summary(trace_id) if trace_id else None
             if trace_id is None or summary is None:
                 return JSONResponse({"error": "no such trace"}, 404)
             rows = db.span_rows(trace_id)
-        return Response(msgspec.json.encode(tree_rows(summary, rows)), media_type="application/json")
+        return Response(msgspec.json.encode(views.tree_rows(summary, rows)), media_type="application/json")
 
     def span_detail(request: Request) -> Response:
         trace_id, span_id = request.path_params["trace_id"], request.path_params["span_id"]
@@ -311,7 +211,7 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
             span = db.get_span(trace_id, span_id)
         if span is None:
             return HTMLResponse('<p data-testid="not-found">no such span</p>', 404)
-        return ui.page("span_detail.html", **_span_view(span), t_id=trace_id)
+        return ui.page("span_detail.html", **views.span_view(span), t_id=trace_id)
 
     def span_field(request: Request) -> Response:
         trace_id, span_id, field = (request.path_params[k] for k in ("trace_id", "span_id", "field"))
@@ -331,7 +231,7 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
 
     # ---- feedback
     async def post_score(request: Request) -> Response:
-        if not _allowed(request, ui.token, await request.body()):
+        if not allowed(request, ui.token, await request.body()):
             return PlainTextResponse("refused: cross-site request or missing token", 403)
         form = {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
         return await run_in_threadpool(score_sync, request.path_params["trace_id"], form)
@@ -441,7 +341,7 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
         keys = sorted({f"metadata.{k}" for t in summaries for k in t.metadata if k != "variant"} | (
             {by} if by.startswith("metadata.") else set()))[:50]  # the keys seen, offered as groupings
         return ui.page("compare.html", nav="compare", groups=groups, by=by, form=filters.form, problems=problems,
-                       chart=compare_chart(groups), matching=matching, read=len(summaries), metadata_keys=keys)
+                       chart=views.compare_chart(groups), matching=matching, read=len(summaries), metadata_keys=keys)
 
     def compare_traces(request: Request) -> Response:
         query = Query(request.query_params)
@@ -452,13 +352,13 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
                 if wanted is None:
                     sides.append({"key": key, "wanted": "", "t": None})
                     continue
-                trace_id = _resolve(db, wanted)
+                trace_id = views.resolve(db, wanted)
                 summary = db.get_trace_summary(trace_id) if trace_id else None
                 if summary is None or trace_id is None:
                     sides.append({"key": key, "wanted": wanted, "t": None, "missing": True})
                     continue
                 spans = db.get_trace(trace_id)
-                depth = _depths(spans)
+                depth = views.depths(spans)
                 root = next((s for s in spans if s.span_id == summary.root_span_id), spans[0] if spans else None)
                 sides.append({"key": key, "wanted": wanted, "t": summary, "spans": spans[:500], "depth": depth,
                               "more": max(0, len(spans) - 500), "scores": db.get_scores(trace_id),
@@ -482,7 +382,7 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
                 if newest is not None:
                     window = OVER_TIME_WINDOWS[bucket]
                     where = msgspec.structs.replace(where, since_ns=newest - window[0])
-            buckets = with_empty_buckets(db.time_buckets(BUCKETS[bucket], where), BUCKETS[bucket])
+            buckets = views.with_empty_buckets(db.time_buckets(BUCKETS[bucket], where), BUCKETS[bucket])
         chart = {
             "labels": [render.fmt_time(b.start_ns)[: 13 if bucket == "hour" else 10] for b in buckets],
             "traces": [b.traces for b in buckets], "errors": [b.errors for b in buckets],
@@ -529,84 +429,11 @@ OVER_TIME_WINDOWS = {"hour": (24 * 3600 * 10**9, "the 24 hours up to the newest 
 grouped whole at every visit (``range=all`` asks for everything)."""
 
 
-def with_empty_buckets(buckets: list[TimeBucket], width_ns: int, most: int = 2_000) -> list[TimeBucket]:
-    """The buckets with the empty ones between them put back (a chart's time axis must not skip a quiet
-    hour); left as they are when that would make more than ``most`` buckets."""
-    if len(buckets) < 2 or (buckets[-1].start_ns - buckets[0].start_ns) // width_ns >= most:
-        return buckets
-    known = {b.start_ns: b for b in buckets}
-    return [known.get(start) or TimeBucket(start_ns=start, traces=0, errors=0, input_tokens=0, output_tokens=0,
-                                           total_tokens=0, cost_total=None)
-            for start in range(buckets[0].start_ns, buckets[-1].start_ns + 1, width_ns)]
-
-
 def _limit(query: Query) -> int:
     try:
         return min(max(int(query.text("limit") or PAGE_SIZE), 1), 500)
     except ValueError:
         return PAGE_SIZE
-
-
-def _depths(spans: list[Span]) -> dict[str, int]:
-    """Each span's depth in tree order (``spans`` parents first)."""
-    depth: dict[str, int] = {}
-    for span in spans:
-        depth[span.span_id] = depth[span.parent_id] + 1 if span.parent_id in depth else 0
-    return depth
-
-
-def tree_rows(summary: TraceSummary, rows: list[Any]) -> dict[str, Any]:
-    """The tree as compact rows in tree order (see the contract): what ``trace.js`` draws."""
-    ids = {r.span_id for r in rows}
-    children: dict[str | None, list[Any]] = {}
-    for row in rows:  # by start time already
-        children.setdefault(row.parent_id if row.parent_id in ids else None, []).append(row)
-    out: list[list[Any]] = []
-    index: dict[str, int] = {}
-    stack: list[tuple[Any, int, int]] = [(r, -1, 0) for r in reversed(children.get(None, []))]
-    start = min([summary.start_ns, *(r.start_ns for r in rows)])
-    end = max([summary.end_ns, *(r.end_ns for r in rows)])
-    while stack:
-        row, parent, depth = stack.pop()
-        index[row.span_id] = len(out)
-        out.append([row.span_id, parent, depth, row.name, row.kind, row.status,
-                    round((row.start_ns - start) / 1e6, 3), round((row.end_ns - row.start_ns) / 1e6, 3),
-                    len(children.get(row.span_id, [])), row.model, row.total_tokens])
-        stack.extend((child, index[row.span_id], depth + 1) for child in reversed(children.get(row.span_id, [])))
-    return {"trace_id": summary.trace_id, "start_ns": start, "end_ns": end,
-            "columns": ["span_id", "parent_index", "depth", "name", "kind", "status", "start_offset_ms",
-                        "duration_ms", "child_count", "model", "total_tokens"], "rows": out}
-
-
-def compare_chart(groups: list[GroupStats]) -> dict[str, Any]:
-    """The compare page's chart data (Chart.js datasets are built by ``static/charts.js``)."""
-    score_names = sorted({name for g in groups for name, s in g.scores.items() if s.mean is not None})
-    return {
-        "labels": [g.group for g in groups],
-        "p50_ms": [round(g.p50_ms, 2) for g in groups], "p95_ms": [round(g.p95_ms, 2) for g in groups],
-        "input_tokens": [round(g.mean_input_tokens, 1) for g in groups],
-        "output_tokens": [round(g.mean_output_tokens, 1) for g in groups],
-        "cost": [g.mean_cost or 0 for g in groups], "error_rate": [round(g.error_rate * 100, 1) for g in groups],
-        "scores": {name: [g.scores[name].mean if name in g.scores else None for g in groups] for name in score_names},
-    }
-
-
-def _allowed(request: Request, token: str, body: bytes) -> bool:
-    """A state-changing request must come from our own pages: its Origin (or Referer) is this
-    server, and it carries the per-process token (a header from htmx, or a form field)."""
-    host = request.headers.get("host", "")
-    origin = request.headers.get("origin")
-    if origin in (None, "null"):
-        origin = request.headers.get("referer")
-    if not origin:
-        return False
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or parts.netloc != host:
-        return False
-    sent = request.headers.get("x-spanmux-token")
-    if sent is None:
-        sent = next(iter(parse_qs(body.decode("utf-8", "replace")).get("token", [])), None)
-    return sent is not None and secrets.compare_digest(sent, token)
 
 
 def serve(store_path: str, config: str | None = None, *, host: str = "127.0.0.1", port: int = 7100,
