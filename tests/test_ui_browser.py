@@ -497,17 +497,26 @@ def test_layout_holds_on_desktop_and_phone(browser: Any, server: str, facts: Sto
 
 # ---- screenshots from the demo store ------------------------------------------------------------------------
 
+def demo_examples() -> list[Path]:
+    """The example scripts `make demo` runs, read from its recipe in the Makefile (one list to keep)."""
+    recipe = re.search(r"^demo:.*?\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert recipe is not None, "no demo target in the Makefile"
+    names = re.findall(r"examples/[\w-]+\.py", recipe.group(1))
+    return [ROOT / name for name in dict.fromkeys(names)]
+
+
 def demo_store(folder: Path) -> Path:
-    """What `make demo` writes: the three examples run in ``folder`` (they write ./.spanmux/spanmux.db)."""
+    """What `make demo` writes: its examples run in ``folder`` (they write ./.spanmux/spanmux.db)."""
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
            "DO_NOT_TRACK": "1", "DSPY_CACHEDIR": str(folder / "dspy-cache")}
     env.pop("SPANMUX_CONFIG", None)
-    for example in ("quickstart.py", "llamaindex_rag.py", "dspy_react.py"):
-        script = ROOT / "examples" / example
+    examples = demo_examples()
+    assert ROOT / "examples" / "quickstart.py" in examples
+    for script in examples:
         if script.exists():
             done = subprocess.run([sys.executable, str(script)], cwd=folder, env=env, capture_output=True,
                                   text=True, timeout=300, check=False)
-            assert done.returncode == 0, f"{example} failed:\n{done.stderr[-3000:]}"
+            assert done.returncode == 0, f"{script.name} failed:\n{done.stderr[-3000:]}"
     return folder / ".spanmux" / "spanmux.db"
 
 
