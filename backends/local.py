@@ -155,6 +155,9 @@ WRITER_AUTOCHECKPOINT_PAGES = 16_384
 """The writer's own WAL checkpoint mark (64 MB of 4 KB pages): only a bound for when the
 ``Checkpointer`` thread falls behind; SQLite's default (1,000) ran a checkpoint inside every
 few commits, which cost the writer more than its inserts."""
+WRITER_CACHE_KIB = 32 * 1024
+"""The writer's page cache (SQLite's default is 2 MB): the ``traces.trace_id`` index takes random
+inserts and outgrows 2 MB at ~150k traces; at 600k spans 32 MB measured 15-25% more spans/s."""
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 """Bytes the ``-wal`` file is truncated to when SQLite starts it over."""
 
@@ -308,6 +311,7 @@ def open_database(path: str | Path) -> sqlite3.Connection:
     if str(path) != ":memory:":
         target.parent.mkdir(parents=True, exist_ok=True)
     conn = _connect(str(target))
+    conn.execute(f"PRAGMA cache_size={-WRITER_CACHE_KIB}")
     check_schema_version(conn, str(target))
     conn.executescript(SCHEMA)
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -487,8 +491,7 @@ class LocalBackend(BaseBackend):
         """Experiment runs and their items, upserted by run id and item id (a replay changes nothing)."""
         with self._lock:
             if self._pid != os.getpid():
-                self._conn = open_database(self.path)
-                self._pid = os.getpid()
+                self._reopen_in_child()
             write_experiments(self._conn, runs)
 
     def shutdown(self, timeout: float) -> None:
