@@ -456,6 +456,7 @@ def serve(store_path: str, config: str | None = None, *, host: str = "127.0.0.1"
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(128)  # from now on a browser's connection waits in the backlog until uvicorn serves it
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}/traces"
