@@ -63,6 +63,7 @@ def test_smoke_json_has_every_figure() -> None:
 
     ui = result["ui"]  # benchmarks/ui.py: server times per page, browser times with Chromium
     assert ui["spans"] == 2000 and ui["smoke"] is True
+    assert ui["startup"]["median_ms"] > 0, ui["startup"]
     for label in ("trace list", "filtered: user", "filtered: errors", "search: recent text", "session page",
                   "compare by variant"):
         assert ui["server"][label]["median_ms"] > 0, (label, ui["server"][label])
