@@ -382,16 +382,27 @@ def test_thumbs_down_with_comment_reaches_store_and_mlflow(browser: Any, mlflow_
         shown = page.locator("[data-testid=scores] [data-testid=score][data-score-name=user_feedback]")
         expect(shown).to_be_visible()  # the scores block was replaced in place: no reload
         expect(page.locator("[data-testid=scores]")).to_contain_text("wrong city")
+
+        # with a span selected, the score goes to that span
+        llm = page.locator("[data-testid=tree-node][data-kind=llm]").first
+        llm_id = llm.get_attribute("data-span-id")
+        llm.click()
+        expect(form.locator("input[name=span_id]")).to_have_value(llm_id or "")
+        form.locator("textarea[name=comment]").fill("good tool use")
+        form.locator("[data-testid=thumb-up]").click()
+        expect(page.locator("[data-testid=scores]")).to_contain_text("good tool use")
         assert dialogs == []
 
     with LocalStore(built.path) as store:
-        (score,) = [s for s in store.get_scores(trace_id) if s.name == "user_feedback"]
-    assert score.value is False and score.comment == "wrong city" and score.source == "human"
+        scores = {s.comment: s for s in store.get_scores(trace_id) if s.name == "user_feedback"}
+    assert set(scores) == {"wrong city", "good tool use"}
+    down, up = scores["wrong city"], scores["good tool use"]
+    assert down.value is False and down.span_id is None and down.source == "human"
+    assert up.value is True and up.span_id == llm_id
     trace = TracingClient(mlflow_server).get_trace(f"tr-{trace_id}")
-    feedback = {a.name: a for a in trace.info.assessments}
-    assert feedback["user_feedback"].value is False
-    assert feedback["user_feedback"].rationale == "wrong city"
-    assert feedback["user_feedback"].source.source_type == "HUMAN"
+    feedback = {a.rationale: a for a in trace.info.assessments if a.name == "user_feedback"}
+    assert feedback["wrong city"].value is False and feedback["wrong city"].source.source_type == "HUMAN"
+    assert feedback["good tool use"].value is True and feedback["good tool use"].span_id == llm_id
 
 
 # ---- sessions, compare, over time ------------------------------------------------------------------------
