@@ -73,7 +73,7 @@ class UI:
         self.env.globals.update(
             fmt_time=render.fmt_time, fmt_ms=render.fmt_ms, fmt_cost=render.fmt_cost,
             fmt_score=render.fmt_score, link=link, call_arguments=render.call_arguments,
-            call_name=render.call_name, to_json=render.to_json, token=self.token,
+            call_name=render.call_name, to_json=render.to_json, brief=render.brief, token=self.token,
             poll_seconds=poll_seconds, store_path=store_path, groupings=GROUPINGS,
         )
 
@@ -393,6 +393,56 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
                        problems=problems, chart=chart, window_label=OVER_TIME_WINDOWS[bucket][1],
                        windowed=window is not None)
 
+    # ---- experiments (spanmux.evaluate): the figures are spanmux.experiments' own (summarize, compare_runs)
+    def experiments(request: Request) -> Response:
+        from spanmux.experiments import summarize
+
+        query = Query(request.query_params)
+        with ui.store() as db:
+            listed = db.list_experiments(_limit(query), name=query.text("name"))
+            runs = [r for r in (db.get_experiment(r.run_id) for r in listed) if r is not None]
+        rows = [{"run": r, "summary": summarize(r)} for r in runs]
+        ids = [r.run_id for r in runs]
+        chosen_b = query.text("b") if query.text("b") in ids else (ids[0] if ids else None)
+        chosen_a = query.text("a") if query.text("a") in ids else next((i for i in ids if i != chosen_b), None)
+        return ui.page("experiments.html", nav="experiments", rows=rows, name=query.text("name") or "",
+                       chosen_a=chosen_a, chosen_b=chosen_b)
+
+    def experiment(request: Request) -> Response:
+        from spanmux.experiments import summarize
+
+        with ui.store() as db:
+            run = db.get_experiment(request.path_params["run"])
+            if run is None:
+                return not_found("experiment run")
+            same_name = [r.run_id for r in db.list_experiments(500, name=run.name)]
+        at = same_name.index(run.run_id) if run.run_id in same_name else -1
+        previous = same_name[at + 1] if 0 <= at < len(same_name) - 1 else None  # newest first: the run before
+        return ui.page("experiment.html", nav="experiments", run=run, summary=summarize(run), previous=previous)
+
+    def experiments_compare(request: Request) -> Response:
+        from spanmux.experiments import compare_runs, summarize
+
+        query = Query(request.query_params)
+        wanted = {key: query.text(key) for key in ("a", "b")}
+        with ui.store() as db:
+            choices = db.list_experiments(200)
+            found = {key: db.get_experiment(value) if value else None for key, value in wanted.items()}
+        missing = [wanted[k] for k in ("a", "b") if wanted[k] and found[k] is None]
+        if missing:
+            return not_found(f"experiment run {missing[0]!r}")
+        run_a, run_b = found["a"], found["b"]
+        selected = {key: run.run_id if run else None for key, run in found.items()}
+        if run_a is None or run_b is None:  # the two runs are still to be chosen
+            return ui.page("experiments_compare.html", nav="experiments", choices=choices, selected=selected,
+                           comparison=None)
+        comparison = compare_runs(run_a, run_b)  # what LocalStore.compare_experiments returns for these two
+        return ui.page("experiments_compare.html", nav="experiments", choices=choices, selected=selected,
+                       comparison=comparison, counts=comparison.counts(), run_a=run_a, run_b=run_b,
+                       summary_a=summarize(run_a), summary_b=summarize(run_b),
+                       items_a={i.item_id: i for i in run_a.items}, items_b={i.item_id: i for i in run_b.items},
+                       chart=views.experiment_chart(comparison))
+
     async def index(request: Request) -> Response:
         return RedirectResponse("/traces", 307)
 
@@ -412,6 +462,8 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
         Route("/sessions", guarded(sessions)), Route("/sessions/{session_id:path}", guarded(session)),
         Route("/compare", guarded(compare_page)), Route("/compare/traces", guarded(compare_traces)),
         Route("/over-time", guarded(over_time)),
+        Route("/experiments", guarded(experiments)), Route("/experiments/compare", guarded(experiments_compare)),
+        Route("/experiments/{run}", guarded(experiment)),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     hosts = allowed_hosts if allowed_hosts is not None else LOOPBACK_HOSTS

@@ -188,6 +188,15 @@ def turn_text(value: Any, *, answer: bool, limit: int = 2_000) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def brief(value: Any, limit: int = 1_000) -> str:
+    """A value in one table cell (an experiment item's input, output, expected): a string as itself,
+    else compact JSON; cut at ``limit`` (the item's trace has the whole value)."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def fmt_time(ns: int | None) -> str:
     if not ns:
         return ""

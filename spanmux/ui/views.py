@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spanmux.comparison import GroupStats
 from spanmux.model import Score, Span, time_to_first_token_ns
 from spanmux.store import LocalStore, TimeBucket, TraceFilter, TraceSummary
 from spanmux.ui import render
+
+if TYPE_CHECKING:
+    from spanmux.experiments import ExperimentComparison
 
 _HEX = re.compile(r"^[0-9a-f]{1,32}$")
 
@@ -117,3 +120,15 @@ def with_empty_buckets(buckets: list[TimeBucket], width_ns: int, most: int = 2_0
     return [known.get(start) or TimeBucket(start_ns=start, traces=0, errors=0, input_tokens=0, output_tokens=0,
                                            total_tokens=0, cost_total=None)
             for start in range(buckets[0].start_ns, buckets[-1].start_ns + 1, width_ns)]
+
+
+def experiment_chart(comparison: ExperimentComparison) -> dict[str, Any]:
+    """The experiment compare page's chart data: per scorer the means of both runs and the delta, as
+    ``compare_runs`` computed them (nothing computed here; ``static/charts.js`` draws them)."""
+    return {
+        "labels": [d.name for d in comparison.scorers],
+        "label_a": f"A: {comparison.name_a} {comparison.run_a[:8]}",
+        "label_b": f"B: {comparison.name_b} {comparison.run_b[:8]}",
+        "mean_a": [d.mean_a for d in comparison.scorers], "mean_b": [d.mean_b for d in comparison.scorers],
+        "delta": [d.delta for d in comparison.scorers],
+    }

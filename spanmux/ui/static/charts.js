@@ -1,4 +1,4 @@
-// Charts of the compare and over-time pages, from the JSON the page carries in
+// Charts of the compare, over-time and experiment compare pages, from the JSON the page carries in
 // <script type="application/json" id="chart-data"> (data, never executed). Chart.js is vendored.
 "use strict";
 (function () {
@@ -19,6 +19,8 @@
     traces: { type: "bar", datasets: [bar("traces", data.traces), bar("with errors", data.errors)] },
     "time-tokens": { type: "bar", stacked: true, datasets: [bar("input", data.input_tokens, "t"), bar("output", data.output_tokens, "t")] },
     "time-cost": { type: "line", money: true, datasets: [{ label: "cost USD", data: data.cost, tension: 0.2 }] },
+    "experiment-means": { type: "bar", datasets: [bar(data.label_a || "A", data.mean_a), bar(data.label_b || "B", data.mean_b)] },
+    "experiment-deltas": { type: "bar", datasets: [bar("B - A", data.delta)] },
   };
   document.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
     const spec = configs[canvas.dataset.chart];
