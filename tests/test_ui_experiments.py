@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from html import escape, unescape
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -72,10 +73,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     path = folder / "spanmux.db"
     spanmux.configure({"backends": ["local"], "local": {"path": str(path)}, "spool_dir": str(folder / "spool"),
                        "flush_interval": 0.05})
-    try:  # A gets q3 and q4 wrong, B gets q1 and q4 wrong: q3 better, q1 worse, the rest the same
+    try:  # A gets q3 and q4 wrong, B gets q1 wrong: q3 and q4 better, q1 worse, the rest the same
         a = spanmux.evaluate(data=DATA, task=answer_task({"q3", "q4"}), scorers=[exact_match, closeness], name="tutor",
                              dataset="math-v1", metadata={"variant": "A"})
-        b = spanmux.evaluate(data=DATA, task=answer_task({"q1", "q4"}), scorers=[exact_match, closeness], name="tutor",
+        b = spanmux.evaluate(data=DATA, task=answer_task({"q1"}), scorers=[exact_match, closeness], name="tutor",
                              dataset="math-v1", metadata={"variant": "B"})
         assert spanmux.flush(timeout=30)
     finally:
@@ -157,7 +158,8 @@ def test_xss_in_an_item_input_output_and_error_shows_as_text(client: TestClient,
 def test_compare_page_shows_exactly_what_compare_experiments_computes(client: TestClient, runs: Runs) -> None:
     with LocalStore(runs.path) as db:
         comparison = db.compare_experiments(runs.a.run_id, runs.b.run_id)
-    assert comparison.counts() == {"better": 1, "worse": 1, "same": 5, "mixed": 0}
+    assert comparison.counts() == {"better": 2, "worse": 1, "same": 4, "mixed": 0}
+    assert [round(d.delta or 0, 3) for d in comparison.scorers] == [0.167, 0.125]
     response = client.get(f"/experiments/compare?a={runs.a.run_id}&b={runs.b.run_id}")
     assert response.status_code == 200, response.text
     html = response.text
@@ -173,7 +175,7 @@ def test_compare_page_shows_exactly_what_compare_experiments_computes(client: Te
     # changed items first (better, worse), then the same ones, each with both outputs and both traces
     verdicts = dict(zip(rows(html, "change-row", "item-id"), re.findall(r'data-verdict="(\w+)"', html), strict=True))
     assert verdicts == {c.item_id: c.verdict for c in comparison.items}
-    assert rows(html, "change-row", "item-id")[:2] == ["q3", "q1"]
+    assert rows(html, "change-row", "item-id")[:3] == ["q3", "q4", "q1"]
     change = next(c for c in comparison.items if c.item_id == "q3")
     row = html[html.index('data-testid="change-row" data-item-id="q3"'):]
     row = row[: row.index("</tr>")]
@@ -204,6 +206,24 @@ def test_compare_without_two_runs_offers_the_choice_and_unknown_runs_are_404(cli
     assert "no-such-run" in client.get(f"/experiments/compare?a={runs.a.run_id}&b=no-such-run").text
 
 
+def test_big_runs_page_their_items(client: TestClient, runs: Runs, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("spanmux.ui.app.EXPERIMENT_ITEMS", 3)
+    first = client.get(f"/experiments/{runs.a.run_id}").text
+    assert rows(first, "item-row", "item-id") == ["q0", "q1", "q2"] and "Items 1–3 of 7" in first
+    link = re.search(r'data-testid="next-page" href="([^"]+)"', first)
+    assert link is not None and link.group(1) == f"/experiments/{runs.a.run_id}?offset=3"
+    last = client.get(f"/experiments/{runs.a.run_id}?offset=6").text
+    assert rows(last, "item-row", "item-id") == ["xss"] and 'data-testid="next-page"' not in last
+    assert rows(client.get(f"/experiments/{runs.a.run_id}?offset=x").text, "item-row", "item-id")[0] == "q0"
+    compare = client.get(f"/experiments/compare?a={runs.a.run_id}&b={runs.b.run_id}").text
+    assert len(rows(compare, "change-row", "item-id")) == 3 + 3  # three changed, the first three of four same
+    assert 'data-testid="items-bounded"' not in compare and "… and 1 more." in compare
+    monkeypatch.setattr("spanmux.ui.app.EXPERIMENT_ITEMS", 1)
+    bounded = client.get(f"/experiments/compare?a={runs.a.run_id}&b={runs.b.run_id}").text
+    assert rows(bounded, "change-row", "item-id") == ["q3", "q0"]
+    assert "The first 1 of 3 changed items" in bounded and "--json</code> has them all" in bounded
+
+
 def test_store_without_experiment_tables_says_no_experiments_yet(tmp_path: Path) -> None:
     from spanmux.backends.local import open_database
 
@@ -228,3 +248,44 @@ def test_missing_store_is_a_page_not_a_traceback(tmp_path: Path) -> None:
         for url in ("/experiments", "/experiments/abc", "/experiments/compare?a=x&b=y"):
             page = c.get(url)
             assert page.status_code == 200 and 'data-testid="store-error"' in page.text, url
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("viewport", [(1280, 800), (390, 844)], ids=["desktop", "phone"])
+def test_browser_chooses_two_runs_and_draws_the_delta_charts(runs: Runs, viewport: tuple[int, int]) -> None:
+    """In Chromium: the list's form puts the two runs in the URL, the compare page draws both charts
+    from its data island under the strict CSP, no payload runs, and the page fits the viewport."""
+    pytest.importorskip("playwright")
+    from browser import UiServer, browser_page, chromium_path, launch_chromium
+    from playwright.sync_api import expect, sync_playwright
+
+    chromium = chromium_path()
+    if chromium is None:
+        pytest.skip("Chromium not found (/usr/bin/chromium or $SPANMUX_CHROMIUM): install it with "
+                    "`apt-get install chromium` as .ci/run does; never `playwright install`")
+    errors: list[str] = []
+    with sync_playwright() as playwright, UiServer(create_app(str(runs.path))) as server:
+        browser = launch_chromium(playwright, chromium)
+        try:
+            with browser_page(browser, *viewport) as (page, _guard, dialogs):
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.goto(f"{server.url}/experiments")
+                page.click("[data-testid=compare-runs]")
+                page.wait_for_url(re.compile(r"/experiments/compare\?"))
+                assert parse_qs(urlsplit(page.url).query) == {"a": [runs.a.run_id], "b": [runs.b.run_id]}
+                for kind in ("experiment-means", "experiment-deltas"):
+                    expect(page.locator(f"canvas[data-chart={kind}]")).to_have_attribute("data-drawn", "1")
+                expect(page.locator("[data-testid=changed-items] [data-testid=change-row]")).to_have_count(3)
+                assert page.evaluate("document.documentElement.scrollWidth") <= viewport[0]
+                page.click("[data-testid=change-row][data-item-id=q3] [data-testid=trace-b-link]")
+                page.wait_for_url(re.compile(r"/traces/[0-9a-f]+$"))
+                page.go_back()
+                expect(page.locator("[data-testid=count-better]")).to_have_text("2 better")
+                page.goto(f"{server.url}/experiments/{runs.a.run_id}")
+                xss_input = page.locator("[data-testid=item-row][data-item-id=xss] [data-testid=item-input]")
+                expect(xss_input).to_contain_text(XSS_SCRIPT)
+                assert page.evaluate("document.documentElement.scrollWidth") <= viewport[0]
+                assert dialogs == []
+        finally:
+            browser.close()
+    assert errors == []

@@ -51,6 +51,9 @@ about 0.3 s of reading; ``spanmux stats`` reads them all."""
 SUGGESTIONS_SECONDS = 30.0
 SEARCH_BUDGET = 50_000
 """Spans a full-text search reads per page before it stops and offers to search further back."""
+EXPERIMENT_ITEMS = 500
+"""Items an experiment run's page (and each list of the compare page) shows at once: a page stays small
+for a run of many thousand items; the run page pages on with ``offset``."""
 
 
 class StoreProblem(Exception):
@@ -418,7 +421,14 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
             same_name = [r.run_id for r in db.list_experiments(500, name=run.name)]
         at = same_name.index(run.run_id) if run.run_id in same_name else -1
         previous = same_name[at + 1] if 0 <= at < len(same_name) - 1 else None  # newest first: the run before
-        return ui.page("experiment.html", nav="experiments", run=run, summary=summarize(run), previous=previous)
+        try:
+            offset = max(0, int(Query(request.query_params).text("offset") or "0"))
+        except ValueError:
+            offset = 0
+        end = offset + EXPERIMENT_ITEMS
+        return ui.page("experiment.html", nav="experiments", run=run, summary=summarize(run), previous=previous,
+                       items=run.items[offset:end], offset=offset, next_offset=end if end < len(run.items) else None,
+                       items_page=EXPERIMENT_ITEMS)
 
     def experiments_compare(request: Request) -> Response:
         from spanmux.experiments import compare_runs, summarize
@@ -441,7 +451,7 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
                        comparison=comparison, counts=comparison.counts(), run_a=run_a, run_b=run_b,
                        summary_a=summarize(run_a), summary_b=summarize(run_b),
                        items_a={i.item_id: i for i in run_a.items}, items_b={i.item_id: i for i in run_b.items},
-                       chart=views.experiment_chart(comparison))
+                       chart=views.experiment_chart(comparison), most=EXPERIMENT_ITEMS)
 
     async def index(request: Request) -> Response:
         return RedirectResponse("/traces", 307)
