@@ -289,3 +289,18 @@ def test_browser_chooses_two_runs_and_draws_the_delta_charts(runs: Runs, viewpor
         finally:
             browser.close()
     assert errors == []
+
+
+def test_benchmark_script_reports_every_page() -> None:
+    """benchmarks/ui_experiments.py in a tiny form: every page answers and is reported (no timing asserted)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "ui_experiments.py"
+    done = subprocess.run([sys.executable, str(script), "--runs", "2", "--items", "3", "--requests", "1", "--json"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["runs"], result["items_per_run"]) == (2, 3)
+    for page in ("list_first_visit", "list", "run", "compare"):
+        assert result[page]["median_ms"] > 0 and result[page]["kb"] >= 1
