@@ -142,6 +142,8 @@ class OtlpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True  # headers and body in two writes: no 40 ms delayed-ACK stall
+
             def log_message(self, *args: Any) -> None:
                 return None
 
