@@ -98,11 +98,12 @@ ON CONFLICT (trace_id) DO UPDATE SET
                          THEN excluded.root_start_ns ELSE traces.root_start_ns END
 """
 
-ROWS_PER_STATEMENT = 32
+ROWS_PER_STATEMENT = 256 if sqlite3.sqlite_version_info >= (3, 32, 0) else 32
 """Rows bound to one INSERT (``VALUES (...), (...)``): the sqlite3 module lets the GIL go around
 each statement's step, so ``executemany`` of single rows hands the GIL over once per row, and a
-writer thread waits for it behind the worker (the interpreter's 5 ms switch interval) that often.
-32 rows keep under SQLite's oldest limit of 999 bound values (19 columns for a trace)."""
+writer thread waits for it behind the worker (up to the interpreter's 5 ms switch interval) that
+often. 256 rows of 19 values stay under the 32,766 bound values SQLite allows since 3.32; older
+ones allow 999 (32 rows)."""
 
 
 def _many_rows(sql: str) -> str:

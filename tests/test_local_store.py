@@ -446,3 +446,25 @@ def test_the_log_is_copied_back_off_the_writers_thread(tmp_path: Path) -> None:
     assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
     with LocalStore(path) as store:
         assert store.count_spans() == 300
+
+
+def test_totals_of_many_traces_written_in_many_row_statements(tmp_path: Path) -> None:
+    from spanmux.backends.local import ROWS_PER_STATEMENT
+
+    count = ROWS_PER_STATEMENT + 44  # full statements of rows and a remainder, new traces then known ones
+    backend = LocalBackend(LocalConfig(path=str(tmp_path / "s.db")))
+    t0 = time.time_ns()
+    trace_ids = [new_trace_id() for _ in range(count)]
+    roots = [llm_span(t, None, (1, 1), 0.5, t0 + i) for i, t in enumerate(trace_ids)]
+    backend.export(roots, [])
+    backend.export([llm_span(t, r.span_id, (2, 3), 0.25, t0 + 10_000 + i)
+                    for i, (t, r) in enumerate(zip(trace_ids, roots, strict=True))], [])
+    backend.shutdown(5)
+    with LocalStore(tmp_path / "s.db") as store:
+        assert store.count_spans() == 2 * count
+        totals = {t.trace_id: t for t in store.iter_traces()}
+    assert set(totals) == set(trace_ids)
+    for root in roots:
+        summary = totals[root.trace_id]
+        assert (summary.span_count, summary.llm_calls, summary.input_tokens, summary.output_tokens) == (2, 2, 3, 4)
+        assert summary.cost_total == 0.75 and summary.root_span_id == root.span_id and summary.start_ns == root.start_ns
