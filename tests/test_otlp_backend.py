@@ -385,6 +385,44 @@ def test_never_installs_a_tracer_provider_nor_touches_user_otel_spans(receiver: 
     assert receiver.spans[0].trace_id != format(user_span.get_span_context().trace_id, "032x")
 
 
+GLOBAL_PROVIDER_PROGRAM = """
+import json, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import spanmux
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)  # the program's own, process-wide OpenTelemetry setup
+tracer = trace.get_tracer("user-app")
+spanmux.configure({"backends": ["otlp"], "otlp": {"endpoint": sys.argv[1]}, "spool_dir": sys.argv[2]})
+with tracer.start_as_current_span("user-request") as user_span:
+    with spanmux.span("spanmux-agent", kind="agent"):
+        with tracer.start_as_current_span("user-inner"):
+            pass
+    same = trace.get_current_span() is user_span
+flushed = spanmux.flush(30)
+print(json.dumps({"flushed": flushed, "same": same, "provider": trace.get_tracer_provider() is provider,
+                  "user": sorted(s.name for s in exporter.get_finished_spans())}))
+"""
+
+
+def test_a_global_tracer_provider_of_the_program_is_left_alone(receiver: OtlpReceiver, tmp_path: Path) -> None:
+    """In its own process, because OpenTelemetry lets a process set its global provider only once."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", GLOBAL_PROVIDER_PROGRAM, receiver.http_url, str(tmp_path / "sp")],
+                            capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found == {"flushed": True, "same": True, "provider": True, "user": ["user-inner", "user-request"]}
+    assert [s.name for s in receiver.spans] == ["spanmux-agent"]  # the user's spans never reach spanmux's receiver
+
+
 # ------------------------------------------------------------------ configuration and environment
 
 def _resolve(env: dict[str, str], **section: Any) -> Any:
