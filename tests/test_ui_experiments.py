@@ -206,6 +206,33 @@ def test_compare_without_two_runs_offers_the_choice_and_unknown_runs_are_404(cli
     assert "no-such-run" in client.get(f"/experiments/compare?a={runs.a.run_id}&b=no-such-run").text
 
 
+def test_labels_items_in_one_run_only_and_an_old_run_in_the_choices(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A label scorer that changes is "mixed", items of one run only are named, and a run older than the
+    select's newest 200 is still the selected one."""
+    path = tmp_path / "spanmux.db"
+    spanmux.configure({"backends": ["local"], "local": {"path": str(path)}, "spool_dir": str(tmp_path / "spool")})
+
+    def mood(output: str) -> str:
+        return "happy" if output.endswith("!") else "calm"
+
+    a = spanmux.evaluate(data=[{"input": "x", "id": "i1"}, {"input": "y", "id": "i2"}], task=lambda input: input,
+                         scorers=[mood], name="moods")
+    b = spanmux.evaluate(data=[{"input": "x", "id": "i1"}, {"input": "z", "id": "i3"}],
+                         task=lambda input: input + "!", scorers=[mood], name="moods")
+    assert spanmux.flush(timeout=30)
+    with LocalStore(path) as db:
+        comparison = db.compare_experiments(a.run_id, b.run_id)
+    assert (comparison.only_a, comparison.only_b, comparison.counts()["mixed"]) == (["i2"], ["i3"], 1)
+    monkeypatch.setattr(LocalStore, "list_experiments", lambda self, *args, **kw: [])  # none among the newest
+    with TestClient(create_app(str(path)), base_url=BASE) as c:
+        html = c.get(f"/experiments/compare?a={a.run_id}&b={b.run_id}").text
+    assert rows(html, "change-row", "item-id") == ["i1"] and 'data-verdict="mixed"' in html
+    assert "only in A: i2" in html and "only in B: i3" in html
+    assert re.search(r'data-testid="delta-row" data-scorer="mood">.*?<td[^>]*data-testid="delta">-</td>', html, re.S)
+    assert f'<option value="{a.run_id}" selected>' in html and f'<option value="{b.run_id}" selected>' in html
+
+
 def test_big_runs_page_their_items(client: TestClient, runs: Runs, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("spanmux.ui.app.EXPERIMENT_ITEMS", 3)
     first = client.get(f"/experiments/{runs.a.run_id}").text

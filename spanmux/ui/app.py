@@ -454,6 +454,8 @@ def create_app(store_path: str, config: str | None = None, *, poll_seconds: floa
             return not_found(f"experiment run {missing[0]!r}")
         run_a, run_b = found["a"], found["b"]
         selected = {key: run.run_id if run else None for key, run in found.items()}
+        listed = {r.run_id for r in choices}
+        choices += [r for r in (run_a, run_b) if r is not None and r.run_id not in listed]  # older than the 200
         if run_a is None or run_b is None:  # the two runs are still to be chosen
             return ui.page("experiments_compare.html", nav="experiments", choices=choices, selected=selected,
                            comparison=None)
@@ -526,7 +528,9 @@ def serve(store_path: str, config: str | None = None, *, host: str = "127.0.0.1"
                     "prompts and outputs", host)
     app = create_app(store_path, config, poll_seconds=poll_seconds, allowed_hosts=hosts)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP (else every response waits
+    # ~40 ms for Nagle and the client's delayed ACK)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)  # from now on a browser's connection waits in the backlog until uvicorn serves it
