@@ -282,6 +282,18 @@ def test_a_refused_span_is_dropped_and_counted_the_rest_delivered(
     assert lane()["rejected_spans"] == 1
 
 
+def test_a_large_batch_is_split_below_the_request_limit(receiver: OtlpReceiver, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from spanmux.backends import otlp
+
+    monkeypatch.setattr(otlp, "MAX_REQUEST_BYTES", 2_000)  # gRPC servers refuse messages over 4 MiB
+    configure(tmp_path, endpoint=receiver.grpc_url, protocol="grpc")
+    agent_trace()
+    flush()
+    assert len(receiver.requests) > 1 and all(r["answer"] == "ok" for r in receiver.requests)
+    assert len(receiver.spans) == len({s.span_id for s in receiver.spans}) == 6
+
+
 @pytest.mark.parametrize(("protocol", "code", "retryable"), [
     ("grpc", "UNAVAILABLE", True), ("grpc", "RESOURCE_EXHAUSTED", True), ("grpc", "DEADLINE_EXCEEDED", True),
     ("grpc", "UNAUTHENTICATED", False), ("grpc", "PERMISSION_DENIED", False), ("grpc", "UNIMPLEMENTED", False),
