@@ -131,7 +131,9 @@ def test_run_page_shows_summary_and_items_with_trace_links(client: TestClient, r
             assert '<td data-testid="item-expected"><div class="cell-text">3</div>' in row
             assert "exact_match ▼ down" in row and "closeness 0.25" in row
             assert '{"question": "3+0?"}' in unescape(row) and "10 → 2" in row
-        assert client.get(f"/traces/{item.trace_id}").status_code == 200  # each item's trace page exists
+        trace_page = client.get(f"/traces/{item.trace_id}")  # each item's trace page exists and links back
+        assert trace_page.status_code == 200
+        assert f'data-testid="experiment-run-link" href="/experiments/{runs.a.run_id}"' in trace_page.text
     by_name = client.get("/experiments/tutor").text  # a name is its newest run, which links to the one before
     assert runs.b.run_id in by_name
     assert f'href="/experiments/compare?a={runs.a.run_id}&amp;b={runs.b.run_id}"' in by_name

@@ -33,6 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from spanmux.attributes import EXPERIMENT_RUN_ID
 from spanmux.comparison import GROUPINGS, NONE_GROUP, aggregate, check_grouping
 from spanmux.errors import ConfigurationError
 from spanmux.store import LocalStore, StoreReadError, StoreSchemaError, TraceFilter
@@ -81,6 +82,7 @@ class UI:
             fmt_score=render.fmt_score, link=link, call_arguments=render.call_arguments,
             call_name=render.call_name, to_json=render.to_json, brief=render.brief, token=self.token,
             poll_seconds=poll_seconds, store_path=store_path, groupings=GROUPINGS,
+            experiment_run_key=EXPERIMENT_RUN_ID,
         )
 
     @contextmanager
@@ -530,7 +532,7 @@ def serve(store_path: str, config: str | None = None, *, host: str = "127.0.0.1"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP (else every response waits
     # ~40 ms for Nagle and the client's delayed ACK)
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)  # from now on a browser's connection waits in the backlog until uvicorn serves it
