@@ -506,6 +506,31 @@ def test_layout_holds_on_desktop_and_phone(browser: Any, server: str, facts: Sto
         assert dialogs == []
 
 
+# ---- the server as `spanmux ui` runs it ---------------------------------------------------------------------
+
+def test_served_socket_says_tcp_so_responses_are_not_held_by_nagle(
+    monkeypatch: pytest.MonkeyPatch, facts: StoreFacts
+) -> None:
+    """asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP; a socket made with proto 0
+    made every response of `spanmux ui` wait ~40 ms (Nagle and the client's delayed ACK; found by
+    benchmarks/ui.py: /healthz 44 ms from `spanmux ui`, 3 ms from uvicorn's own socket)."""
+    import socket
+
+    import uvicorn
+
+    from spanmux.ui.app import serve
+
+    handed: list[socket.socket] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: handed.extend(sockets or []))
+    serve(facts.path, port=0, warn=False)
+    (sock,) = handed
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        sock.close()
+
+
 # ---- screenshots from the demo store ------------------------------------------------------------------------
 
 def demo_examples() -> list[Path]:

@@ -532,7 +532,7 @@ def serve(store_path: str, config: str | None = None, *, host: str = "127.0.0.1"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP (else every response waits
     # ~40 ms for Nagle and the client's delayed ACK)
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)  # from now on a browser's connection waits in the backlog until uvicorn serves it
