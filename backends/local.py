@@ -471,13 +471,15 @@ class LocalBackend(BaseBackend):
             raise BackendSetupError(f"cannot open the store at {self.path!r}: {reason}", key="path") from None
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._checkpointer = Checkpointer(self.path) if self.path != ":memory:" else None
+        self._checkpointer: Checkpointer | None = None  # started by the first write (validate builds only)
 
     def export(self, spans: Sequence[Span], scores: Sequence[Score]) -> None:
         with self._lock:
             if self._pid != os.getpid():  # a forked child must not share the parent's connection
                 self._reopen_in_child()
             write_batch(self._conn, spans, scores)
+            if self._checkpointer is None and self.path != ":memory:":
+                self._checkpointer = Checkpointer(self.path)
             if self._checkpointer is not None:
                 self._checkpointer.poke()
 
@@ -485,8 +487,7 @@ class LocalBackend(BaseBackend):
         """A forked child opens its own connections (and checkpoint thread: threads do not survive a fork)."""
         self._conn = open_database(self.path)
         self._pid = os.getpid()
-        if self._checkpointer is not None:
-            self._checkpointer = Checkpointer(self.path)
+        self._checkpointer = None  # the parent's thread did not come along; the next write starts one
 
     def export_experiments(self, runs: Sequence[ExperimentRun], origin: Mapping[str, str] | None) -> None:
         """Experiment runs and their items, upserted by run id and item id (a replay changes nothing)."""
