@@ -34,6 +34,11 @@ log = logging.getLogger("spanmux.pipeline")
 
 Processor = Callable[[Span], Span | None]
 
+YIELD_EVERY = 16
+"""The worker lets the GIL go after this many records. A thread that released the GIL (a lane in
+SQLite, the caller in I/O) otherwise waits for a busy worker up to the interpreter's switch interval
+(5 ms) to get it back; a yield costs about a microsecond."""
+
 
 class _Marker:
     """A flush request travelling through the queues behind the records emitted before it. Each
@@ -591,6 +596,8 @@ class Pipeline:
                 self._pass_marker(item)
                 continue
             self._taken += 1
+            if not self._taken % YIELD_EVERY:
+                time.sleep(0)  # let the GIL go: a lane or the caller waiting for it gets it now, not in 5 ms
             if isinstance(item, Span):
                 processed = self._process(item)
                 if processed is not None:
