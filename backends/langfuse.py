@@ -15,7 +15,6 @@ retries, backoff and the spool.
 from __future__ import annotations
 
 import base64
-import email.utils
 import gzip
 import hashlib
 import json
@@ -37,6 +36,7 @@ from spanmux.backends.otel_spans import (
     error_description,
     json_text,
 )
+from spanmux.backoff import retry_after_seconds
 from spanmux.config_schemas import LangfuseConfig
 from spanmux.model import Cost, ExperimentItem, ExperimentRun, Score, Span, TraceAttributes, Usage
 from spanmux.usage import is_model_call
@@ -378,21 +378,6 @@ def _first(*values: str | None) -> str | None:
     return None
 
 
-def _retry_after(header: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date)."""
-    if not header:
-        return None
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def _halves(items: Sequence[Any]) -> tuple[Sequence[Any], Sequence[Any]]:
     middle = len(items) // 2
     return items[:middle], items[middle:]
@@ -697,7 +682,7 @@ class LangfuseBackend(BaseBackend):
             raise ExportError(
                 f"Langfuse at {self.host} answered HTTP {status}",
                 retryable=True,
-                retry_after=_retry_after(response.headers.get("Retry-After")),
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
             )
         if status in (400, 413, 422):
             raise _Rejected(status, _short_detail(response))
