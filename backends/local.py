@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from msgspec.structs import astuple
 
 from spanmux.backend import BackendSetupError, BaseBackend
-from spanmux.model import ExperimentRun, Score, Span, TraceAttributes
+from spanmux.model import ExperimentRun, ModelInfo, Score, Span, TraceAttributes, Usage
 from spanmux.store import (
     DEFAULT_PATH,
     DETAIL_FIELDS,
@@ -232,23 +233,13 @@ def _merge_models(old: str | None, new: str | None) -> str | None:
     return ",".join(known + added) if added else old
 
 
-class _UsageDetail(msgspec.Struct, omit_defaults=True):
+class _UsageDetail(Usage, frozen=True, omit_defaults=True):
     """``Usage`` as the store keeps it: zero counts (most of the seven) are left out and read back
     as the same zeros (``msgspec.convert`` fills the defaults)."""
 
-    input_tokens: int = 0
-    output_tokens: int = 0
-    total_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-    estimated: bool = False
 
-
-class _ModelDetail(msgspec.Struct, omit_defaults=True):
-    name: str | None = None
-    provider: str | None = None
-    parameters: Any = None
+class _ModelDetail(ModelInfo, frozen=True, omit_defaults=True):
+    """``ModelInfo`` as the store keeps it: unset fields are left out."""
 
 
 class _Detail(msgspec.Struct, omit_defaults=True):
@@ -272,9 +263,8 @@ _EMPTY_DETAIL = b"{}"
 
 def _span_detail(span: Span) -> str | None:
     u, m = span.usage, span.model
-    usage = None if u is None else _UsageDetail(u.input_tokens, u.output_tokens, u.total_tokens, u.cache_read_tokens,
-                                                u.cache_write_tokens, u.reasoning_tokens, u.estimated)
-    model = None if m is None else _ModelDetail(m.name, m.provider, m.parameters)
+    usage = None if u is None else _UsageDetail(*astuple(u))
+    model = None if m is None else _ModelDetail(*astuple(m))
     detail = _Detail(span.input, span.output, model, usage, span.cost, span.error, span.attributes, span.trace,
                      span.completion_start_ns, span.truncated)
     try:
