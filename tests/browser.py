@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from servers import free_port  # tests/ is on sys.path (this folder when run as a script)
 
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -53,12 +54,6 @@ def chromium_path() -> str | None:
 def launch_chromium(playwright: Any, executable: str) -> Any:
     """A headless Chromium with the flags that keep it offline and quiet."""
     return playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class UiServer:

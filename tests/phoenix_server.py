@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from servers import ServerProcess, free_port  # tests/ is on sys.path (this folder when run as a script)
 
 PYTHON_ENV = "SPANMUX_PHOENIX_PYTHON"
 
@@ -35,26 +34,21 @@ def phoenix_python() -> str | None:
     return str(local) if local.exists() else None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class PhoenixServer:
+class PhoenixServer(ServerProcess):
     """``phoenix serve`` in ``folder``; ``stop()`` then ``start()`` again keeps its data and ports."""
 
+    name = "phoenix"
+    health_path = "/healthz"
+    poll_seconds = 0.5
+    tail_lines = 40
+    stop_seconds = 20.0
+
     def __init__(self, python: str, folder: Path) -> None:
+        super().__init__(folder, log_name="phoenix.log")
         self.python = python
-        self.folder = folder
-        self.port = free_port()
         self.grpc_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = folder / "phoenix.log"
 
     def start(self, timeout: float = 180.0) -> PhoenixServer:
-        self.folder.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
             "PHOENIX_WORKING_DIR": str(self.folder / "work"),
@@ -69,47 +63,8 @@ class PhoenixServer:
             if name.startswith(("OTEL_", "PHOENIX_COLLECTOR", "PHOENIX_PROJECT")):
                 env.pop(name)
         phoenix = Path(self.python).with_name("phoenix")
-        with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(
-                [str(phoenix), "serve"], cwd=self.folder, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"phoenix exited early:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.5)  # polling a starting subprocess, not waiting for an export
-        self.stop()
-        raise RuntimeError(f"phoenix not healthy after {timeout}s:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 20.0) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)  # its own session: the group id is its pid
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait(5)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        self.launch([str(phoenix), "serve"], env, timeout, append_log=True)
+        return self
 
     def read(self, project: str, *, expect_spans: int = 0, timeout: float = 60.0) -> dict[str, Any]:
         """Spans, span annotations and trace annotations of ``project``, read with phoenix.client in

@@ -269,7 +269,7 @@ def test_sqlite_store_leaves_the_users_mlflow_alone(tmp_path: Path, monkeypatch:
 
 
 def _dead_url() -> str:
-    from mlflow_server import free_port
+    from servers import free_port
 
     return f"http://127.0.0.1:{free_port()}"
 
@@ -331,7 +331,8 @@ def test_file_store_uri_is_rejected_at_configure_time() -> None:
 
 
 def test_records_wait_in_the_spool_until_the_server_comes_back(tmp_path: Path) -> None:
-    from mlflow_server import MlflowServer, free_port
+    from mlflow_server import MlflowServer
+    from servers import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -38,7 +38,7 @@ def _unique(prefix: str) -> str:
 
 
 def _dead_url() -> str:
-    from mlflow_server import free_port
+    from servers import free_port
 
     return f"http://127.0.0.1:{free_port()}"
 

@@ -323,7 +323,7 @@ def test_answers_are_classified_for_the_lane(receiver: OtlpReceiver, protocol: s
 
 
 def test_unreachable_receiver_is_retryable_and_keeps_records(tmp_path: Path) -> None:
-    from mlflow_server import free_port
+    from servers import free_port
 
     configure(tmp_path, endpoint=f"http://127.0.0.1:{free_port()}/v1/traces")
     agent_trace()
@@ -500,7 +500,7 @@ def test_bad_settings_are_configuration_errors(tmp_path: Path) -> None:
 
 
 def test_secret_headers_never_in_repr_logs_or_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from mlflow_server import free_port
+    from servers import free_port
 
     from spanmux.backends.otlp import OtlpBackend, OtlpConfig
 
