@@ -19,6 +19,7 @@ import logging
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -175,6 +176,30 @@ def _connect(path: str, timeout: float = 30.0) -> sqlite3.Connection:
     return conn
 
 
+class _HeldAcrossFork:
+    """Objects whose ``fork_lock`` guards their SQLite work: ``os.fork()`` waits until none of them is
+    inside SQLite, so a child never inherits a connection (or one of SQLite's process-wide mutexes)
+    mid-statement, which hung the child's first write (a checkpoint running at fork time)."""
+
+    def __init__(self) -> None:
+        self.owners: weakref.WeakSet[Any] = weakref.WeakSet()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(before=self._hold, after_in_parent=self._release, after_in_child=self._release)
+
+    def _hold(self) -> None:
+        self._held = list(self.owners)
+        for owner in self._held:
+            owner.fork_lock.acquire()
+
+    def _release(self) -> None:
+        for owner in getattr(self, "_held", ()):
+            owner.fork_lock.release()
+        self._held = []
+
+
+_FORK = _HeldAcrossFork()
+
+
 class Checkpointer:
     """Copies the write-ahead log back into the database file on its own thread and connection.
 
@@ -191,6 +216,8 @@ class Checkpointer:
 
     def __init__(self, path: str) -> None:
         self._conn = _connect(path)
+        self.fork_lock = threading.Lock()  # held while SQLite works (see _HeldAcrossFork)
+        _FORK.owners.add(self)
         self.runs = 0  # checkpoints run (tests and stats look)
         self._wake = threading.Event()
         self._halt = threading.Event()
@@ -208,12 +235,14 @@ class Checkpointer:
             if self._halt.is_set():
                 break
             try:
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                with self.fork_lock:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except sqlite3.Error as exc:  # busy or locked by another process: the next turn retries
                 log.debug("store checkpoint skipped: %s", exc)
             self.runs += 1
             self._halt.wait(self.INTERVAL)
-        self._conn.close()
+        with self.fork_lock:
+            self._conn.close()
 
     def stop(self, timeout: float) -> None:
         """End the thread (its connection closes there); the writer's close does the last checkpoint."""
@@ -460,6 +489,8 @@ class LocalBackend(BaseBackend):
             reason = getattr(exc, "strerror", None) or str(exc)
             raise BackendSetupError(f"cannot open the store at {self.path!r}: {reason}", key="path") from None
         self._lock = threading.Lock()
+        self.fork_lock = self._lock  # a fork waits for a write in progress (see _HeldAcrossFork)
+        _FORK.owners.add(self)
         self._pid = os.getpid()
         self._checkpointer: Checkpointer | None = None  # started by the first write (validate builds only)
 

@@ -448,6 +448,50 @@ def test_the_log_is_copied_back_off_the_writers_thread(tmp_path: Path) -> None:
         assert store.count_spans() == 300
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_waits_for_a_checkpoint_in_progress_and_the_child_writes(tmp_path: Path) -> None:
+    """A child forked while the checkpoint thread was inside SQLite hung at its first write (seen
+    as a failed flush in the fork test of the full suite): fork now waits for the checkpoint."""
+    import threading
+
+    backend = LocalBackend(LocalConfig(path=str(tmp_path / "s.db")))
+    backend.export([llm_span(new_trace_id(), None, (1, 1), 0.0, time.time_ns())], [])
+    checkpointer = backend._checkpointer
+    assert checkpointer is not None
+    inside, finished, go_on = threading.Event(), threading.Event(), threading.Event()
+    real = checkpointer._conn
+
+    class SlowCheckpoint:
+        def execute(self, sql: str) -> sqlite3.Cursor:
+            inside.set()
+            go_on.wait(30)
+            cursor = real.execute(sql)
+            finished.set()
+            return cursor
+
+        def close(self) -> None:
+            real.close()
+
+    checkpointer._conn = SlowCheckpoint()  # type: ignore[assignment]
+    backend.export([llm_span(new_trace_id(), None, (1, 1), 0.0, time.time_ns())], [])
+    assert inside.wait(30)
+    threading.Timer(0.2, go_on.set).start()  # the checkpoint ends while fork() is waiting for it
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            backend.export([llm_span(new_trace_id(), None, (1, 1), 0.0, time.time_ns())], [])
+            code = 0
+        finally:
+            os._exit(code)
+    assert finished.is_set()  # fork returned only after the checkpoint was done
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    backend.shutdown(5)
+    with LocalStore(tmp_path / "s.db") as store:
+        assert store.count_spans() == 3
+
+
 def test_totals_of_many_traces_written_in_many_row_statements(tmp_path: Path) -> None:
     from spanmux.backends.local import ROWS_PER_STATEMENT
 
