@@ -22,6 +22,7 @@ alone, listed in ``spanmux.configure({"backends": ["local", InMemoryBackend()]})
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -302,5 +303,9 @@ def reset(timeout: float = 1.0) -> None:
     (waiting at most ``timeout`` for its backends) and the configuration forgotten, so the next
     span configures from the environment again. Call it between tests."""
     runtime.uninstrument()
+    for name in runtime._INTEGRATIONS:  # also an integration's own instrument(), which runtime does not track
+        module = sys.modules.get(f"spanmux.integrations.{name}")
+        if module is not None:
+            module.uninstrument()
     runtime.reset(timeout)
     forget_failures()

@@ -75,34 +75,12 @@ def check_same_spans(produced: list[Span], stored: list[dict[str, Any]]) -> dict
 
 
 def test_langgraph_agent_arrives_with_kinds_parents_model_tokens_messages(
-        phoenix: PhoenixServer, tmp_path: Path) -> None:
+        phoenix: PhoenixServer, weather_agent: Any, tmp_path: Path) -> None:
     integration = pytest.importorskip("spanmux.integrations.langchain")
-    from langchain.agents import create_agent
-    from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
-    from langchain_core.messages import AIMessage
-    from langchain_core.tools import tool
-
-    @tool
-    def get_weather(city: str) -> str:
-        """Weather of a city."""
-        return f"sunny in {city}"
-
-    class ToolModel(FakeMessagesListChatModel):
-        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
-            return self
-
-    usage = {"input_tokens": 40, "output_tokens": 8, "total_tokens": 48}
-    model = ToolModel(responses=[
-        AIMessage(content="", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "call-1"}],
-                  usage_metadata=usage, response_metadata={"model_name": "gpt-4o-mini"}),
-        AIMessage(content="It is sunny in Paris.", usage_metadata=usage,
-                  response_metadata={"model_name": "gpt-4o-mini"}),
-    ])
-    agent = create_agent(model, tools=[get_weather])
     memory = configure(phoenix, tmp_path, "langgraph")
     with spanmux.trace_context(user_id="lg-user", session_id="lg-session"):
-        agent.invoke({"messages": [("user", "weather in Paris?")]},
-                     config={"callbacks": [integration.CallbackHandler()]})
+        weather_agent.invoke({"messages": [("user", "weather in Paris?")]},
+                             config={"callbacks": [integration.CallbackHandler()]})
     flush()
 
     produced = memory.spans
@@ -128,28 +106,25 @@ def test_langgraph_agent_arrives_with_kinds_parents_model_tokens_messages(
     assert root["span_kind"] == "AGENT" and by_id[tool_span["parent_id"]]  # the tool hangs in the tree
 
 
-def test_llamaindex_rag_arrives_with_documents_embeddings_and_llm(phoenix: PhoenixServer, tmp_path: Path) -> None:
+def test_llamaindex_rag_arrives_with_documents_embeddings_and_llm(phoenix: PhoenixServer, named_mock_llm: Any,
+                                                                   tmp_path: Path) -> None:
     pytest.importorskip("llama_index.core")
     from llama_index.core import Document, VectorStoreIndex
-    from llama_index.core.base.llms.types import LLMMetadata
     from llama_index.core.embeddings import MockEmbedding
-    from llama_index.core.llms import MockLLM
 
-    from spanmux.integrations.llamaindex import instrument
-
-    class DemoLLM(MockLLM):
-        @property
-        def metadata(self) -> LLMMetadata:
-            return LLMMetadata(num_output=self.max_tokens or -1, model_name="gpt-4o-mini")
+    from spanmux.integrations.llamaindex import instrument, uninstrument
 
     memory = configure(phoenix, tmp_path, "llamaindex")
-    instrument()
+    instrument()  # undone below: a LlamaIndex handler left behind traced the next tests' index builds
     documents = [Document(text="Bergen is the rainiest city in Norway.", id_="bergen"),
                  Document(text="Oslo is the capital of Norway.", id_="oslo")]
-    with spanmux.trace_context(user_id="li-user", session_id="li-session"), \
-            spanmux.span("norway-guide", kind="chain", input={"question": "rainiest?"}):
-        index = VectorStoreIndex.from_documents(documents, embed_model=MockEmbedding(embed_dim=8))
-        answer = index.as_query_engine(llm=DemoLLM(max_tokens=6), similarity_top_k=2).query("rainiest city?")
+    try:
+        with spanmux.trace_context(user_id="li-user", session_id="li-session"), \
+                spanmux.span("norway-guide", kind="chain", input={"question": "rainiest?"}):
+            index = VectorStoreIndex.from_documents(documents, embed_model=MockEmbedding(embed_dim=8))
+            answer = index.as_query_engine(llm=named_mock_llm(max_tokens=6), similarity_top_k=2).query("rainiest city?")
+    finally:
+        uninstrument()
     assert str(answer)
     flush()
 

@@ -352,3 +352,19 @@ def test_a_users_agent_with_langchains_fake_chat_model() -> None:
     assert llm.usage is not None and (llm.usage.input_tokens, llm.usage.output_tokens) == (20, 6)
     assert all(s.input is None and s.output is None for s in trace)  # capture_content: false held
     assert captured.scores == []
+
+
+def test_reset_undoes_an_integrations_own_instrument() -> None:
+    """``li.instrument()`` called directly is not tracked by ``spanmux.instrument``; reset() left its
+    handlers on LlamaIndex's dispatcher, and the next test's index build became an extra trace."""
+    pytest.importorskip("llama_index.core")
+    import llama_index.core.instrumentation as instrumentation
+
+    from spanmux.integrations import llamaindex as li
+
+    dispatcher = instrumentation.get_dispatcher()
+    before = len(dispatcher.span_handlers)
+    li.instrument()
+    assert len(dispatcher.span_handlers) == before + 1
+    reset(timeout=1.0)
+    assert len(dispatcher.span_handlers) == before
