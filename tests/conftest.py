@@ -29,6 +29,16 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     reset(timeout=1.0)  # uninstrument, forget the configuration; a backend left down is not retried for 10 s
 
 
+def flush(timeout: float = 30) -> None:
+    """``spanmux.flush`` that fails the test when the backends have not drained in ``timeout`` s."""
+    assert spanmux.flush(timeout=timeout), "spanmux.flush timed out"
+
+
+def lane_stats(name: str) -> dict[str, Any]:
+    """The figures of backend ``name``'s lane in ``spanmux.stats()``."""
+    return dict(spanmux.stats()["backends"][name])
+
+
 class TracedStore:
     """A spanmux configured to a fresh built-in store, with readers that flush first."""
 
@@ -122,6 +132,52 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture
+def weather_agent() -> Any:
+    """A LangGraph agent (``langchain.agents.create_agent``) whose fake chat model calls the tool
+    ``get_weather(city="Paris")`` and then answers "It is sunny in Paris."; both model calls report
+    gpt-4o-mini and 40 input + 8 output = 48 tokens. Invoke it with "weather in Paris?"."""
+    pytest.importorskip("langchain.agents")
+    from langchain.agents import create_agent
+    from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+
+    @tool
+    def get_weather(city: str) -> str:
+        """Weather of a city."""
+        return f"sunny in {city}"
+
+    class ToolModel(FakeMessagesListChatModel):
+        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+            return self
+
+    usage = {"input_tokens": 40, "output_tokens": 8, "total_tokens": 48}
+    model = ToolModel(responses=[
+        AIMessage(content="", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "call-1"}],
+                  usage_metadata=usage, response_metadata={"model_name": "gpt-4o-mini"}),
+        AIMessage(content="It is sunny in Paris.", usage_metadata=usage,
+                  response_metadata={"model_name": "gpt-4o-mini"}),
+    ])
+    return create_agent(model, tools=[get_weather])
+
+
+@pytest.fixture
+def named_mock_llm() -> Any:
+    """``named_mock_llm(max_tokens=6)``: LlamaIndex's MockLLM reporting the model gpt-4o-mini, so its
+    spans carry a model and the price table applies (class name ``NamedMockLLM``)."""
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.base.llms.types import LLMMetadata
+    from llama_index.core.llms import MockLLM
+
+    class NamedMockLLM(MockLLM):
+        @property
+        def metadata(self) -> LLMMetadata:
+            return LLMMetadata(num_output=self.max_tokens or -1, model_name="gpt-4o-mini")
+
+    return NamedMockLLM
 
 
 # A ReAct episode with two tools, scripted for DSPy's DummyLM-style models (test_dspy, test_token_totals).

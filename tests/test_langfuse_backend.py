@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import flush, lane_stats  # tests/ is on sys.path (rootdir conftest)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,14 +43,6 @@ def configure(server: Any, tmp_path: Path, backends: tuple[str, ...] = ("langfus
         "spool_dir": str(tmp_path / "spool"),
         "flush_interval": 0.05,
     })
-
-
-def flush() -> None:
-    assert spanmux.flush(timeout=30), "spanmux.flush timed out"
-
-
-def lane_stats(name: str = "langfuse") -> dict[str, Any]:
-    return spanmux.stats()["backends"][name]
 
 
 def agent_trace() -> tuple[str, dict[str, str]]:
@@ -253,9 +246,9 @@ def test_server_failing_first_requests_delivers_everything_once(
     trace_id, ids = agent_trace()
     for _ in range(20):  # each flush forces one replay attempt of the spool
         flush()
-        if lane_stats()["spool_pending_batches"] == 0 and lane_stats()["exported_spans"]:
+        if lane_stats("langfuse")["spool_pending_batches"] == 0 and lane_stats("langfuse")["exported_spans"]:
             break
-    stats = lane_stats()
+    stats = lane_stats("langfuse")
     assert stats["spool_pending_batches"] == 0
     assert stats["export_errors"] >= 2 and stats["replayed_batches"] >= 1
     observations = langfuse_server.trace(trace_id)
@@ -282,7 +275,7 @@ def test_wrong_key_is_reported_once_and_records_stay_in_the_spool(
     assert langfuse_server.url in reports[0] and langfuse_server.public_key in reports[0]
     assert "not retryable" in reports[0]
     assert all("WRONG-SECRET" not in r.getMessage() for r in caplog.records)
-    stats = lane_stats()
+    stats = lane_stats("langfuse")
     assert stats["exported_spans"] == 0 and stats["spool_pending_batches"] >= 1
     assert stats["spooled_spans"] == 3 and stats["spooled_scores"] == 3
     assert "WRONG-SECRET" not in json.dumps(spanmux.stats(), default=str)
@@ -303,7 +296,7 @@ def test_unreachable_host_is_retryable_and_keeps_records(tmp_path: Path) -> None
     with spanmux.span("offline", kind="chain"):
         pass
     assert not spanmux.flush(timeout=1)  # retried until the deadline, then reported as not delivered
-    stats = lane_stats()
+    stats = lane_stats("langfuse")
     assert stats["export_errors"] >= 1 and stats["spooled_spans"] == 1
     assert "unreachable" in (stats["last_error"] or "")
 
@@ -322,8 +315,8 @@ def test_a_span_the_server_refuses_is_dropped_without_blocking_the_rest(
     flush()
     names = {o.name for o in langfuse_server.trace(trace_id)}
     assert "rerank" not in names and len(names) == 7
-    assert lane_stats()["spool_pending_batches"] == 0
-    assert lane_stats()["rejected_spans"] == 1  # the one refused span is counted, never silent
+    assert lane_stats("langfuse")["spool_pending_batches"] == 0
+    assert lane_stats("langfuse")["rejected_spans"] == 1  # the one refused span is counted, never silent
     assert any("unknown observation type 'reranker'" in r.getMessage() for r in caplog.records)
     assert 400 in langfuse_server.statuses(TRACES)
 
@@ -602,35 +595,12 @@ def test_contract_server_ids_auth_encodings_and_scores(langfuse_server: Any) -> 
 
 # ------------------------------------------------------------------ LangChain, when its integration exists
 
-def test_langchain_agent_to_langfuse(langfuse_server: Any, tmp_path: Path) -> None:
+def test_langchain_agent_to_langfuse(langfuse_server: Any, weather_agent: Any, tmp_path: Path) -> None:
     integration = pytest.importorskip("spanmux.integrations.langchain")
-    pytest.importorskip("langchain.agents")
-    from langchain.agents import create_agent
-    from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
-    from langchain_core.messages import AIMessage
-    from langchain_core.tools import tool
-
-    @tool
-    def get_weather(city: str) -> str:
-        """Weather of a city."""
-        return f"sunny in {city}"
-
-    class ToolModel(FakeMessagesListChatModel):
-        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
-            return self
-
-    usage = {"input_tokens": 40, "output_tokens": 8, "total_tokens": 48}
-    model = ToolModel(responses=[
-        AIMessage(content="", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "call-1"}],
-                  usage_metadata=usage, response_metadata={"model_name": "gpt-4o-mini"}),
-        AIMessage(content="It is sunny in Paris.", usage_metadata=usage,
-                  response_metadata={"model_name": "gpt-4o-mini"}),
-    ])
-    agent = create_agent(model, tools=[get_weather])
     configure(langfuse_server, tmp_path)
     with spanmux.trace_context(user_id="lc-user", metadata={"variant": "A"}):
-        agent.invoke({"messages": [("user", "weather in Paris?")]},
-                     config={"callbacks": [integration.CallbackHandler()]})
+        weather_agent.invoke({"messages": [("user", "weather in Paris?")]},
+                             config={"callbacks": [integration.CallbackHandler()]})
     flush()
 
     observations = langfuse_server.all_observations()
@@ -669,7 +639,7 @@ def test_live_langfuse_receives_a_trace_and_a_score(tmp_path: Path) -> None:
         llm.set_output("pong")
     score_id = spanmux.score(root.trace_id, "spanmux-live-score", 1.0, comment="live test")
     flush()
-    assert lane_stats()["spool_pending_batches"] == 0, lane_stats()["last_error"]
+    assert lane_stats("langfuse")["spool_pending_batches"] == 0, lane_stats("langfuse")["last_error"]
 
     auth = (public_key, secret_key)
     base = host.rstrip("/")

@@ -273,20 +273,14 @@ def test_mlflow_trace_totals_equal_the_local_stores(mlflow_server: str, tmp_path
     assert run.data.metrics["trace.total_tokens"] == summary.total_tokens
 
 
-def test_llamaindex_trace_totals_in_mlflow_equal_the_local_stores(mlflow_server: str, tmp_path: Path) -> None:
+def test_llamaindex_trace_totals_in_mlflow_equal_the_local_stores(mlflow_server: str, named_mock_llm: Any,
+                                                                  tmp_path: Path) -> None:
     """The issue's case: LlamaIndex ``predict`` wrapping ``complete``, one priced model call."""
     pytest.importorskip("llama_index.core")
     from llama_index.core import Document, VectorStoreIndex
-    from llama_index.core.base.llms.types import LLMMetadata
     from llama_index.core.embeddings import MockEmbedding
-    from llama_index.core.llms import MockLLM
 
     from spanmux.integrations import llamaindex
-
-    class NamedMockLLM(MockLLM):
-        @property
-        def metadata(self) -> LLMMetadata:
-            return LLMMetadata(num_output=self.max_tokens or -1, model_name="gpt-4o-mini")
 
     index = VectorStoreIndex.from_documents([Document(text="Paris is the capital of France.")],
                                             embed_model=MockEmbedding(embed_dim=8))
@@ -298,7 +292,7 @@ def test_llamaindex_trace_totals_in_mlflow_equal_the_local_stores(mlflow_server:
     })
     llamaindex.instrument()
     try:
-        index.as_query_engine(llm=NamedMockLLM(max_tokens=6)).query("What is the capital of France?")
+        index.as_query_engine(llm=named_mock_llm(max_tokens=6)).query("What is the capital of France?")
     finally:
         llamaindex.uninstrument()
     assert spanmux.flush(timeout=60)

@@ -17,7 +17,8 @@ import pytest
 pytest.importorskip("grpc")
 pytest.importorskip("opentelemetry.proto")
 
-from otlp_receiver import OtlpReceiver  # tests/ is on sys.path (rootdir conftest)
+from conftest import flush, lane_stats  # tests/ is on sys.path (rootdir conftest)
+from otlp_receiver import OtlpReceiver
 
 import spanmux
 from spanmux import attributes as attr
@@ -42,14 +43,6 @@ def configure(tmp_path: Path, backend: str = "otlp", capture_content: bool = Tru
         "spool_dir": str(tmp_path / "spool"),
         "flush_interval": 0.05,
     })
-
-
-def flush() -> None:
-    assert spanmux.flush(timeout=30), "spanmux.flush timed out"
-
-
-def lane(name: str = "otlp") -> dict[str, Any]:
-    return spanmux.stats()["backends"][name]
 
 
 def agent_trace() -> tuple[str, dict[str, str]]:
@@ -161,7 +154,7 @@ def test_agent_trace_over_http_with_both_conventions(receiver: OtlpReceiver, tmp
     embed = receiver.by_name("embed").attributes
     assert embed["embedding.model_name"] == "text-embedding-3-small"
     assert embed["gen_ai.operation.name"] == "embeddings"
-    assert lane()["exported_spans"] == 6
+    assert lane_stats("otlp")["exported_spans"] == 6
 
 
 def test_conventions_choose_the_attribute_sets(receiver: OtlpReceiver, tmp_path: Path) -> None:
@@ -256,7 +249,7 @@ def test_partial_success_counts_rejected_spans(receiver: OtlpReceiver, tmp_path:
     configure(tmp_path, endpoint=receiver.grpc_url, protocol="grpc")
     agent_trace()
     flush()
-    assert lane()["rejected_spans"] == 2
+    assert lane_stats("otlp")["rejected_spans"] == 2
     assert "two spans had bad attributes" in caplog.text
     assert len(receiver.requests) == 1  # not retried
 
@@ -266,7 +259,7 @@ def test_partial_success_over_http(receiver: OtlpReceiver, tmp_path: Path) -> No
     configure(tmp_path, endpoint=receiver.http_url)
     agent_trace()
     flush()
-    assert lane()["rejected_spans"] == 1
+    assert lane_stats("otlp")["rejected_spans"] == 1
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
@@ -279,7 +272,7 @@ def test_a_refused_span_is_dropped_and_counted_the_rest_delivered(
     flush()
     assert sorted(s.name for s in receiver.spans) == sorted(
         ["support-agent", "plan", "embed", "search", "ChatOpenAI"])
-    assert lane()["rejected_spans"] == 1
+    assert lane_stats("otlp")["rejected_spans"] == 1
 
 
 def test_a_large_batch_is_split_below_the_request_limit(receiver: OtlpReceiver, tmp_path: Path,
@@ -328,7 +321,7 @@ def test_unreachable_receiver_is_retryable_and_keeps_records(tmp_path: Path) -> 
     configure(tmp_path, endpoint=f"http://127.0.0.1:{free_port()}/v1/traces")
     agent_trace()
     assert not spanmux.flush(timeout=1)
-    stats = lane()
+    stats = lane_stats("otlp")
     assert stats["spooled_spans"] >= 6 and stats["exported_spans"] == 0
 
 
