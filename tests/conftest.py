@@ -39,6 +39,21 @@ def lane_stats(name: str) -> dict[str, Any]:
     return dict(spanmux.stats()["backends"][name])
 
 
+def store_without_experiment_tables(path: Path) -> Path:
+    """A store at ``path`` as a spanmux from before experiments left it: no experiment tables."""
+    import sqlite3
+
+    from spanmux.backends.local import open_database
+
+    open_database(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE experiment_runs")
+    conn.execute("DROP TABLE experiment_items")
+    conn.commit()
+    conn.close()
+    return path
+
+
 class TracedStore:
     """A spanmux configured to a fresh built-in store, with readers that flush first."""
 

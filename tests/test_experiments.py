@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import store_without_experiment_tables  # tests/ is on sys.path (rootdir conftest)
 from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage
@@ -377,17 +378,7 @@ def test_failing_backend_gets_the_run_from_its_spool(tmp_path: Path) -> None:
 
 
 def test_store_without_experiment_tables_reads_as_none(tmp_path: Path) -> None:
-    import sqlite3
-
-    path = tmp_path / "old.db"
-    from spanmux.backends.local import open_database
-
-    open_database(path).close()
-    conn = sqlite3.connect(path)
-    conn.execute("DROP TABLE experiment_runs")
-    conn.execute("DROP TABLE experiment_items")
-    conn.commit()
-    conn.close()
+    path = store_without_experiment_tables(tmp_path / "old.db")
     with LocalStore(path) as db:
         assert db.list_experiments() == [] and db.get_experiment("x") is None
         assert list(db.iter_experiments()) == []

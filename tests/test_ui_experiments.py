@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from collections.abc import Iterator
 from html import escape, unescape
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("langchain_core")
 
+from conftest import store_without_experiment_tables  # tests/ is on sys.path (rootdir conftest)
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage
 from starlette.testclient import TestClient
@@ -254,15 +254,7 @@ def test_big_runs_page_their_items(client: TestClient, runs: Runs, monkeypatch: 
 
 
 def test_store_without_experiment_tables_says_no_experiments_yet(tmp_path: Path) -> None:
-    from spanmux.backends.local import open_database
-
-    path = tmp_path / "old.db"
-    open_database(path).close()
-    conn = sqlite3.connect(path)
-    conn.execute("DROP TABLE experiment_runs")
-    conn.execute("DROP TABLE experiment_items")
-    conn.commit()
-    conn.close()
+    path = store_without_experiment_tables(tmp_path / "old.db")
     with TestClient(create_app(str(path)), base_url=BASE) as c:
         for url in ("/experiments", "/experiments/compare", "/experiments/compare?a=&b="):
             page = c.get(url)
