@@ -92,19 +92,21 @@ class Observation:
         return {k[len(prefix):]: v for k, v in self.attributes.items() if k.startswith(prefix)}
 
 
-def _any_value(value: Any) -> Any:
+def any_value(value: Any) -> Any:
+    """An OTLP ``AnyValue`` as Python: arrays as tuples, key-value lists as dicts, unset as None."""
     which = value.WhichOneof("value")
     if which is None:
         return None
     if which == "array_value":
-        return tuple(_any_value(v) for v in value.array_value.values)
+        return tuple(any_value(v) for v in value.array_value.values)
     if which == "kvlist_value":
-        return {kv.key: _any_value(kv.value) for kv in value.kvlist_value.values}
+        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
     return getattr(value, which)
 
 
-def _attributes(kvs: Any) -> dict[str, Any]:
-    return {kv.key: _any_value(kv.value) for kv in kvs}
+def attributes_of(kvs: Any) -> dict[str, Any]:
+    """OTLP ``KeyValue``s (span, event or resource attributes) as a dict of Python values."""
+    return {kv.key: any_value(kv.value) for kv in kvs}
 
 
 def _iso(value: Any) -> bool:
@@ -188,7 +190,7 @@ def decode_traces(body: bytes, encoding: str | None) -> list[Observation]:
         raise Invalid("body is not an OTLP ExportTraceServiceRequest") from exc
     out: list[Observation] = []
     for resource_spans in request.resource_spans:
-        resource = _attributes(resource_spans.resource.attributes)
+        resource = attributes_of(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 if len(span.trace_id) != 16 or not any(span.trace_id):
@@ -204,7 +206,7 @@ def decode_traces(body: bytes, encoding: str | None) -> list[Observation]:
                     name=span.name,
                     start_ns=span.start_time_unix_nano,
                     end_ns=span.end_time_unix_nano,
-                    attributes=_attributes(span.attributes),
+                    attributes=attributes_of(span.attributes),
                     status_code=span.status.code,
                     status_message=span.status.message,
                     scope=scope_spans.scope.name,

@@ -14,20 +14,8 @@ from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from langfuse_server import attributes_of  # tests/ is on sys.path (rootdir conftest)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-
-
-def any_value(value: Any) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return tuple(any_value(v) for v in value.array_value.values)
-    if kind == "kvlist_value":
-        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
-    return getattr(value, kind) if kind else None
-
-
-def attributes_of(kvs: Any) -> dict[str, Any]:
-    return {kv.key: any_value(kv.value) for kv in kvs}
 
 
 @dataclass
