@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 
 from spanmux import attributes as attr
-from spanmux.backend import BackendSetupError, BaseBackend, ExportError
+from spanmux.backend import BackendSetupError, BaseBackend, ExportError, halves
 from spanmux.backends.otel_spans import (
     SERVICE_NAME,
     TELEMETRY_SDK_NAME,
@@ -378,11 +378,6 @@ def _first(*values: str | None) -> str | None:
     return None
 
 
-def _halves(items: Sequence[Any]) -> tuple[Sequence[Any], Sequence[Any]]:
-    middle = len(items) // 2
-    return items[:middle], items[middle:]
-
-
 class _Rejected(Exception):
     """HTTP 400/413/422 for a request: the content, not the moment, is wrong."""
 
@@ -445,7 +440,6 @@ class LangfuseBackend(BaseBackend):
         self.timeout = section.timeout
         self.rejected_spans = 0
         self.rejected_scores = 0
-        self._warned: set[str] = set()
         token = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode("ascii")
         self._auth = f"Basic {token}"
         self._session: Any = None
@@ -564,14 +558,14 @@ class LangfuseBackend(BaseBackend):
                 out.append(build(span, attributes))
             except (ValueError, TypeError) as exc:
                 self.rejected_spans += 1
-                self._warn_once(f"span-invalid:{type(exc).__name__}",
-                                "langfuse: span %r skipped, it cannot be encoded: %s", span.name, exc)
+                self.warn_once(f"span-invalid:{type(exc).__name__}",
+                               "langfuse: span %r skipped, it cannot be encoded: %s", span.name, exc)
         return out
 
     def _send_spans(self, readable: Sequence[Any]) -> None:
         payload = encode_otlp(readable)
         if len(payload) > MAX_TRACE_REQUEST_BYTES and len(readable) > 1:
-            first, second = _halves(readable)
+            first, second = halves(readable)
             self._send_spans(first)
             self._send_spans(second)
             return
@@ -621,8 +615,8 @@ class LangfuseBackend(BaseBackend):
             rejected, errors = 0, ""
         if rejected:
             self.rejected_scores += rejected
-            self._warn_once("scores-207", "langfuse at %s rejected %d of %d scores (not retried): %s",
-                            self.host, rejected, sent, errors)
+            self.warn_once("scores-207", "langfuse at %s rejected %d of %d scores (not retried): %s",
+                           self.host, rejected, sent, errors)
 
     # -- rejected content: deliver the rest, drop only what the server refuses
     def _isolate(
@@ -631,7 +625,7 @@ class LangfuseBackend(BaseBackend):
         """Split a rejected request until the refused records are alone; drop and log those.
         Keeping them would block every later batch behind them in the spool forever."""
         if len(items) > 1:
-            first, second = _halves(items)
+            first, second = halves(items)
             send(first)
             send(second)
             return
@@ -639,8 +633,8 @@ class LangfuseBackend(BaseBackend):
             self.rejected_spans += 1
         else:
             self.rejected_scores += 1
-        self._warn_once(f"{what}-{exc.status}", "langfuse at %s refused a %s (dropped, not retried): %s",
-                        self.host, what, exc)
+        self.warn_once(f"{what}-{exc.status}", "langfuse at %s refused a %s (dropped, not retried): %s",
+                       self.host, what, exc)
 
     # -- HTTP
     def _request(self, method: str, path: str, data: bytes | None, headers: dict[str, str],
@@ -689,10 +683,6 @@ class LangfuseBackend(BaseBackend):
         raise ExportError(f"Langfuse at {self.host} answered HTTP {status} for {response.request.path_url}",
                           retryable=False)
 
-    def _warn_once(self, key: str, message: str, *args: Any) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning(message, *args)
 
 
 def _short_detail(response: Any) -> str:

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final, NamedTuple
 
 from spanmux import attributes as attr
-from spanmux.backend import BackendSetupError, BaseBackend, ExportError
+from spanmux.backend import BackendSetupError, BaseBackend, ExportError, halves
 from spanmux.backends.otel_spans import (
     SERVICE_NAME,
     TELEMETRY_SDK_NAME,
@@ -690,7 +690,6 @@ class OtlpBackend(BaseBackend):
         self.rejected_spans = 0
         self.rejected_scores = 0
         self.score_records = 0
-        self._warned: set[str] = set()
         self._builder: OtelSpanBuilder | None = None
         self._tables: list[AttributeTable] = []
         self._transport: HttpTransport | GrpcTransport | None = None
@@ -775,8 +774,8 @@ class OtlpBackend(BaseBackend):
                 out.append(build(span, attributes, span_events))
             except (ValueError, TypeError) as exc:
                 self.rejected_spans += 1
-                self._warn_once(f"span-invalid:{type(exc).__name__}",
-                                "otlp: span %r skipped, it cannot be encoded: %s", span.name, exc)
+                self.warn_once(f"span-invalid:{type(exc).__name__}",
+                               "otlp: span %r skipped, it cannot be encoded: %s", span.name, exc)
         return out
 
     def _send(self, readable: Sequence[Any]) -> None:
@@ -784,9 +783,9 @@ class OtlpBackend(BaseBackend):
 
         request = encode_spans(readable)
         if len(readable) > 1 and request.ByteSize() > MAX_REQUEST_BYTES:
-            middle = len(readable) // 2
-            self._send(readable[:middle])
-            self._send(readable[middle:])
+            first, second = halves(readable)
+            self._send(first)
+            self._send(second)
             return
         try:
             sent = self.transport.send(request)
@@ -795,23 +794,19 @@ class OtlpBackend(BaseBackend):
             return
         if sent.rejected:
             self.rejected_spans += sent.rejected
-            self._warn_once("partial", "OTLP receiver at %s rejected %d of %d spans (not retried): %s",
-                            self.transport.where, sent.rejected, len(readable), sent.message)
+            self.warn_once("partial", "OTLP receiver at %s rejected %d of %d spans (not retried): %s",
+                           self.transport.where, sent.rejected, len(readable), sent.message)
 
     def _isolate(self, readable: Sequence[Any], exc: Rejected) -> None:
         """Split a refused request until the refused spans are alone; drop and count those (kept,
         they would block every later batch behind them in the spool)."""
         if len(readable) > 1:
-            middle = len(readable) // 2
-            self._send(readable[:middle])
-            self._send(readable[middle:])
+            first, second = halves(readable)
+            self._send(first)
+            self._send(second)
             return
         self.rejected_spans += 1
-        self._warn_once("rejected", "OTLP receiver at %s refused a span (dropped, not retried): %s",
-                        self.transport.where, exc)
+        self.warn_once("rejected", "OTLP receiver at %s refused a span (dropped, not retried): %s",
+                       self.transport.where, exc)
 
-    def _warn_once(self, key: str, message: str, *args: Any) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning(message, *args)
 

@@ -147,8 +147,8 @@ class PhoenixBackend(OtlpBackend):  # type: ignore[misc]  # mypy sees backends/ 
                               retry_after=retry_after_seconds(response.headers.get("Retry-After")))
         if status in (400, 422):  # these annotations are wrong, not the moment: drop and count them
             self.rejected_scores += len(items)
-            self._warn_once(f"annotations-{status}", "Phoenix at %s refused %d annotations (dropped): %s",
-                            where, len(items), str(response.text)[:300])
+            self.warn_once(f"annotations-{status}", "Phoenix at %s refused %d annotations (dropped): %s",
+                           where, len(items), str(response.text)[:300])
             return
         raise ExportError(f"Phoenix at {where} answered HTTP {status}", retryable=status not in (401, 403))
 

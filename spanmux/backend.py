@@ -14,8 +14,9 @@ the same defaults by ``as_backend``, the one place that asks an object what it h
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from spanmux.model import ExperimentRun, Score, Span
 
@@ -118,6 +119,24 @@ class BaseBackend(abc.ABC):
         """The backend's own counters, shown under its name in ``spanmux.stats()["backends"]``
         beside the lane's (the lane's win on a clash)."""
         return {"rejected_spans": self.rejected_spans, "rejected_scores": self.rejected_scores}
+
+    def warn_once(self, key: str, message: str, *args: Any) -> None:
+        """Log ``message`` the first time ``key`` happens on this backend, on its module's logger: a
+        refused record or a partial answer would otherwise repeat for every batch."""
+        warned: set[str] = self.__dict__.setdefault("_warned_keys", set())
+        if key not in warned:
+            warned.add(key)
+            logging.getLogger(type(self).__module__).warning(message, *args)
+
+
+_Record = TypeVar("_Record")
+
+
+def halves(items: Sequence[_Record]) -> tuple[Sequence[_Record], Sequence[_Record]]:
+    """A batch in two parts: how a backend re-sends a request too big to send, or refused for one
+    record's content (split until the refused record is alone, so only it is dropped)."""
+    middle = len(items) // 2
+    return items[:middle], items[middle:]
 
 
 @runtime_checkable

@@ -207,3 +207,21 @@ def test_a_plugin_without_export_is_refused_at_configure_time(plugin: Path, tmp_
     monkeypatch.setitem(registry.known_backends(), "broken", "spanmux_broken:Broken")
     with pytest.raises(spanmux.ConfigurationError, match="could not start"):
         spanmux.configure({"backends": ["broken"], "spool_dir": str(tmp_path / "spool")})
+
+
+def test_warn_once_logs_each_key_once_on_the_backends_module_logger(caplog: pytest.LogCaptureFixture) -> None:
+    from spanmux.backend import BaseBackend, halves
+
+    class Quiet(BaseBackend):
+        name = "quiet"
+
+        def export(self, spans: Any, scores: Any) -> None:
+            return None
+
+    backend = Quiet(None)
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            backend.warn_once("refused", "refused %d", 1)
+        backend.warn_once("partial", "partial")
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [(__name__, "refused 1"), (__name__, "partial")]
+    assert halves([1, 2, 3]) == ([1], [2, 3]) and halves([1]) == ([], [1])
