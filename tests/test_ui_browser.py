@@ -346,8 +346,11 @@ def test_big_input_shows_its_first_part_and_more_on_demand_and_truncation_is_mar
             more = value.locator("a[data-testid=show-more]")
             if more.count() == 0:
                 break
+            parts = value.locator("[data-testid=more-part]").count()
             more.first.click()
-            expect(value.locator("[data-testid=more-part]").last).to_be_visible()
+            # wait for this click's part: the previous part's visibility let the next loop see (and click)
+            # the link this swap was about to remove, then wait 30 s for a link the last part has not
+            expect(value.locator("[data-testid=more-part]")).to_have_count(parts + 1)
         expect(value).to_contain_text("line 0039999")
         assert value.locator("a[data-testid=show-more]").count() == 0
 
