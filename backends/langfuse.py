@@ -31,8 +31,7 @@ from spanmux.backend import BackendSetupError, BaseBackend, ExportError, halves
 from spanmux.backends.otel_spans import (
     SERVICE_NAME,
     TELEMETRY_SDK_NAME,
-    OtelSpanBuilder,
-    encode_otlp,
+    OtlpEncoder,
     error_description,
     json_text,
 )
@@ -443,7 +442,7 @@ class LangfuseBackend(BaseBackend):
         token = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode("ascii")
         self._auth = f"Basic {token}"
         self._session: Any = None
-        self._builder: OtelSpanBuilder | None = None
+        self._encoder: OtlpEncoder | None = None
         self._datasets: dict[str, str] = {}  # dataset name -> Langfuse dataset id
         self._project_id: str | None = None
 
@@ -453,9 +452,9 @@ class LangfuseBackend(BaseBackend):
     # -- the backend contract
     def export(self, spans: Sequence[Span], scores: Sequence[Score]) -> None:
         if spans:
-            readable = self._readable_spans(spans)
-            if readable:
-                self._send_spans(readable)
+            request, messages = self._request_of(spans)
+            if messages:
+                self._send_spans(messages, request)
         if scores:
             self._send_scores([score_body(score, self.environment) for score in scores])
 
@@ -474,21 +473,20 @@ class LangfuseBackend(BaseBackend):
             run_name = experiment_run_name(run)
             experiment_id = experiment_id_of(self._project(), dataset_id, run_name)
             roots = [experiment_root_span(run, item) for item in run.items if item.trace_id]
-            readable = []
-            build = self._span_builder().build
+            messages = []
+            encode = self._encoder_made().span
             for root, item in zip(roots, (i for i in run.items if i.trace_id), strict=True):
                 attributes = observation_attributes(root, trace_name=run.name, environment=self.environment,
                                                     release=self.release)
                 attributes.update(experiment_attributes(run, item, experiment_id, run_name, dataset, dataset_id))
-                readable.append(build(root, attributes))
-            if readable:
-                self._send_spans(readable)
+                messages.append(encode(root, attributes))
+            if messages:
+                self._send_spans(messages)
 
-    def _span_builder(self) -> OtelSpanBuilder:
-        if self._builder is None:
-            self._readable_spans([])  # the one place the builder is made
-        assert self._builder is not None
-        return self._builder
+    def _encoder_made(self) -> OtlpEncoder:
+        if self._encoder is None:
+            self._encoder = OtlpEncoder({SERVICE_NAME: self.project or "spanmux", TELEMETRY_SDK_NAME: "spanmux"})
+        return self._encoder
 
     def _project(self) -> str:
         if self._project_id is None:
@@ -540,13 +538,14 @@ class LangfuseBackend(BaseBackend):
         return f"Langfuse at {self.host} accepts public key {self.public_key}{project}"
 
     # -- spans
-    def _readable_spans(self, spans: Sequence[Span]) -> list[Any]:
-        if self._builder is None:
-            self._builder = OtelSpanBuilder(
-                resource={SERVICE_NAME: self.project or "spanmux", TELEMETRY_SDK_NAME: "spanmux"})
-        build = self._builder.build
+    def _request_of(self, spans: Sequence[Span]) -> tuple[Any, Any]:
+        """One OTLP request of ``spans`` and its ``spans`` field (the messages, built in place); a span
+        that cannot be encoded is skipped and counted."""
+        encoder = self._encoder_made()
+        encode = encoder.span
+        request = encoder.request()
+        into = encoder.spans_of(request)
         root_names = {s.trace_id: s.name for s in spans if s.parent_id is None}
-        out = []
         for span in spans:
             try:
                 attributes = observation_attributes(
@@ -555,17 +554,20 @@ class LangfuseBackend(BaseBackend):
                     environment=self.environment,
                     release=self.release,
                 )
-                out.append(build(span, attributes))
+                encode(span, attributes, into=into)
             except (ValueError, TypeError) as exc:
                 self.rejected_spans += 1
                 self.warn_once(f"span-invalid:{type(exc).__name__}",
                                "langfuse: span %r skipped, it cannot be encoded: %s", span.name, exc)
-        return out
+        return request, into
 
-    def _send_spans(self, readable: Sequence[Any]) -> None:
-        payload = encode_otlp(readable)
-        if len(payload) > MAX_TRACE_REQUEST_BYTES and len(readable) > 1:
-            first, second = halves(readable)
+    def _send_spans(self, messages: Sequence[Any], request: Any = None) -> None:
+        """POST ``messages`` (in ``request`` when they were built in one; else a new one holds copies)."""
+        if request is None:
+            request = self._encoder_made().request(messages)
+        payload = request.SerializeToString()
+        if len(payload) > MAX_TRACE_REQUEST_BYTES and len(messages) > 1:
+            first, second = halves(messages)
             self._send_spans(first)
             self._send_spans(second)
             return
@@ -578,7 +580,7 @@ class LangfuseBackend(BaseBackend):
         try:
             self._post(TRACES_PATH, gzip.compress(payload, compresslevel=5), headers)
         except _Rejected as exc:
-            self._isolate(readable, exc, self._send_spans, "span")
+            self._isolate(messages, exc, self._send_spans, "span")
 
     # -- scores
     def _send_scores(self, bodies: Sequence[dict[str, Any]]) -> None:

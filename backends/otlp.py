@@ -3,7 +3,8 @@
 Spans are built by ``spanmux.backends.otel_spans`` (our trace and span ids, parents and nanosecond
 times unchanged; no tracer provider, so a user's own OpenTelemetry setup is untouched) with two
 attribute tables, OpenTelemetry GenAI (``gen_ai.*``) and OpenInference (what Phoenix and Arize
-render), and encoded by OpenTelemetry's own OTLP encoder. The transport is ours (``requests`` for
+render), filled straight into OpenTelemetry's generated OTLP messages by ``OtlpEncoder`` (tested
+equal to what OpenTelemetry's own ``encode_spans`` makes of the same spans). The transport is ours (``requests`` for
 OTLP/HTTP protobuf, ``grpcio`` with opentelemetry-proto's ``TraceService`` stub for gRPC) because
 OpenTelemetry's exporters retry and sleep inside ``export`` and answer only success or failure:
 here every answer is classified for the pipeline's Lane, which owns retries, backoff and the spool.
@@ -19,6 +20,7 @@ Phoenix annotations instead.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import os
 import re
@@ -33,7 +35,7 @@ from spanmux.backends.otel_spans import (
     TELEMETRY_SDK_NAME,
     AttributeTable,
     OtelEvent,
-    OtelSpanBuilder,
+    OtlpEncoder,
     json_text,
 )
 from spanmux.backoff import retry_after_seconds
@@ -413,11 +415,18 @@ def score_event(score: Score) -> OtelEvent:
     return OtelEvent(attr.GEN_AI_EVALUATION_RESULT, attributes, score.timestamp_ns)
 
 
+def stable_span_id(text: str) -> str:
+    """A non-zero 16-hex span id from ``text``, the same in every process (``hash()`` of a str is
+    salted per process: a score replayed from the spool by another process would be a new record)."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    return digest if int(digest, 16) else "1".zfill(16)
+
+
 def score_record(score: Score) -> Span:
     """A score whose span was exported before: its own zero-length evaluator span under the judged
     span, id from the score id (a re-sent score is the same record)."""
     span_id = score.id[:16] if re.fullmatch(r"[0-9a-f]{16,}", score.id) and int(score.id[:16], 16) else (
-        f"{abs(hash(score.id)) % (1 << 64) or 1:016x}")
+        stable_span_id(score.id))
     return Span(trace_id=score.trace_id, span_id=span_id, parent_id=score.span_id,
                 name=f"evaluation {score.name}", kind="evaluator", framework="spanmux",
                 start_ns=score.timestamp_ns, end_ns=score.timestamp_ns,
@@ -690,7 +699,7 @@ class OtlpBackend(BaseBackend):
         self.rejected_spans = 0
         self.rejected_scores = 0
         self.score_records = 0
-        self._builder: OtelSpanBuilder | None = None
+        self._encoder: OtlpEncoder | None = None
         self._tables: list[AttributeTable] = []
         self._transport: HttpTransport | GrpcTransport | None = None
 
@@ -724,9 +733,9 @@ class OtlpBackend(BaseBackend):
                 else:
                     late.append(score_record(score))
                     events.setdefault(late[-1].span_id, []).append(score_event(score))
-        readable = self._readable([*spans, *late], events)
-        if readable:
-            self._send(readable)
+        request, messages = self._request_of([*spans, *late], events)
+        if messages:
+            self._send(messages, request)
         self.score_records += len(late)
         if scores and not self.scores_as_events:
             self.export_scores(scores)
@@ -757,12 +766,13 @@ class OtlpBackend(BaseBackend):
         """The attribute tables, in order (a later one wins on a shared key)."""
         return [spanmux_attributes, *(TABLES[name] for name in self.conventions)]
 
-    def _readable(self, spans: Sequence[Span], events: Mapping[str, Sequence[OtelEvent]]) -> list[Any]:
-        if self._builder is None:  # no tables in the builder: attributes are merged here, then filtered
-            self._builder = OtelSpanBuilder(resource=self.target.resource, exception_events=True)
-            self._tables = self.tables()
-        build = self._builder.build
-        out = []
+    def _request_of(self, spans: Sequence[Span], events: Mapping[str, Sequence[OtelEvent]]) -> tuple[Any, Any]:
+        """One request of ``spans`` and its ``spans`` field (the messages, built in place); a span
+        that cannot be encoded is skipped and counted."""
+        encoder = self._encoder_made()
+        encode = encoder.span
+        request = encoder.request()
+        into = encoder.spans_of(request)
         for span in spans:
             try:
                 attributes: dict[str, Any] = {}
@@ -771,37 +781,43 @@ class OtlpBackend(BaseBackend):
                 if not self.capture_content:
                     attributes = without_content(attributes)
                 span_events = [*framework_events(span), *events.get(span.span_id, ())]
-                out.append(build(span, attributes, span_events))
+                encode(span, attributes, span_events, into)
             except (ValueError, TypeError) as exc:
                 self.rejected_spans += 1
                 self.warn_once(f"span-invalid:{type(exc).__name__}",
                                "otlp: span %r skipped, it cannot be encoded: %s", span.name, exc)
-        return out
+        return request, into
 
-    def _send(self, readable: Sequence[Any]) -> None:
-        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    def _encoder_made(self) -> OtlpEncoder:
+        if self._encoder is None:
+            self._encoder = OtlpEncoder(self.target.resource, exception_events=True)
+            self._tables = self.tables()
+        return self._encoder
 
-        request = encode_spans(readable)
-        if len(readable) > 1 and request.ByteSize() > MAX_REQUEST_BYTES:
-            first, second = halves(readable)
+    def _send(self, messages: Sequence[Any], request: Any = None) -> None:
+        """Send ``messages`` (in ``request`` when they were built in one; else a new one holds copies)."""
+        if request is None:
+            request = self._encoder_made().request(messages)
+        if len(messages) > 1 and request.ByteSize() > MAX_REQUEST_BYTES:
+            first, second = halves(messages)
             self._send(first)
             self._send(second)
             return
         try:
             sent = self.transport.send(request)
         except Rejected as exc:
-            self._isolate(readable, exc)
+            self._isolate(messages, exc)
             return
         if sent.rejected:
             self.rejected_spans += sent.rejected
             self.warn_once("partial", "OTLP receiver at %s rejected %d of %d spans (not retried): %s",
-                           self.transport.where, sent.rejected, len(readable), sent.message)
+                           self.transport.where, sent.rejected, len(messages), sent.message)
 
-    def _isolate(self, readable: Sequence[Any], exc: Rejected) -> None:
+    def _isolate(self, messages: Sequence[Any], exc: Rejected) -> None:
         """Split a refused request until the refused spans are alone; drop and count those (kept,
         they would block every later batch behind them in the spool)."""
-        if len(readable) > 1:
-            first, second = halves(readable)
+        if len(messages) > 1:
+            first, second = halves(messages)
             self._send(first)
             self._send(second)
             return

@@ -96,3 +96,80 @@ def test_otlp_bytes_read_back_with_opentelemetry_proto() -> None:
 def test_json_text_is_compact_and_never_fails() -> None:
     assert json_text({"a": [1, "é"]}) == '{"a":[1,"é"]}'
     assert json_text({"when": object}).startswith('{"when":"<class')
+
+
+# ------------------------------------------------------------------ OtlpEncoder == OpenTelemetry's encoder
+
+def _every_value_type(span: Span) -> dict[str, Any]:
+    return {"text": "é ok", "flag": True, "off": False, "count": 3, "zero": 0, "ratio": 0.25, "big": 2**62,
+            "none": None, "raw": b"\x00\x01", "tags": ("a", "b"), "mixed": [1, "x", 2.5, [True]], "empty": (),
+            "nested": {"k": "v", "n": {"deep": 1}}, "no_keys": {}}
+
+
+@pytest.mark.parametrize("resource", [None, {"service.name": "tutor", "deployment.environment": "prod"}])
+def test_otlp_encoder_equals_opentelemetrys_own_encoder(resource: dict[str, Any] | None) -> None:
+    """The direct encoder fills the very messages ``encode_spans`` fills from ``ReadableSpan``: a root,
+    a child, a failed span with its exception event, a span with events, a zero parent (a root) and a
+    span that ends before it starts give equal requests."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from spanmux.backends.otel_spans import OtlpEncoder
+
+    trace_id = new_trace_id()
+    root = make(trace_id=trace_id, parent_id=None, name="root")
+    spans = [
+        root,
+        make(trace_id=trace_id, parent_id=root.span_id, kind="llm", name="chat"),
+        make(trace_id=trace_id, status="error", error=ErrorInfo("ValueError", "bad", "Traceback ...")),
+        make(trace_id=trace_id, status="error", error=ErrorInfo("KeyError", "", None)),
+        make(parent_id="0" * 16),
+        make(end_ns=10),
+    ]
+    events = [OtelEvent("gen_ai.evaluation.result", {"gen_ai.evaluation.name": "helpful", "score": 0.5}, 7),
+              OtelEvent("no attributes", {}, 8)]
+    for exception_events in (False, True):
+        builder = OtelSpanBuilder(_every_value_type, genai, resource=resource, exception_events=exception_events)
+        encoder = OtlpEncoder(resource, exception_events=exception_events)
+        theirs = encode_spans([builder.build(span, {"extra": 1}, events[: i % 3]) for i, span in enumerate(spans)])
+        ours = encoder.request([encoder.span(span, builder.attributes(span) | {"extra": 1}, events[: i % 3])
+                                for i, span in enumerate(spans)])
+        assert ours == theirs
+        assert ours.SerializeToString(deterministic=True) == theirs.SerializeToString(deterministic=True)
+        built_in_place = encoder.request()
+        for i, span in enumerate(spans):
+            encoder.span(span, builder.attributes(span) | {"extra": 1}, events[: i % 3],
+                         into=encoder.spans_of(built_in_place))
+        assert built_in_place == theirs
+
+
+def test_otlp_encoder_refuses_ids_as_the_builder_does() -> None:
+    from spanmux.backends.otel_spans import OtlpEncoder
+
+    with pytest.raises(ValueError, match="32 hex"):
+        OtlpEncoder().span(make(span_id="0" * 16), {})
+    assert not OtlpEncoder().span(make(parent_id="f" * 17), {}).parent_span_id
+
+
+def test_otlp_encoder_sends_what_protobuf_cannot_carry_as_text() -> None:
+    """An unknown object as JSON text, an int beyond 64 bits as its digits (OpenTelemetry's encoder
+    drops the attribute with an error log)."""
+    from spanmux.backends.otel_spans import OtlpEncoder
+
+    sent = OtlpEncoder().span(make(), {"when": object(), "huge": 2**70, "low": -(2**63)})
+    values = {a.key: a.value for a in sent.attributes}
+    assert values["when"].string_value.startswith('"<object')
+    assert values["huge"].string_value == str(2**70) and values["low"].int_value == -(2**63)
+
+
+def test_a_span_that_cannot_be_encoded_leaves_the_request_unchanged() -> None:
+    from spanmux.backends.otel_spans import OtlpEncoder
+
+    encoder = OtlpEncoder()
+    request = encoder.request()
+    spans = encoder.spans_of(request)
+    encoder.span(make(), {"ok": 1}, into=spans)
+    with pytest.raises(ValueError, match="negative"):
+        encoder.span(make(), {}, [OtelEvent("late", {}, -1)], into=spans)
+    with pytest.raises(ValueError, match="32 hex"):
+        encoder.span(make(trace_id="0" * 32), {}, into=spans)
+    assert len(spans) == 1

@@ -361,6 +361,20 @@ def test_a_late_score_record_is_the_same_record_when_sent_again() -> None:
     assert score_record(score) == score_record(score) and score_record(score).span_id == "ab" * 8
 
 
+
+def test_a_late_score_with_a_non_hex_id_is_the_same_record_in_another_process() -> None:
+    """A score replayed from the spool by another process keeps its record id (``hash()`` of a
+    str is salted per process: it made a second record)."""
+    import subprocess
+    import sys
+
+    code = ("from spanmux.backends.otlp import score_record; from spanmux.model import Score; "
+            "print(score_record(Score(id='my-score', trace_id='a' * 32, name='x', value=1.0, "
+            "data_type='numeric', timestamp_ns=5)).span_id)")
+    ids = {subprocess.run([sys.executable, "-c", code], env={"PYTHONHASHSEED": seed}, check=True,
+                          capture_output=True, text=True).stdout.strip() for seed in ("1", "2", "3")}
+    assert len(ids) == 1 and len(ids.pop()) == 16
+
 # ------------------------------------------------------------------ no global OpenTelemetry state
 
 def test_never_installs_a_tracer_provider_nor_touches_user_otel_spans(receiver: OtlpReceiver,
