@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from threading import get_ident
 from typing import Any
 
 import msgspec
@@ -19,7 +20,7 @@ from spanmux.attributes import (
 )
 from spanmux.config_schemas import ObservabilityConfig
 from spanmux.model import ErrorInfo, ModelInfo, Span, Usage
-from spanmux.serialize import to_jsonable
+from spanmux.serialize import Memo, to_jsonable
 from spanmux.usage import is_delegating, is_model_call
 
 log = logging.getLogger("spanmux.processors")
@@ -78,6 +79,7 @@ class SpanProcessor:
         # oldest in O(1), where next(iter(dict)) walks past every slot deleted before it
         self._wrapped: OrderedDict[str, str] = OrderedDict()
         self.costs = CostCalculator(settings)
+        self._memo = Memo()
 
     def __call__(self, span: Span) -> Span | None:
         if not trace_is_sampled(span.trace_id, self.sample_rate):
@@ -85,11 +87,20 @@ class SpanProcessor:
         changes: dict[str, Any] = {}
         truncated = span.truncated
         if self.capture_content:
+            memo: Memo | None = self._memo
+            thread = get_ident()
+            if self._memo.owner != thread:
+                if self._memo.owner is None:
+                    self._memo.owner = thread
+                else:  # a caller processing overflow: it shares nothing with the worker's memo
+                    memo = None
+            if memo is not None:
+                memo.scope(span.trace_id)
             if span.input is not None:
-                changes["input"], cut = to_jsonable(span.input, self.limit)
+                changes["input"], cut = to_jsonable(span.input, self.limit, memo)
                 truncated |= cut
             if span.output is not None:
-                changes["output"], cut = to_jsonable(span.output, self.limit)
+                changes["output"], cut = to_jsonable(span.output, self.limit, memo)
                 truncated |= cut
         else:
             changes["input"] = None

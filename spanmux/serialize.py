@@ -19,12 +19,48 @@ MAX_ITEMS = 1000
 TRUNCATION_MARK = "...[truncated {} chars]"
 
 
-class _Budget:
-    __slots__ = ("left", "truncated")
+class Memo:
+    """Conversions of the objects the spans of one trace share, reused within that trace.
 
-    def __init__(self, limit: int) -> None:
+    LangChain hands the same objects to several runs: a prompt's messages are the model's input,
+    the model's message the parser's input, a chain's input its first step's. The worker converts
+    them once per trace instead of once per span. Exact: an entry keeps its object (so its ``id``
+    is not reused) and is only taken for that very object, with the same size limit (a whole
+    value), or, for a chat message of plain leaves, when the budget left holds all of it (then a
+    fresh conversion would copy the same strings whole). Entries live until a span of another
+    trace comes (``scope``). One thread uses a memo (the pipeline's worker); callers on other
+    threads convert without one."""
+
+    __slots__ = ("trace", "values", "messages", "owner")
+
+    def __init__(self) -> None:
+        self.trace: str | None = None
+        self.values: dict[int, tuple[Any, int, Any, bool]] = {}
+        """id -> (object, limit, converted, cut) of whole values."""
+        self.messages: dict[int, tuple[Any, int, int, dict[str, Any]]] = {}
+        """id -> (message, characters it consumed, depth, converted) of messages converted whole
+        (nothing cut: no truncation, cycle or depth bound), taken at that depth or nearer the top."""
+        self.owner: int | None = None
+
+    def scope(self, trace: str) -> None:
+        """The next conversions belong to ``trace``: forget another trace's entries."""
+        if trace != self.trace:
+            self.trace = trace
+            if self.values:
+                self.values.clear()
+            if self.messages:
+                self.messages.clear()
+
+
+class _Budget:
+    __slots__ = ("left", "truncated", "partial", "memo")
+
+    def __init__(self, limit: int, memo: Memo | None = None) -> None:
         self.left = limit
         self.truncated = False
+        self.partial = False
+        """A cycle or the depth bound cut something short (not marked as truncated)."""
+        self.memo = memo
 
 
 def _short_str(text: str, budget: _Budget) -> str:
@@ -81,6 +117,7 @@ def _convert(value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
     if kind is dict and depth < MAX_DEPTH and budget.left > 0 and len(value) <= MAX_ITEMS:
         marker = id(value)
         if marker in seen:
+            budget.partial = True
             return "<cycle>"
         seen.add(marker)
         try:
@@ -99,6 +136,7 @@ def _convert(value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
     if (kind is list or kind is tuple) and depth < MAX_DEPTH and budget.left > 0:
         marker = id(value)
         if marker in seen:
+            budget.partial = True
             return "<cycle>"
         seen.add(marker)
         try:
@@ -120,17 +158,44 @@ def _convert(value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
     if kind in _message_classes and depth < MAX_DEPTH and budget.left > 0 and id(value) not in seen:
         # a class already converted as a message below: skip the isinstance chain (an ABC check
         # on Mapping is slow), same result
+        marker = id(value)
+        memo = budget.memo
+        if memo is not None:
+            known = memo.messages.get(marker)
+            if known is not None and known[0] is value and known[1] < budget.left and depth <= known[2]:
+                budget.left -= known[1]  # nothing was cut and all of it fits: what a fresh copy makes
+                return known[3]
         try:
             message = _message(value)
         except Exception:
             message = None
         if message is not None:
-            marker = id(value)
+            if depth + 1 >= MAX_DEPTH:
+                seen.add(marker)
+                try:
+                    return _convert(message, budget, depth + 1, seen)
+                finally:
+                    seen.discard(marker)
+            # what _convert(message, ...) does with this fresh dict of str keys, without the second
+            # copy: role and a str content are leaves, kept inline
+            left, truncated, partial = budget.left, budget.truncated, budget.partial
+            budget.truncated = budget.partial = False
             seen.add(marker)
             try:
-                return _convert(message, budget, depth + 1, seen)
+                for key, item in message.items():
+                    leaf = type(item)
+                    if leaf is str and len(item) <= budget.left:
+                        budget.left -= len(item)
+                    elif not (item is None or leaf is int or leaf is bool):
+                        message[key] = _convert(item, budget, depth + 2, seen)
             finally:
                 seen.discard(marker)
+                whole = not (budget.truncated or budget.partial)
+                budget.truncated |= truncated
+                budget.partial |= partial
+            if whole and memo is not None:
+                memo.messages[marker] = (value, left - budget.left, depth, message)
+            return message
     if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
@@ -147,9 +212,11 @@ def _convert(value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
         budget.truncated = True
         return "...[truncated]"
     if depth >= MAX_DEPTH:
+        budget.partial = True
         return _short_str(_safe_repr(value), budget)
     marker = id(value)
     if marker in seen:
+        budget.partial = True
         return "<cycle>"
     seen.add(marker)
     try:
@@ -202,19 +269,52 @@ def _structured(value: Any) -> Any:
     return None
 
 
-def to_jsonable(value: Any, limit: int) -> tuple[Any, bool]:
-    """(JSON-able copy of ``value`` within about ``limit`` characters, whether it was cut)."""
+def _flat(value: dict[Any, Any], limit: int) -> dict[str, Any] | None:
+    """A copy of a dict of str keys and leaf values (str, int, bool, None) whose strings fit in
+    ``limit`` (what ``_convert`` makes of it, without its set-up); None for any other dict."""
+    left = limit
+    copy: dict[str, Any] = {}
+    for key, item in value.items():
+        leaf = type(item)
+        if type(key) is not str:
+            return None
+        if leaf is str:
+            left -= len(item)
+            if left < 0:
+                return None
+        elif not (item is None or leaf is int or leaf is bool):
+            return None
+        copy[key] = item
+    return copy
+
+
+def to_jsonable(value: Any, limit: int, memo: Memo | None = None) -> tuple[Any, bool]:
+    """(JSON-able copy of ``value`` within about ``limit`` characters, whether it was cut).
+    ``memo``: conversions shared by the spans of one trace (see ``Memo``)."""
     kind = type(value)
     if kind is str:
         if len(value) < limit:
             return value, False
     elif value is None or kind is int or kind is bool:
         return value, False
-    budget = _Budget(limit)
+    elif kind is dict:
+        if limit > 0 and len(value) <= MAX_ITEMS:
+            flat = _flat(value, limit)
+            if flat is not None:
+                return flat, False
+    elif isinstance(value, str) and len(value) <= limit:  # a subclass (LangChain's TextAccessor)
+        return str.__str__(value), False
+    if memo is not None:
+        known = memo.values.get(id(value))
+        if known is not None and known[0] is value and known[1] == limit:
+            return known[2], known[3]
+    budget = _Budget(limit, memo)
     try:
         converted = _convert(value, budget, 0, set())
     except Exception:  # a hostile object: keep a marker rather than lose the span
         return f"<unserializable {type(value).__qualname__}>", True
+    if memo is not None:
+        memo.values[id(value)] = (value, limit, converted, budget.truncated)
     return converted, budget.truncated
 
 

@@ -98,3 +98,50 @@ def test_plain_values_keep_the_bounds_at_the_edges() -> None:
     source = {"inner": {"list": [1, 2]}}
     copy, _ = to_jsonable(source, 100)
     assert copy == source and copy is not source and copy["inner"] is not source["inner"]
+
+
+def _fresh(value: Any, limit: int) -> tuple[Any, bool]:
+    return to_jsonable(value, limit)
+
+
+def test_a_memo_gives_what_a_fresh_conversion_gives() -> None:
+    # the objects the spans of one trace share are converted once; every answer is still the one
+    # a fresh conversion makes, whatever the budget left, the depth or a cycle
+    from spanmux.serialize import MAX_DEPTH, Memo
+
+    memo = Memo()
+    memo.scope("trace-1")
+    hi, tool = Message("human", "hi there"), Message("ai", [{"name": "add", "args": {"a": 1}}])
+    looped = Message("ai", None)
+    looped.content = [looped]
+    deep: Any = tool
+    for _ in range(MAX_DEPTH - 3):
+        deep = [deep]
+    cases = [
+        ([hi, tool], 1000), ([hi, tool], 1000), ({"messages": [hi, tool]}, 1000), (tool, 1000),
+        (["x" * 990, hi], 1000), ([hi, "y" * 20, tool], 40), ([looped, looped], 1000), (deep, 1000), ([tool], 1000),
+        ({"a": [hi]}, 12), ([hi, hi, hi], 20),
+    ]
+    for value, limit in cases:
+        assert to_jsonable(value, limit, memo) == _fresh(value, limit), (value, limit)
+    # a shared message is converted once: its dict is the same object in both answers
+    first, _ = to_jsonable([hi], 1000, memo)
+    second, _ = to_jsonable({"m": [hi]}, 1000, memo)
+    assert first[0] is second["m"][0]
+
+
+def test_a_memo_forgets_at_the_next_trace() -> None:
+    # a program that reuses and changes one input dict between invokes gets each invoke's value
+    from spanmux.serialize import Memo
+
+    memo = Memo()
+    inputs: dict[str, Any] = {"q": ["first"]}
+    message = Message("human", "one")
+    memo.scope("trace-1")
+    assert to_jsonable(inputs, 1000, memo)[0] == {"q": ["first"]}
+    assert to_jsonable([message], 1000, memo)[0] == [{"role": "human", "content": "one"}]
+    inputs["q"] = ["second"]
+    message.content = "two"
+    memo.scope("trace-2")
+    assert to_jsonable(inputs, 1000, memo)[0] == {"q": ["second"]}
+    assert to_jsonable([message], 1000, memo)[0] == [{"role": "human", "content": "two"}]
