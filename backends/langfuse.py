@@ -22,12 +22,12 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 
 from spanmux import attributes as attr
-from spanmux.backend import BackendSetupError, BaseBackend, ExportError, halves
+from spanmux.backend import BackendSetupError, BaseBackend, ExportError, RefusedContent, halves
 from spanmux.backends.otel_spans import (
     SERVICE_NAME,
     TELEMETRY_SDK_NAME,
@@ -377,15 +377,6 @@ def _first(*values: str | None) -> str | None:
     return None
 
 
-class _Rejected(Exception):
-    """HTTP 400/413/422 for a request: the content, not the moment, is wrong."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status = status
-        self.detail = detail
-
-
 class LangfuseBackend(BaseBackend):
     """Sends spans as Langfuse observations and scores as Langfuse scores."""
 
@@ -514,7 +505,7 @@ class LangfuseBackend(BaseBackend):
     def _post_json(self, path: str, body: Any) -> Any:
         try:
             return self._post(path, json_text(body).encode(), {"Content-Type": "application/json"})
-        except _Rejected as exc:
+        except RefusedContent as exc:
             raise ExportError(f"Langfuse at {self.host} refused {path}: {exc}", retryable=False) from None
 
     def shutdown(self, timeout: float) -> None:
@@ -528,7 +519,7 @@ class LangfuseBackend(BaseBackend):
         response = self._request("GET", PROJECTS_PATH, None, {}, timeout)
         try:
             self._raise_for_status(response)
-        except _Rejected as exc:
+        except RefusedContent as exc:
             raise ExportError(f"Langfuse at {self.host} refused {PROJECTS_PATH}: {exc}", retryable=False) from None
         try:
             names = [p.get("name") for p in response.json().get("data", [])]
@@ -579,8 +570,8 @@ class LangfuseBackend(BaseBackend):
         }
         try:
             self._post(TRACES_PATH, gzip.compress(payload, compresslevel=5), headers)
-        except _Rejected as exc:
-            self._isolate(messages, exc, self._send_spans, "span")
+        except RefusedContent as exc:
+            self.isolate_refused(messages, exc, self._send_spans, "span")
 
     # -- scores
     def _send_scores(self, bodies: Sequence[dict[str, Any]]) -> None:
@@ -588,8 +579,8 @@ class LangfuseBackend(BaseBackend):
             data = json_text(list(chunk)).encode()
             try:
                 response = self._post(SCORES_PATH, data, {"Content-Type": "application/json"})
-            except _Rejected as exc:
-                self._isolate(chunk, exc, self._send_scores, "score")
+            except RefusedContent as exc:
+                self.isolate_refused(chunk, exc, self._send_scores, "score")
                 continue
             if response.status_code == 207:
                 self._partial_scores(response, len(chunk))
@@ -619,24 +610,6 @@ class LangfuseBackend(BaseBackend):
             self.rejected_scores += rejected
             self.warn_once("scores-207", "langfuse at %s rejected %d of %d scores (not retried): %s",
                            self.host, rejected, sent, errors)
-
-    # -- rejected content: deliver the rest, drop only what the server refuses
-    def _isolate(
-        self, items: Sequence[Any], exc: _Rejected, send: Callable[[Sequence[Any]], None], what: str
-    ) -> None:
-        """Split a rejected request until the refused records are alone; drop and log those.
-        Keeping them would block every later batch behind them in the spool forever."""
-        if len(items) > 1:
-            first, second = halves(items)
-            send(first)
-            send(second)
-            return
-        if what == "span":
-            self.rejected_spans += 1
-        else:
-            self.rejected_scores += 1
-        self.warn_once(f"{what}-{exc.status}", "langfuse at %s refused a %s (dropped, not retried): %s",
-                       self.host, what, exc)
 
     # -- HTTP
     def _request(self, method: str, path: str, data: bytes | None, headers: dict[str, str],
@@ -681,7 +654,7 @@ class LangfuseBackend(BaseBackend):
                 retry_after=retry_after_seconds(response.headers.get("Retry-After")),
             )
         if status in (400, 413, 422):
-            raise _Rejected(status, _short_detail(response))
+            raise RefusedContent(f"HTTP {status}", _short_detail(response), f"Langfuse at {self.host}")
         raise ExportError(f"Langfuse at {self.host} answered HTTP {status} for {response.request.path_url}",
                           retryable=False)
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final, NamedTuple
 
 from spanmux import attributes as attr
-from spanmux.backend import BackendSetupError, BaseBackend, ExportError, halves
+from spanmux.backend import BackendSetupError, BaseBackend, ExportError, RefusedContent, halves
 from spanmux.backends.otel_spans import (
     SERVICE_NAME,
     TELEMETRY_SDK_NAME,
@@ -518,11 +518,6 @@ def shown(endpoint: str) -> str:
 
 # ---------------------------------------------------------------- transports
 
-class Rejected(Exception):
-    """The receiver refused this request's content (HTTP 400/413/422, gRPC INVALID_ARGUMENT): retrying
-    the same records cannot help; the caller isolates and drops them."""
-
-
 class Sent(NamedTuple):
     rejected: int
     message: str
@@ -566,7 +561,7 @@ class HttpTransport:
             raise ExportError(f"OTLP receiver at {self.where} answered HTTP {status}", retryable=True,
                               retry_after=retry_after_seconds(response.headers.get("Retry-After")))
         if status in (400, 413, 422):  # 422: MLflow could not convert a span
-            raise Rejected(f"HTTP {status}: {_short(response.text)}")
+            raise RefusedContent(f"HTTP {status}", _short(response.text), f"OTLP receiver at {self.where}")
         if status in (401, 403):
             raise ExportError(f"OTLP receiver at {self.where} refused the credentials (HTTP {status}): "
                               "check the headers (OTEL_EXPORTER_OTLP_HEADERS)", retryable=False)
@@ -633,7 +628,7 @@ def _grpc_error(error: Any, where: str) -> Exception:
         return ExportError(f"OTLP receiver at {where} answered gRPC {name}", retryable=True,
                            retry_after=_grpc_retry_delay(error))
     if name == "INVALID_ARGUMENT":
-        return Rejected(f"gRPC {name}: {_short(error.details() or '')}")
+        return RefusedContent(f"gRPC {name}", _short(error.details() or ""), f"OTLP receiver at {where}")
     if name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
         return ExportError(f"OTLP receiver at {where} refused the credentials (gRPC {name}): check the "
                            "headers (OTEL_EXPORTER_OTLP_HEADERS)", retryable=False)
@@ -754,7 +749,7 @@ class OtlpBackend(BaseBackend):
 
         try:
             self.transport.send(ExportTraceServiceRequest(), timeout)
-        except Rejected as exc:  # it answered, as OTLP (MLflow refuses a request without spans)
+        except RefusedContent as exc:  # it answered, as OTLP (MLflow refuses a request without spans)
             return f"OTLP receiver at {self.transport.where} ({self.target.protocol}) answered ({exc})"
         return f"OTLP receiver at {self.transport.where} ({self.target.protocol}) accepts exports"
 
@@ -805,24 +800,10 @@ class OtlpBackend(BaseBackend):
             return
         try:
             sent = self.transport.send(request)
-        except Rejected as exc:
-            self._isolate(messages, exc)
+        except RefusedContent as exc:
+            self.isolate_refused(messages, exc, self._send)
             return
         if sent.rejected:
             self.rejected_spans += sent.rejected
             self.warn_once("partial", "OTLP receiver at %s rejected %d of %d spans (not retried): %s",
                            self.transport.where, sent.rejected, len(messages), sent.message)
-
-    def _isolate(self, messages: Sequence[Any], exc: Rejected) -> None:
-        """Split a refused request until the refused spans are alone; drop and count those (kept,
-        they would block every later batch behind them in the spool)."""
-        if len(messages) > 1:
-            first, second = halves(messages)
-            self._send(first)
-            self._send(second)
-            return
-        self.rejected_spans += 1
-        self.warn_once("rejected", "OTLP receiver at %s refused a span (dropped, not retried): %s",
-                       self.transport.where, exc)
-
-

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from spanmux.model import ExperimentRun, Score, Span
+
+_Record = TypeVar("_Record")
 
 
 class ExportError(Exception):
@@ -129,7 +131,34 @@ class BaseBackend(abc.ABC):
             logging.getLogger(type(self).__module__).warning(message, *args)
 
 
-_Record = TypeVar("_Record")
+    def isolate_refused(self, items: Sequence[_Record], refused: RefusedContent,
+                        send: Callable[[Sequence[_Record]], None], what: str = "span") -> None:
+        """After ``send(items)`` raised ``refused``: send each half again (``send`` catches its own
+        refusals and calls this again), until the refused record is alone; drop and count that one
+        (``rejected_spans``, or ``rejected_scores`` for ``what="score"``) and warn once per kind of
+        refusal. Kept, it would block every later batch behind it in the spool."""
+        if len(items) > 1:
+            first, second = halves(items)
+            send(first)
+            send(second)
+            return
+        if what == "score":
+            self.rejected_scores += 1
+        else:
+            self.rejected_spans += 1
+        self.warn_once(f"refused-{what}-{refused.kind}", "%s refused a %s (dropped, not retried): %s",
+                       refused.where, what, refused)
+
+
+class RefusedContent(Exception):
+    """The destination refused this request's content (HTTP 400/413/422, gRPC INVALID_ARGUMENT):
+    retrying the same records cannot help; ``BaseBackend.isolate_refused`` finds and drops them."""
+
+    def __init__(self, kind: str, detail: str, where: str) -> None:
+        """``kind`` names the refusal ("HTTP 400", "gRPC INVALID_ARGUMENT"), ``where`` the destination."""
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.where = where
 
 
 def halves(items: Sequence[_Record]) -> tuple[Sequence[_Record], Sequence[_Record]]:

@@ -225,3 +225,43 @@ def test_warn_once_logs_each_key_once_on_the_backends_module_logger(caplog: pyte
         backend.warn_once("partial", "partial")
     assert [(r.name, r.getMessage()) for r in caplog.records] == [(__name__, "refused 1"), (__name__, "partial")]
     assert halves([1, 2, 3]) == ([1], [2, 3]) and halves([1]) == ([], [1])
+
+
+def test_isolate_refused_delivers_every_record_but_the_refused_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plugin whose destination refuses one record's content: through the lane, every other span of
+    the batch is delivered once, the refused one is dropped, counted and logged once."""
+    from spanmux.backend import BaseBackend, RefusedContent
+
+    class Picky(BaseBackend):
+        name = "picky"
+
+        def __init__(self) -> None:
+            super().__init__(None)
+            self.delivered: list[str] = []
+
+        def export(self, spans: Any, scores: Any) -> None:
+            self._send(list(spans))
+
+        def _send(self, spans: Any) -> None:
+            try:
+                if any(s.name == "bad" for s in spans):
+                    raise RefusedContent("HTTP 400", "name 'bad' is not allowed", "picky at 127.0.0.1")
+                self.delivered.extend(s.name for s in spans)
+            except RefusedContent as exc:
+                self.isolate_refused(spans, exc, self._send)
+
+    picky = Picky()
+    spanmux.configure({"backends": [picky], "spool_dir": str(tmp_path / "spool")})
+    names = [f"s{i}" for i in range(7)]
+    with caplog.at_level("WARNING"):
+        with spanmux.span("batch"):
+            for name in names[:3] + ["bad"] + names[3:]:
+                with spanmux.span(name):
+                    pass
+        assert spanmux.flush(10)
+    assert sorted(picky.delivered) == sorted([*names, "batch"])
+    assert picky.rejected_spans == 1 and spanmux.stats()["backends"]["picky"]["rejected_spans"] == 1
+    assert [r.getMessage() for r in caplog.records if "refused" in r.getMessage()] == [
+        "picky at 127.0.0.1 refused a span (dropped, not retried): HTTP 400: name 'bad' is not allowed"]
