@@ -21,8 +21,7 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from itertools import chain
+from itertools import islice
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -57,8 +56,13 @@ log = logging.getLogger("spanmux.backends.local")
 
 # ``detail`` is one JSON object with the span's other fields, only those set (``DETAIL_FIELDS``):
 # one bound value instead of twenty, which is most of the cost of an insert.
+# A value that may be None is bound as ``_NULL`` (int 0; '' for a number column) and made NULL again by
+# ``NULLIF``: the sqlite3 module binds None through its adapter look-up, ~1 us a value against ~60 ns for
+# an int (measured), and a span has about one None (a root's parent, the model of a non-LLM span).
+_NULL = 0
+_NULL_NUMBER = ""
 _INSERT_SPAN = (f"INSERT OR IGNORE INTO spans ({', '.join(SPAN_COLUMNS)})"
-                f" VALUES ({', '.join('?' * len(SPAN_COLUMNS))})")
+                " VALUES (?, ?, NULLIF(?, 0), ?, ?, ?, ?, ?, ?, NULLIF(?, 0), NULLIF(?, 0), ?)")
 _KNOWN_TRACES = "SELECT trace_id, seq FROM traces WHERE trace_id IN (SELECT value FROM json_each(?))"
 _KNOWN_SPANS = (
     "SELECT s.trace_id, s.span_id FROM json_each(?) AS j"
@@ -71,7 +75,7 @@ _ADD_TOTALS = """
 INSERT INTO traces (seq, trace_id, name, root_span_id, start_ns, end_ns, status, span_count, error_count, llm_calls,
                     input_tokens, output_tokens, total_tokens, cost_total, models, framework,
                     root_name, root_rank, root_start_ns)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), NULLIF(?, 0), ?, ?, ?, ?)
 ON CONFLICT (trace_id) DO UPDATE SET
     start_ns = MIN(traces.start_ns, excluded.start_ns),
     end_ns = MAX(traces.end_ns, excluded.end_ns),
@@ -108,25 +112,42 @@ often. 256 rows of 19 values stay under the 32,766 bound values SQLite allows si
 ones allow 999 (32 rows)."""
 
 
-def _many_rows(sql: str) -> str:
-    """``sql`` (one ``VALUES (?, ...)`` group) with ``ROWS_PER_STATEMENT`` groups."""
-    head, _, tail = sql.partition("VALUES (")
-    group, _, rest = tail.partition(")")
-    return f"{head}VALUES " + ", ".join([f"({group})"] * ROWS_PER_STATEMENT) + rest
+class _ManyRows:
+    """One ``VALUES (?, ...)`` statement as statements of ``ROWS_PER_STATEMENT`` rows and of every
+    power of two below: any number of rows goes in at most log2(256) + 1 statements (a batch of 128
+    new traces in one, not 128), each one step for SQLite, so one GIL handover each."""
+
+    def __init__(self, single: str) -> None:
+        head, _, tail = single.partition("VALUES ")
+        group, on_conflict, rest = tail.partition("\nON CONFLICT")
+        self.width = group.count("?")
+        self.sizes: list[tuple[int, str]] = []
+        size = ROWS_PER_STATEMENT
+        while size:
+            self.sizes.append((size, f"{head}VALUES " + ", ".join([group.strip()] * size) + on_conflict + rest))
+            size //= 2
+
+    def insert(self, conn: sqlite3.Connection, flat: list[Any]) -> None:
+        """``flat``: the rows' values one after the other (``width`` a row), no tuple per row."""
+        width = self.width
+        rows = len(flat) // width
+        (full, many), *smaller = self.sizes
+        done = rows - rows % full
+        if done:
+            step = full * width
+            conn.executemany(many, [flat[i:i + step] for i in range(0, done * width, step)])
+        for size, sql in smaller:
+            if rows - done >= size:
+                conn.execute(sql, flat[done * width:(done + size) * width])
+                done += size
 
 
-def _insert_rows(conn: sqlite3.Connection, single: str, many: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """``rows`` through ``many`` (``ROWS_PER_STATEMENT`` a statement), the remainder through ``single``."""
-    whole = len(rows) - len(rows) % ROWS_PER_STATEMENT
-    if whole:
-        conn.executemany(many, [tuple(chain.from_iterable(rows[i:i + ROWS_PER_STATEMENT]))
-                                for i in range(0, whole, ROWS_PER_STATEMENT)])
-    if whole < len(rows):
-        conn.executemany(single, rows[whole:])
-
-
-_INSERT_SPANS = _many_rows(_INSERT_SPAN)
-_ADD_TOTALS_MANY = _many_rows(_ADD_TOTALS)
+_NEW_SPANS = _ManyRows(_INSERT_SPAN)
+_NEW_TRACES = _ManyRows(_ADD_TOTALS.partition("ON CONFLICT")[0])
+"""New traces: a plain INSERT (a trace the writer took for new but is stored fails it, and the
+batch is written again the looked-up way)."""
+_MORE_TOTALS = _ManyRows(_ADD_TOTALS)
+"""Traces already stored: their totals added in the upsert's DO UPDATE."""
 
 _SET_TRACE_FIELDS = """
 UPDATE traces SET
@@ -136,7 +157,7 @@ UPDATE traces SET
     session_id = COALESCE(?3, session_id),
     tags = COALESCE(?4, tags),
     metadata = COALESCE(?5, metadata)
-WHERE trace_id = ?6
+WHERE seq = ?6
 """
 
 _json_encode = msgspec.json.Encoder().encode
@@ -339,7 +360,8 @@ def open_database(path: str | Path) -> sqlite3.Connection:
 
 
 def _trace_numbers(conn: sqlite3.Connection, spans: Sequence[Span]) -> tuple[dict[str, int], set[str]]:
-    """Each trace's number (``traces.seq``), new traces numbered after the last one, and the known ones.
+    """Each trace's number (``traces.seq``), new traces numbered after the last one, and the known ones,
+    looked up in the store (the path of a batch with a trace the writer has not seen lately).
 
     Spans are indexed by this number rather than the random trace id, so a batch appends to the end
     of the index instead of dirtying pages all over it. Safe: the caller holds the write lock.
@@ -348,12 +370,15 @@ def _trace_numbers(conn: sqlite3.Connection, spans: Sequence[Span]) -> tuple[dic
     numbers = dict(conn.execute(_KNOWN_TRACES, (_json_encode(trace_ids).decode(),)).fetchall())
     known = set(numbers)
     if len(numbers) < len(trace_ids):
-        last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM traces").fetchone()[0]
+        last = conn.execute(_LAST_SEQ).fetchone()[0]
         for trace_id in trace_ids:
             if trace_id not in numbers:
                 last += 1
                 numbers[trace_id] = last
     return numbers, known
+
+
+_LAST_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM traces"
 
 
 def _unknown_spans(
@@ -370,95 +395,161 @@ def _unknown_spans(
     return list(by_key.values())
 
 
-@dataclass(slots=True)
-class TraceTotals:
-    """What one batch's new spans add to a trace's row in ``traces``, and its best root candidate:
-    the span without a parent that starts first (or, until it arrives, the earliest span); rank 0
-    (no parent) beats rank 1, then the earlier start."""
+class RecentTraces:
+    """The numbers (``traces.seq``) of the traces one writer stored lately, by trace id.
 
-    root: Span
-    root_rank: int
-    root_start_ns: int
-    start_ns: int
-    end_ns: int
-    spans: int = 0
-    errors: int = 0
-    llm_calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    total_tokens: int = 0
-    cost_total: float | None = None
-    models: list[str] = field(default_factory=list)
+    With it a batch needs no look-up of its trace ids in the store's random ``trace_id`` index: a
+    trace found here is stored (rows are never deleted, a number never changes), one not found is
+    taken for new and INSERTed plainly. When that guess is wrong (another process, an earlier run or
+    a replay stored the trace, or it was forgotten here) the INSERT fails on the unique ``trace_id``
+    and the batch is written again the looked-up way, in a new transaction: the guess costs time,
+    never a wrong total. Only committed batches are learnt. Keeps the newest ``KEEP`` to ``2 * KEEP``
+    traces (~120 bytes each)."""
 
-    def add(self, s: Span) -> None:
-        start = s.start_ns
-        if start < self.start_ns:
-            self.start_ns = start
-        if s.end_ns > self.end_ns:
-            self.end_ns = s.end_ns
-        rank = 0 if s.parent_id is None else 1
-        if rank < self.root_rank or (rank == self.root_rank and start < self.root_start_ns):
-            self.root, self.root_rank, self.root_start_ns = s, rank, start
-        self.spans += 1
-        if s.status == "error":
-            self.errors += 1
-        if s.kind == "llm" and is_model_call(s):  # a delegating wrapper (LlamaIndex predict over complete) is no call
-            self.llm_calls += 1
-        usage, cost, model = s.usage, s.cost, s.model
-        if usage is not None:
-            self.input_tokens += usage.input_tokens
-            self.output_tokens += usage.output_tokens
-            self.total_tokens += usage.total_tokens
-        if cost is not None and cost.total is not None:
-            self.cost_total = cost.total if self.cost_total is None else self.cost_total + cost.total
-        if model is not None and model.name and model.name not in self.models:
-            self.models.append(model.name)
+    KEEP = 50_000
 
-    def row(self, seq: int, trace_id: str) -> tuple[Any, ...]:
-        """The ``_ADD_TOTALS`` parameters."""
-        root = self.root
-        return (
-            seq, trace_id, root.name, root.span_id, self.start_ns, self.end_ns,
-            "error" if root.status == "error" else "ok", self.spans, self.errors, self.llm_calls,
-            self.input_tokens, self.output_tokens, self.total_tokens, self.cost_total,
-            ",".join(self.models) or None, root.framework, root.name, self.root_rank, self.root_start_ns,
-        )
+    def __init__(self) -> None:
+        self.numbers: dict[str, int] = {}
+
+    def learn(self, numbers: dict[str, int]) -> None:
+        known = self.numbers
+        known.update(numbers)
+        if len(known) > 2 * self.KEEP:
+            self.numbers = dict(islice(known.items(), len(known) - self.KEEP, None))
 
 
-def _trace_totals(spans: list[Span], numbers: dict[str, int]) -> list[tuple[Any, ...]]:
-    """One ``_ADD_TOTALS`` row per trace: the totals of these spans and their best root candidate."""
-    totals: dict[str, TraceTotals] = {}
+class _SeenElsewhere(Exception):
+    """A trace the writer took for new is in the store already."""
+
+
+def _span_values(spans: list[Span], numbers: dict[str, int]) -> list[Any]:
+    """The ``_INSERT_SPAN`` values of ``spans``, row after row in one list (no tuple per row)."""
+    flat: list[Any] = []
+    add = flat.extend
+    detail = _span_detail
+    null = _NULL
     for s in spans:
-        trace = totals.get(s.trace_id)
-        if trace is None:
-            # the first span is the root candidate until a better one comes
+        model, parent = s.model, s.parent_id
+        add((s.trace_id, s.span_id, null if parent is None else parent, s.name, s.kind, s.framework, s.start_ns,
+             s.end_ns, s.status, null if model is None or model.name is None else model.name, detail(s) or null,
+             numbers[s.trace_id]))
+    return flat
+
+
+def _trace_totals(spans: list[Span], numbers: dict[str, int], known: set[str]) -> tuple[list[Any], list[Any]]:
+    """The ``_ADD_TOTALS`` values (one row per trace, rows one after the other) of the traces of
+    ``spans``: what these spans add and their best root candidate, the span without a parent that
+    starts first (or, until it arrives, the earliest span; the first of a tie). Rows of new traces,
+    then rows of ``known`` ones."""
+    groups: dict[str, list[Span]] = {}
+    for s in spans:
+        group = groups.get(s.trace_id)
+        if group is None:
+            groups[s.trace_id] = [s]
+        else:
+            group.append(s)
+    fresh: list[Any] = []
+    more: list[Any] = []
+    for trace_id, group in groups.items():
+        root = group[0]
+        root_rank = 0 if root.parent_id is None else 1
+        root_start = start = root.start_ns
+        end = root.end_ns
+        errors = calls = tokens_in = tokens_out = tokens = 0
+        cost_total: float | None = None
+        models: list[str] = []
+        for s in group:
+            began = s.start_ns
+            if began < start:
+                start = began
+            if s.end_ns > end:
+                end = s.end_ns
             rank = 0 if s.parent_id is None else 1
-            totals[s.trace_id] = trace = TraceTotals(s, rank, s.start_ns, s.start_ns, s.end_ns)
-        trace.add(s)
-    return [trace.row(numbers[trace_id], trace_id) for trace_id, trace in totals.items()]
+            if rank < root_rank or (rank == root_rank and began < root_start):
+                root, root_rank, root_start = s, rank, began
+            if s.status == "error":
+                errors += 1
+            if s.kind == "llm" and is_model_call(s):  # a delegating wrapper (LlamaIndex predict) is no call
+                calls += 1
+            usage, cost, model = s.usage, s.cost, s.model
+            if usage is not None:
+                tokens_in += usage.input_tokens
+                tokens_out += usage.output_tokens
+                tokens += usage.total_tokens
+            if cost is not None and cost.total is not None:
+                cost_total = cost.total if cost_total is None else cost_total + cost.total
+            if model is not None and model.name and model.name not in models:
+                models.append(model.name)
+        (more if trace_id in known else fresh).extend((
+            numbers[trace_id], trace_id, root.name, root.span_id, start, end,
+            "error" if root.status == "error" else "ok", len(group), errors, calls,
+            tokens_in, tokens_out, tokens, _NULL_NUMBER if cost_total is None else cost_total,
+            ",".join(models) or _NULL, root.framework, root.name,
+            root_rank, root_start,
+        ))
+    return fresh, more
 
 
-def write_batch(conn: sqlite3.Connection, spans: Sequence[Span], scores: Sequence[Score]) -> None:
-    """One transaction: spans, the totals of the traces they touch, scores."""
+def _write_spans(conn: sqlite3.Connection, spans: Sequence[Span], recent: RecentTraces | None) -> dict[str, int]:
+    """The batch's new spans and what they add to their traces; returns every trace's number.
+
+    With ``recent`` the traces not in it are taken for new (``_SeenElsewhere`` when one is not);
+    without it the trace ids are looked up in the store first."""
+    if recent is None:
+        numbers, known = _trace_numbers(conn, spans)
+    else:
+        numbers, known, fresh = {}, set(), []
+        seen = recent.numbers
+        for trace_id in dict.fromkeys(map(_trace_id_of, spans)):
+            seq = seen.get(trace_id)
+            if seq is None:
+                fresh.append(trace_id)
+            else:
+                numbers[trace_id] = seq
+                known.add(trace_id)
+        if fresh:
+            last = conn.execute(_LAST_SEQ).fetchone()[0]
+            numbers.update(zip(fresh, range(last + 1, last + 1 + len(fresh)), strict=True))
+    new_spans = _unknown_spans(conn, spans, numbers, known)  # a replayed span is neither stored nor counted twice
+    if new_spans:
+        fresh_rows, known_rows = _trace_totals(new_spans, numbers, known)
+        if fresh_rows:
+            try:
+                _NEW_TRACES.insert(conn, fresh_rows)
+            except sqlite3.IntegrityError as exc:
+                if recent is None:
+                    raise
+                raise _SeenElsewhere from exc
+        if known_rows:
+            _MORE_TOTALS.insert(conn, known_rows)
+        _NEW_SPANS.insert(conn, _span_values(new_spans, numbers))
+    fields: dict[str, TraceAttributes] = {}
+    for s in spans:
+        if s.trace is not None:
+            fields[s.trace_id] = s.trace
+    if fields:
+        conn.executemany(_SET_TRACE_FIELDS, [
+            (t.name, t.user_id, t.session_id, _json(list(t.tags)) if t.tags else None,
+             _json(t.metadata) if t.metadata else None, numbers[trace_id])
+            for trace_id, t in fields.items()
+        ])
+    return numbers
+
+
+def write_batch(conn: sqlite3.Connection, spans: Sequence[Span], scores: Sequence[Score],
+                recent: RecentTraces | None = None) -> None:
+    """One transaction: spans, the totals of the traces they touch, scores. ``recent`` (the writer's
+    ``RecentTraces``) spares the look-up of known traces and learns the batch's once committed."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        numbers: dict[str, int] = {}
         if spans:
-            numbers, known_traces = _trace_numbers(conn, spans)
-            # a replayed span is neither stored nor counted twice
-            new_spans = _unknown_spans(conn, spans, numbers, known_traces)
-            if new_spans:
-                _insert_rows(conn, _INSERT_SPAN, _INSERT_SPANS, [_span_row(s, numbers[s.trace_id]) for s in new_spans])
-                _insert_rows(conn, _ADD_TOTALS, _ADD_TOTALS_MANY, _trace_totals(new_spans, numbers))
-            fields: dict[str, TraceAttributes] = {}
-            for s in spans:
-                if s.trace is not None:
-                    fields[s.trace_id] = s.trace
-            if fields:
-                conn.executemany(_SET_TRACE_FIELDS, [
-                    (t.name, t.user_id, t.session_id, _json(list(t.tags)) if t.tags else None,
-                     _json(t.metadata) if t.metadata else None, trace_id)
-                    for trace_id, t in fields.items()
-                ])
+            try:
+                numbers = _write_spans(conn, spans, recent)
+            except _SeenElsewhere:  # a trace taken for new is stored: write the batch the looked-up way
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                numbers = _write_spans(conn, spans, None)
         if scores:
             conn.executemany(
                 "INSERT OR REPLACE INTO scores (id, trace_id, span_id, name, value, data_type, comment, source,"
@@ -468,8 +559,11 @@ def write_batch(conn: sqlite3.Connection, spans: Sequence[Span], scores: Sequenc
             )
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
+    if recent is not None:
+        recent.learn(numbers)
 
 
 class LocalBackend(BaseBackend):
@@ -493,12 +587,13 @@ class LocalBackend(BaseBackend):
         _FORK.owners.add(self)
         self._pid = os.getpid()
         self._checkpointer: Checkpointer | None = None  # started by the first write (validate builds only)
+        self._recent = RecentTraces()
 
     def export(self, spans: Sequence[Span], scores: Sequence[Score]) -> None:
         with self._lock:
             if self._pid != os.getpid():  # a forked child must not share the parent's connection
                 self._reopen_in_child()
-            write_batch(self._conn, spans, scores)
+            write_batch(self._conn, spans, scores, self._recent)
             if self._checkpointer is None and self.path != ":memory:":
                 self._checkpointer = Checkpointer(self.path)
             if self._checkpointer is not None:
