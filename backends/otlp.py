@@ -131,7 +131,7 @@ class Message(NamedTuple):
 def _message(raw: Any, default_role: str) -> Message | None:
     if isinstance(raw, str):
         return Message(default_role, raw)
-    if not isinstance(raw, Mapping) or ("content" not in raw and "tool_calls" not in raw):
+    if not (type(raw) is dict or isinstance(raw, Mapping)) or ("content" not in raw and "tool_calls" not in raw):
         return None
     role = str(raw.get("role") or raw.get("type") or default_role)
     content = raw.get("content")
@@ -150,24 +150,25 @@ def _message(raw: Any, default_role: str) -> Message | None:
                    None if tool_call_id is None else str(tool_call_id))
 
 
-_last_messages: tuple[Any, str, list[Message]] = (None, "", [])
-"""The last ``messages_of`` answer: both tables ask for the same span's messages in a row. The value
+_last_span_messages: tuple[Span | None, list[Message], list[Message]] = (None, [], [])
+"""The last ``span_messages`` answer: both tables ask for the same span's messages in a row. The span
 itself is held (not its id), so a hit can never be another object at a reused address."""
+
+
+def span_messages(span: Span) -> tuple[list[Message], list[Message]]:
+    """An llm span's input and output messages (``messages_of``), parsed once for both tables."""
+    global _last_span_messages
+    last = _last_span_messages  # one read: another lane may swap it meanwhile, never half of it
+    if last[0] is span:
+        return last[1], last[2]
+    inputs, outputs = messages_of(span.input, "user"), messages_of(span.output, "assistant")
+    _last_span_messages = (span, inputs, outputs)
+    return inputs, outputs
 
 
 def messages_of(value: Any, default_role: str) -> list[Message]:
     """Chat messages in a span's input or output: a message list, one message, ``{"messages": [...]}``
     or a plain string. Anything else has none (it still travels as ``input.value``)."""
-    global _last_messages
-    last = _last_messages  # one read: another lane may swap it meanwhile, never half of it
-    if last[0] is value and last[1] == default_role and value is not None:
-        return last[2]
-    found = _messages(value, default_role)
-    _last_messages = (value, default_role, found)
-    return found
-
-
-def _messages(value: Any, default_role: str) -> list[Message]:
     if isinstance(value, Mapping) and isinstance(value.get("messages"), list):
         value = value["messages"]
     if isinstance(value, (Mapping, str)):
@@ -275,10 +276,9 @@ def genai_attributes(span: Span) -> dict[str, Any]:
     elif span.kind == "agent":
         out[attr.GEN_AI_AGENT_NAME] = span.name
     elif span.kind == "llm":
-        inputs = messages_of(span.input, "user")
+        inputs, outputs = span_messages(span)
         if inputs:
             out[attr.GEN_AI_INPUT_MESSAGES] = genai_messages(inputs, output=False)
-        outputs = messages_of(span.output, "assistant")
         if outputs:
             out[attr.GEN_AI_OUTPUT_MESSAGES] = genai_messages(outputs, output=True)
     if span.status == "error":
@@ -310,8 +310,9 @@ def openinference_attributes(span: Span) -> dict[str, Any]:
             out[attr.LLM_PROVIDER] = model.provider
         if model is not None and model.parameters:
             out[attr.LLM_INVOCATION_PARAMETERS] = json_text(model.parameters)
-        out.update(openinference_messages(attr.LLM_INPUT_MESSAGES, messages_of(span.input, "user")))
-        out.update(openinference_messages(attr.LLM_OUTPUT_MESSAGES, messages_of(span.output, "assistant")))
+        inputs, outputs = span_messages(span)
+        out.update(openinference_messages(attr.LLM_INPUT_MESSAGES, inputs))
+        out.update(openinference_messages(attr.LLM_OUTPUT_MESSAGES, outputs))
         if span.usage is not None and is_model_call(span):
             usage = span.usage
             out[attr.LLM_TOKEN_COUNT_PROMPT] = usage.input_tokens
