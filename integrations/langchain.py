@@ -25,7 +25,7 @@ from langchain_core.runnables.config import var_child_runnable_config
 from spanmux import attributes as attr
 from spanmux import runtime
 from spanmux.context import SpanContext, register_provider
-from spanmux.model import ModelInfo, SpanKind, new_span_id
+from spanmux.model import ModelInfo, SpanKind
 from spanmux.open_spans import MAX_OPEN_SPANS, OpenSpan, OpenSpans, error_info, hook_guard
 from spanmux.usage import langchain_usage, reported_cost
 
@@ -48,6 +48,8 @@ _PARAMETER_KEYS: Final = (
     "top_k", "frequency_penalty", "presence_penalty", "seed", "n", "stop", "reasoning_effort", "num_predict",
     "response_format", "tool_choice",
 )
+_PARAMETER_SET: Final = frozenset(_PARAMETER_KEYS)
+_PARAMETER_ORDER: Final = {key: index for index, key in enumerate(_PARAMETER_KEYS)}
 _RESPONSE_MODEL_KEYS: Final = ("model_name", "model", "model_id")
 _REQUEST_MODEL_KEYS: Final = ("model", "model_name", "model_id")
 _AGENT_INTEGRATIONS: Final = ("langchain_create_agent", "langgraph_create_react_agent")
@@ -66,16 +68,6 @@ class _Run(OpenSpan):
 
 
 _LOW_64_BITS: Final = (1 << 64) - 1
-
-
-def _span_id(run_id: Any) -> str:
-    """The low half of the run's UUID: random in uuid4 and uuid7 alike (uuid7's high half is a
-    timestamp, shared by runs started in the same millisecond). ``run_id.hex[16:]``, at half the
-    cost."""
-    try:
-        return "%016x" % (run_id.int & _LOW_64_BITS)
-    except Exception:
-        return new_span_id()
 
 
 def _text(value: Any) -> str | None:
@@ -168,7 +160,15 @@ def _model_info(run: _Run, message: Any) -> ModelInfo | None:
         run.set_attribute(attr.GEN_AI_RESPONSE_MODEL, response)
     name = requested or response
     provider = _text(meta.get("ls_provider"))
-    parameters = {key: value for key in _PARAMETER_KEYS if (value := params.get(key)) is not None}
+    parameters: dict[str, Any] = {}
+    if params:  # the few keys given, in _PARAMETER_KEYS order: not a lookup of each of the sixteen
+        found = [key for key in params if key in _PARAMETER_SET]
+        if len(found) > 1:
+            found.sort(key=_PARAMETER_ORDER.__getitem__)
+        for key in found:
+            value = params[key]
+            if value is not None:
+                parameters[key] = value
     if "temperature" not in parameters and meta.get("ls_temperature") is not None:
         parameters["temperature"] = meta["ls_temperature"]
     if "max_tokens" not in parameters and meta.get("ls_max_tokens") is not None:
@@ -234,7 +234,12 @@ class CallbackHandler(BaseCallbackHandler):
     ) -> _Run:
         spans = self._spans
         parent = spans.get(parent_run_id) if parent_run_id is not None else None
-        run = _Run(name, kind, input, parent, _span_id(run_id))
+        try:  # the low half of the run's UUID: random in uuid4 and uuid7 alike (uuid7's high half is a
+            # timestamp, shared by runs started in the same millisecond); run_id.hex[16:] at half the cost
+            span_id: str | None = "%016x" % (run_id.int & _LOW_64_BITS)
+        except Exception:
+            span_id = None  # a new random one
+        run = _Run(name, kind, input, parent, span_id)
         node = metadata.get("langgraph_node") if isinstance(metadata, dict) else None
         run.node, run.metadata, run.params = node, metadata, params
         if tags or metadata:
@@ -266,7 +271,7 @@ class CallbackHandler(BaseCallbackHandler):
         self, serialized: dict[str, Any] | None, inputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
         tags: list[str] | None = None, metadata: dict[str, Any] | None = None, **kwargs: Any,
     ) -> None:
-        with _guard:
+        try:
             if runtime.active() is None:
                 return
             name = _text(kwargs.get("name")) or _serialized_name(serialized) or "chain"
@@ -281,21 +286,30 @@ class CallbackHandler(BaseCallbackHandler):
             else:
                 kind = "chain"
             self._start(run_id, parent_run_id, name, kind, inputs, tags, metadata)
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_chain_start")
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        with _guard:
+        try:
             kind = type(outputs)
             if kind is ChatPromptValue:  # what a prompt produced, as messages: cheaper and clearer than the model
                 outputs = outputs.messages
             elif kind is StringPromptValue:
                 outputs = outputs.text
-            self._end(run_id, outputs)
+            run = self._spans.pop(run_id, None)  # _end(run_id, outputs), inline: every chain step ends here
+            if run is not None:
+                run.output = outputs
+                run.finish()
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_chain_end")
 
     def on_chain_error(
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any,
     ) -> None:
-        with _guard:
+        try:
             self._end(run_id, None, error)
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_chain_error")
 
     # ---- chat models and LLMs ----------------------------------------------------------------
 
@@ -303,15 +317,19 @@ class CallbackHandler(BaseCallbackHandler):
         self, serialized: dict[str, Any] | None, messages: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
         tags: list[str] | None = None, metadata: dict[str, Any] | None = None, **kwargs: Any,
     ) -> None:
-        with _guard:
+        try:
             self._start_model(run_id, parent_run_id, serialized, messages, tags, metadata, kwargs, "chat_model")
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_chat_model_start")
 
     def on_llm_start(
         self, serialized: dict[str, Any] | None, prompts: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
         tags: list[str] | None = None, metadata: dict[str, Any] | None = None, **kwargs: Any,
     ) -> None:
-        with _guard:
+        try:
             self._start_model(run_id, parent_run_id, serialized, prompts, tags, metadata, kwargs, "llm")
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_llm_start")
 
     def _start_model(
         self, run_id: Any, parent_run_id: Any, serialized: Any, prompts: Any, tags: Any, metadata: Any,
@@ -325,21 +343,25 @@ class CallbackHandler(BaseCallbackHandler):
         self._start(run_id, parent_run_id, name, "llm", prompt, tags, metadata, kwargs.get("invocation_params"))
 
     def on_llm_new_token(self, token: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        with _guard:
+        try:
             run = self._spans.get(run_id)
             if run is not None and run.completion_start_ns is None:  # every token comes here: the first counts
                 run.first_token()
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_llm_new_token")
 
     def on_stream_event(self, event: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         """``stream_events(version="v3")`` reports chunks here instead of ``on_llm_new_token``."""
-        with _guard:
+        try:
             run = self._spans.get(run_id)
             if (run is not None and run.completion_start_ns is None and isinstance(event, dict)
                     and event.get("event") == "content-block-delta"):
                 run.first_token()
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_stream_event")
 
     def on_llm_end(self, response: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        with _guard:
+        try:
             run = self._spans.pop(run_id, None)
             if run is None:
                 return
@@ -353,16 +375,20 @@ class CallbackHandler(BaseCallbackHandler):
                 _guard.record("on_llm_end(details)")
                 run.output, run.model, run.usage, run.cost = response, None, None, None
             run.finish()
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_llm_end")
 
     def on_llm_error(
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any,
     ) -> None:
-        with _guard:
+        try:
             run = self._spans.pop(run_id, None)
             if run is not None:
                 _record_error(run, error)
                 run.model = _model_info(run, None)
                 run.finish()
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_llm_error")
 
     # ---- tools ---------------------------------------------------------------------------------
 
@@ -370,7 +396,7 @@ class CallbackHandler(BaseCallbackHandler):
         self, serialized: dict[str, Any] | None, input_str: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
         tags: list[str] | None = None, metadata: dict[str, Any] | None = None, inputs: Any = None, **kwargs: Any,
     ) -> None:
-        with _guard:
+        try:
             if runtime.active() is None:
                 return
             name = _text(kwargs.get("name")) or _serialized_name(serialized) or "tool"
@@ -379,16 +405,22 @@ class CallbackHandler(BaseCallbackHandler):
             tool_call_id = kwargs.get("tool_call_id")
             if tool_call_id:
                 run.set_attribute(attr.GEN_AI_TOOL_CALL_ID, tool_call_id)
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_tool_start")
 
     def on_tool_end(self, output: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        with _guard:
+        try:
             self._end(run_id, output)
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_tool_end")
 
     def on_tool_error(
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any,
     ) -> None:
-        with _guard:
+        try:
             self._end(run_id, None, error)
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_tool_error")
 
     # ---- retrievers ----------------------------------------------------------------------------
 
@@ -396,53 +428,67 @@ class CallbackHandler(BaseCallbackHandler):
         self, serialized: dict[str, Any] | None, query: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
         tags: list[str] | None = None, metadata: dict[str, Any] | None = None, **kwargs: Any,
     ) -> None:
-        with _guard:
+        try:
             if runtime.active() is None:
                 return
             name = _text(kwargs.get("name")) or _serialized_name(serialized) or "retriever"
             self._start(run_id, parent_run_id, name, "retriever", query, tags, metadata)
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_retriever_start")
 
     def on_retriever_end(
         self, documents: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any,
     ) -> None:
-        with _guard:
+        try:
             run = self._spans.pop(run_id, None)
             if run is not None:
                 run.output = _documents(documents)
                 run.set_attribute(attr.RETRIEVAL_DOCUMENTS, run.output)
                 run.finish()
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_retriever_end")
 
     def on_retriever_error(
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any,
     ) -> None:
-        with _guard:
+        try:
             self._end(run_id, None, error)
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_retriever_error")
 
     # ---- events on an open run -----------------------------------------------------------------
 
     def on_agent_action(self, action: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        with _guard:
+        try:
             self._event(run_id, "agent_action", {
                 "tool": getattr(action, "tool", None), "tool_input": getattr(action, "tool_input", None),
                 "log": getattr(action, "log", None),
             })
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_agent_action")
 
     def on_agent_finish(self, finish: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        with _guard:
+        try:
             self._event(run_id, "agent_finish", {
                 "return_values": getattr(finish, "return_values", None), "log": getattr(finish, "log", None),
             })
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_agent_finish")
 
     def on_custom_event(
         self, name: str, data: Any, *, run_id: UUID, tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None, **kwargs: Any,
     ) -> None:
-        with _guard:
+        try:
             self._event(run_id, _text(name) or "custom_event", data)
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_custom_event")
 
     def on_retry(self, retry_state: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        with _guard:
+        try:
             self._event(run_id, "retry", {"attempt": getattr(retry_state, "attempt_number", None)})
+        except Exception:  # LangChain never sees an exception of ours: counted, logged once
+            _guard.record("on_retry")
 
     def on_text(self, text: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         """Verbose console text of legacy chains: nothing worth a span."""

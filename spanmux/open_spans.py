@@ -102,7 +102,13 @@ class OpenSpan(SpanContext):
         self.cost = None
         self.error = None
         self.completion_start_ns = None
-        self.place(parent, exact_parent)
+        if parent is not None and not exact_parent:  # place()'s first case, inline (every framework span)
+            manual = CURRENT_SPAN.get()
+            if manual is not None and manual.start_ns > parent.start_ns and manual.trace_id == parent.trace_id:
+                parent = manual
+            self.trace_id, self.parent_id, self.trace = parent.trace_id, parent.span_id, parent.trace
+        else:
+            self.place(parent, exact_parent)
 
     def place(self, parent: SpanContext | None, exact_parent: bool = False) -> None:
         """The one parent rule. Under the framework's own ``parent`` span, unless a manual span
