@@ -19,6 +19,7 @@ from spanmux.attributes import (
     is_content_key,
 )
 from spanmux.config_schemas import ObservabilityConfig
+from spanmux.cost import PRICED_KINDS
 from spanmux.model import ErrorInfo, ModelInfo, Span, Usage
 from spanmux.serialize import Memo, to_jsonable
 from spanmux.usage import is_delegating, is_model_call
@@ -82,9 +83,10 @@ class SpanProcessor:
         self._memo = Memo()
 
     def __call__(self, span: Span) -> Span | None:
-        if not trace_is_sampled(span.trace_id, self.sample_rate):
+        if self.sample_rate < 1.0 and not trace_is_sampled(span.trace_id, self.sample_rate):
             return None
         changes: dict[str, Any] = {}
+        kind = span.kind
         truncated = span.truncated
         if self.capture_content:
             memo: Memo | None = self._memo
@@ -94,7 +96,7 @@ class SpanProcessor:
                     self._memo.owner = thread
                 else:  # a caller processing overflow: it shares nothing with the worker's memo
                     memo = None
-            if memo is not None:
+            if memo is not None and memo.trace != span.trace_id:
                 memo.scope(span.trace_id)
             if span.input is not None:
                 changes["input"], cut = to_jsonable(span.input, self.limit, memo)
@@ -108,7 +110,7 @@ class SpanProcessor:
             if span.error is not None:
                 changes["error"] = _error_without_content(span.error)
         attributes = span.attributes
-        delegates = self._delegates(span)
+        delegates = kind in _WRAPPABLE_KINDS and self._delegates(span)
         if delegates and not (attributes or {}).get(DELEGATES):
             attributes = {**(attributes or {}), DELEGATES: True}
         if attributes:
@@ -116,7 +118,7 @@ class SpanProcessor:
                 attributes = _without_content(attributes)
             changes["attributes"], cut = to_jsonable(attributes, self.limit)
             truncated |= cut
-        model = _resolved_model(span.model, attributes)
+        model = None if span.model is None and not attributes else _resolved_model(span.model, attributes)
         if model is not None and model.parameters:
             params, _ = to_jsonable(without_secrets(model.parameters), 4096)
             model = ModelInfo(model.name, model.provider, params)
@@ -132,17 +134,19 @@ class SpanProcessor:
             self.delegating_spans += 1
             changes["usage"] = None
             changes["cost"] = None
-        elif self.estimate_tokens and span.kind in _ESTIMATED_KINDS:
+        elif self.estimate_tokens and kind in _ESTIMATED_KINDS:
             billed = span.status == "ok" or span.output is not None  # a failed call without output
             if span.usage is None and billed:
                 changes["usage"] = self._estimate(span, changes)
-        if span.parent_id and span.kind in _WRAPPABLE_KINDS:
-            self._remember_wrapped(span.parent_id, span.kind)
+        if span.parent_id and kind in _WRAPPABLE_KINDS:
+            self._remember_wrapped(span.parent_id, kind)
         span = msgspec.structs.replace(span, **changes)
         if delegates:
             return span
-        if is_model_call(span):
+        if kind == "llm" and is_model_call(span):
             self.llm_calls += 1
+        if kind not in PRICED_KINDS or span.usage is None:  # what apply() returns unchanged, without the call
+            return span
         return self.costs.apply(span)
 
     def _delegates(self, span: Span) -> bool:
