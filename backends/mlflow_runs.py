@@ -47,6 +47,10 @@ SUMMARY_TABLE = "spanmux/traces.json"
 ORIGIN_TAG = "spanmux.origin"
 """Run tag naming the session whose traces the run holds (``origin()['session']``, or
 ``replay-<hash of the store>``): how any process finds that run again."""
+CREATED_TAG = "spanmux.created"
+"""When a run of an origin was created (nanoseconds, then a random part): the earliest one wins a race."""
+_RACE_RUNS = 20
+"""How many runs of one origin are looked at to find the earliest (a race makes two or three)."""
 MODELS_TAG = "spanmux.models"
 VERSION_TAG = "spanmux.version"
 REPLAY_SOURCE_TAG = "spanmux.replay_source"
@@ -275,26 +279,46 @@ class RunTracker:
 
     def _open_run(self, run: Run, spec: RunSpec) -> None:
         """Find the run tagged with the spec's key (made earlier by this session, by a process that
-        delivered its spool, or by an earlier replay) or create it, started when its session did."""
+        delivered its spool, or by an earlier replay) or create it, started when its session did.
+
+        Two processes can both find none and both create one (two replays of one store, a lane and
+        a replay of one spool): after creating, each looks again and keeps the earliest created run
+        of the key (``spanmux.created``, then run id; a run without the tag predates this rule and
+        comes first); the loser deletes its own, still empty, run, so both write to one."""
         from spanmux import __version__
 
         client = self._mlflow.client
-        found = client.search_runs(
-            [run.experiment_id], filter_string=f"tags.`{ORIGIN_TAG}` = '{spec.key}'", max_results=1,
-        )
-        if found:
-            existing = found[0]
+        existing = self._earliest(client, run.experiment_id, spec.key)
+        if existing is None:
+            tags = {VERSION_TAG: __version__, SOURCE_NAME_TAG: "spanmux", **spec.tags, ORIGIN_TAG: spec.key,
+                    CREATED_TAG: f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"}
+            created = client.create_run(run.experiment_id, run_name=spec.run_name, start_time=spec.started_ms,
+                                        tags=tags)
+            mine = str(created.info.run_id)
+            existing = self._earliest(client, run.experiment_id, spec.key)
+            if existing is None or str(existing.info.run_id) == mine:
+                existing = None
+                run.run_id = mine
+                run.own = True
+            else:
+                log.info("spanmux: MLflow run %s of %s was created at the same time as %s; writing to %s",
+                         mine, spec.key, existing.info.run_id, existing.info.run_id)
+                client.delete_run(mine)
+        if existing is not None:
             run.run_id = str(existing.info.run_id)
             run.own = spec.key == self.session
             self._restore(run, existing)
-        else:
-            tags = {VERSION_TAG: __version__, SOURCE_NAME_TAG: "spanmux", **spec.tags, ORIGIN_TAG: spec.key}
-            created = client.create_run(run.experiment_id, run_name=spec.run_name, start_time=spec.started_ms,
-                                        tags=tags)
-            run.run_id = str(created.info.run_id)
-            run.own = True
         # a parameter MLflow holds already cannot change: what the run says stays
         run.pending_params = {k: v for k, v in spec.params.items() if k not in run.logged_params}
+
+    @staticmethod
+    def _earliest(client: Any, experiment_id: str, key: str) -> Any:
+        """The earliest created active run tagged with ``key`` (None: there is none)."""
+        found = client.search_runs([experiment_id], filter_string=f"tags.`{ORIGIN_TAG}` = '{key}'",
+                                   max_results=_RACE_RUNS)
+        if not found:
+            return None
+        return min(found, key=lambda r: (r.data.tags.get(CREATED_TAG, ""), str(r.info.run_id)))
 
     def _restore(self, run: Run, existing: Any) -> None:
         """Pick up what a run found again holds: its parameters, models, trace steps, summary rows

@@ -311,3 +311,47 @@ def test_llamaindex_trace_totals_in_mlflow_equal_the_local_stores(mlflow_server:
     table = json.loads(Path(local_table).read_text())
     rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
     assert [(r["llm_calls"], r["total_tokens"]) for r in rows] == [(1, summary.total_tokens)]
+
+
+def test_two_replays_creating_one_origins_run_at_once_end_in_one_run(mlflow_server: str) -> None:
+    """Two processes delivering batches of one origin at the same instant (two replays of one store):
+    both look, both find no run, both create one. Each then keeps the earliest created and the loser
+    deletes its own: one active run holds both traces' metrics."""
+    import threading
+
+    experiment = _unique("race")
+    origin = {"replay": "/tmp/one-store.db"}
+    backends = [MlflowBackend(MlflowConfig(tracking_uri=mlflow_server, experiment_name=experiment), None)
+                for _ in range(2)]
+    both_looked = threading.Barrier(2, timeout=30)
+    original = MlflowClient.create_run
+
+    def create_after_both_looked(self: MlflowClient, *args: Any, **kwargs: Any) -> Any:
+        both_looked.wait()  # neither has created yet: the race, every time
+        return original(self, *args, **kwargs)
+
+    def deliver(backend: MlflowBackend, trace_id: str) -> None:
+        root = Span(trace_id=trace_id, span_id=new_span_id(), parent_id=None, name="root", kind="agent",
+                    framework="manual", start_ns=1_000, end_ns=4_000_000, usage=Usage(10, 5, 15))
+        backend.export_spooled([root], [], origin)
+        backend.force_flush(10)
+
+    traces = [new_trace_id(), new_trace_id()]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MlflowClient, "create_run", create_after_both_looked)
+        threads = [threading.Thread(target=deliver, args=pair) for pair in zip(backends, traces, strict=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    for backend in backends:
+        backend.shutdown(5)
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name(experiment)
+    active = client.search_runs([exp.experiment_id])
+    everything = client.search_runs([exp.experiment_id], run_view_type=3)  # ViewType.ALL
+    assert len(active) == 1 and len(everything) == 2
+    (run,) = active
+    assert {b.runs.run_for(b.runs.spec_of(origin)).run_id for b in backends} == {run.info.run_id}
+    assert _linked(TracingClient(mlflow_server), exp.experiment_id, run.info.run_id) == {f"tr-{t}" for t in traces}
