@@ -38,8 +38,9 @@ class Memo:
         self.values: dict[int, tuple[Any, int, Any, bool]] = {}
         """id -> (object, limit, converted, cut) of whole values."""
         self.messages: dict[int, tuple[Any, int, int, dict[str, Any]]] = {}
-        """id -> (message, characters it consumed, depth, converted) of messages converted whole
-        (nothing cut: no truncation, cycle or depth bound), taken at that depth or nearer the top."""
+        """id -> (message, characters it consumed, height, converted) of messages converted whole
+        (nothing cut: no truncation, cycle or depth bound); height: how many levels of containers
+        its conversion went down, so an entry serves any depth that keeps them above the bound."""
         self.owner: int | None = None
 
     def scope(self, trace: str) -> None:
@@ -53,13 +54,15 @@ class Memo:
 
 
 class _Budget:
-    __slots__ = ("left", "truncated", "partial", "memo")
+    __slots__ = ("left", "truncated", "partial", "deepest", "memo")
 
     def __init__(self, limit: int, memo: Memo | None = None) -> None:
         self.left = limit
         self.truncated = False
         self.partial = False
         """A cycle or the depth bound cut something short (not marked as truncated)."""
+        self.deepest = 0
+        """The greatest depth a container was converted at (a memo entry's height comes from it)."""
         self.memo = memo
 
 
@@ -120,6 +123,8 @@ def _convert(value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
             budget.partial = True
             return "<cycle>"
         seen.add(marker)
+        if depth > budget.deepest:
+            budget.deepest = depth
         try:
             copy: dict[str, Any] = {}
             for key, item in value.items():
@@ -139,6 +144,8 @@ def _convert(value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
             budget.partial = True
             return "<cycle>"
         seen.add(marker)
+        if depth > budget.deepest:
+            budget.deepest = depth
         try:
             items: list[Any] = []
             for index, item in enumerate(value):
@@ -162,8 +169,12 @@ def _convert(value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
         memo = budget.memo
         if memo is not None:
             known = memo.messages.get(marker)
-            if known is not None and known[0] is value and known[1] < budget.left and depth <= known[2]:
-                budget.left -= known[1]  # nothing was cut and all of it fits: what a fresh copy makes
+            if known is not None and known[0] is value and known[1] < budget.left and depth + known[2] < MAX_DEPTH:
+                # nothing was cut, all of it fits and its deepest part stays above the depth bound:
+                # what a fresh conversion makes
+                budget.left -= known[1]
+                if depth + known[2] > budget.deepest:
+                    budget.deepest = depth + known[2]
                 return known[3]
         try:
             message = _message(value)
@@ -178,8 +189,9 @@ def _convert(value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
                     seen.discard(marker)
             # what _convert(message, ...) does with this fresh dict of str keys, without the second
             # copy: role and a str content are leaves, kept inline
-            left, truncated, partial = budget.left, budget.truncated, budget.partial
+            left, truncated, partial, deepest = budget.left, budget.truncated, budget.partial, budget.deepest
             budget.truncated = budget.partial = False
+            budget.deepest = depth + 1  # the message's dict
             seen.add(marker)
             try:
                 for key, item in message.items():
@@ -191,10 +203,13 @@ def _convert(value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
             finally:
                 seen.discard(marker)
                 whole = not (budget.truncated or budget.partial)
+                height = budget.deepest - depth
                 budget.truncated |= truncated
                 budget.partial |= partial
+                if deepest > budget.deepest:
+                    budget.deepest = deepest
             if whole and memo is not None:
-                memo.messages[marker] = (value, left - budget.left, depth, message)
+                memo.messages[marker] = (value, left - budget.left, height, message)
             return message
     if value is None or isinstance(value, (bool, int)):
         return value
@@ -219,6 +234,8 @@ def _convert(value: Any, budget: _Budget, depth: int, seen: set[int]) -> Any:
         budget.partial = True
         return "<cycle>"
     seen.add(marker)
+    if depth > budget.deepest:
+        budget.deepest = depth
     try:
         if isinstance(value, Mapping):
             out: dict[str, Any] = {}
