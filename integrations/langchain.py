@@ -211,6 +211,10 @@ class CallbackHandler(BaseCallbackHandler):
 
     run_inline = True  # keeps start/end ordering in async chains and avoids an executor hop
     raise_error = False
+    # LangChain reads one of these before every hook: plain class attributes instead of the base
+    # class's properties spare a call each time (same answer: nothing is ignored)
+    ignore_llm = ignore_retry = ignore_chain = ignore_agent = False
+    ignore_retriever = ignore_chat_model = ignore_custom_event = False
 
     def __init__(self) -> None:
         super().__init__()
