@@ -152,6 +152,24 @@ def test_chain_tree_model_tokens_and_cost(captured: Captured) -> None:
     assert totals.cost_total == pytest.approx(llm.cost.total)
 
 
+def test_model_parameters_in_one_order_whatever_the_order_given(captured: Captured) -> None:
+    # the handler reads only the keys the call gives; the span lists them in _PARAMETER_KEYS order,
+    # without None values or anything else (credentials stay out)
+    class Tuned(FakeChat):
+        @property
+        def _identifying_params(self) -> dict[str, Any]:
+            return {"seed": 7, "api_key": "sk-x", "top_p": 0.9, "max_tokens": None, "temperature": 0.5,
+                    "presence_penalty": 0.1}
+
+    chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | Tuned(responses=[answer()])
+    chain.invoke({"q": "hi"}, config={"callbacks": [CallbackHandler()]})
+    (spans,) = captured.traces()
+    llm = by_name(spans)["Tuned"]
+    assert llm.model is not None and llm.model.parameters is not None
+    assert list(llm.model.parameters.items()) == [("temperature", 0.5), ("top_p", 0.9), ("presence_penalty", 0.1),
+                                                  ("seed", 7)]
+
+
 def test_provider_reported_cost_wins(captured: Captured) -> None:
     message = AIMessage("ok", usage_metadata=dict(USAGE),
                         response_metadata={"model_name": MODEL, "token_usage": {"cost": 0.0125}})
