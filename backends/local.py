@@ -35,8 +35,11 @@ from spanmux.store import (
     DEFAULT_PATH,
     DETAIL_FIELDS,
     SCHEMA,
+    SCHEMA_V2,
     SCHEMA_VERSION,
     SPAN_COLUMNS,
+    TRACE_IDS_EVERY,
+    TRACE_IDS_SCHEMA,
     LocalStore,
     StoreReadError,
     StoreSchemaError,
@@ -117,14 +120,12 @@ class _ManyRows:
     power of two below: any number of rows goes in at most log2(256) + 1 statements (a batch of 128
     new traces in one, not 128), each one step for SQLite, so one GIL handover each."""
 
-    def __init__(self, single: str) -> None:
-        head, _, tail = single.partition("VALUES ")
-        group, on_conflict, rest = tail.partition("\nON CONFLICT")
+    def __init__(self, head: str, group: str, tail: str = "") -> None:
         self.width = group.count("?")
         self.sizes: list[tuple[int, str]] = []
         size = ROWS_PER_STATEMENT
         while size:
-            self.sizes.append((size, f"{head}VALUES " + ", ".join([group.strip()] * size) + on_conflict + rest))
+            self.sizes.append((size, f"{head} VALUES " + ", ".join([group] * size) + tail))
             size //= 2
 
     def insert(self, conn: sqlite3.Connection, flat: list[Any]) -> None:
@@ -142,12 +143,30 @@ class _ManyRows:
                 done += size
 
 
-_NEW_SPANS = _ManyRows(_INSERT_SPAN)
-_NEW_TRACES = _ManyRows(_ADD_TOTALS.partition("ON CONFLICT")[0])
-"""New traces: a plain INSERT (a trace the writer took for new but is stored fails it, and the
-batch is written again the looked-up way)."""
-_MORE_TOTALS = _ManyRows(_ADD_TOTALS)
-"""Traces already stored: their totals added in the upsert's DO UPDATE."""
+def _parts(single: str) -> tuple[str, str, str]:
+    """``single`` (one ``VALUES (...)`` group, then an optional ``ON CONFLICT`` clause) in three."""
+    head, _, tail = single.partition("VALUES ")
+    group, on_conflict, rest = tail.partition("\nON CONFLICT")
+    return head.strip(), group.strip(), on_conflict + rest
+
+
+_TRACE_HEAD, _TRACE_GROUP, _ON_CONFLICT = _parts(_ADD_TOTALS)
+_NEW_SPANS = _ManyRows(*_parts(_INSERT_SPAN))
+_NEW_TRACES = _ManyRows(_TRACE_HEAD, _TRACE_GROUP)
+"""New traces: a plain INSERT (in a version-2 store a trace the writer took for new but is stored
+fails it on the unique ``trace_id``, and the batch is written again the looked-up way)."""
+_MORE_TOTALS = _ManyRows(_TRACE_HEAD, _TRACE_GROUP, _ON_CONFLICT)
+"""Version 2: what new spans add to traces already stored, in the upsert's DO UPDATE."""
+_TRACE_COLUMNS = [c.strip() for c in _TRACE_HEAD.partition("(")[2].rpartition(")")[0].split(",")]
+_ADD_TO_STORED = _ManyRows(
+    "UPDATE traces SET" + _ON_CONFLICT.partition("DO UPDATE SET")[2].rstrip() + " FROM (SELECT "
+    + ", ".join(f"column{i} AS {c}" for i, c in enumerate(_TRACE_COLUMNS, 1)) + " FROM (",
+    _TRACE_GROUP, ")) AS excluded WHERE traces.seq = excluded.seq")
+"""Version 3 (no unique ``trace_id`` to upsert on): the same assignments as the upsert's DO UPDATE,
+from the same values, for the traces found by number."""
+_INDEXED_TRACES = "SELECT trace_id, seq FROM trace_ids WHERE trace_id IN (SELECT value FROM json_each(?))"
+_INDEX_TRACE_IDS = ("INSERT OR IGNORE INTO trace_ids (trace_id, seq)"
+                    " SELECT trace_id, seq FROM traces WHERE seq > ? ORDER BY trace_id")
 
 _SET_TRACE_FIELDS = """
 UPDATE traces SET
@@ -353,10 +372,22 @@ def open_database(path: str | Path) -> sqlite3.Connection:
         target.parent.mkdir(parents=True, exist_ok=True)
     conn = _connect(str(target))
     conn.execute(f"PRAGMA cache_size={-WRITER_CACHE_KIB}")
-    check_schema_version(conn, str(target))
-    conn.executescript(SCHEMA)
-    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    version = check_schema_version(conn, str(target))
+    if version is None:  # a new file: the newest layout this SQLite can write
+        version = SCHEMA_VERSION if _UPDATE_FROM else 2
+    conn.executescript(SCHEMA if version == 3 else SCHEMA_V2)  # an older file gets only missing tables
+    if version == 3:
+        conn.executescript(TRACE_IDS_SCHEMA)
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(version),))
     return conn
+
+
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
+
+
+def schema_version_of(conn: sqlite3.Connection) -> int:
+    """The schema version of an open store (``open_database`` wrote it)."""
+    return int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
 
 
 def _trace_numbers(conn: sqlite3.Connection, spans: Sequence[Span]) -> tuple[dict[str, int], set[str]]:
@@ -396,26 +427,55 @@ def _unknown_spans(
 
 
 class RecentTraces:
-    """The numbers (``traces.seq``) of the traces one writer stored lately, by trace id.
+    """What one writer knows of the traces of its store, so a batch needs no look-up in the random
+    trace-id index for traces it wrote lately: ``numbers`` (trace id -> ``traces.seq``) of the traces
+    it stored or met lately, the newest ``KEEP`` to ``2 * KEEP`` (~120 bytes each).
 
-    With it a batch needs no look-up of its trace ids in the store's random ``trace_id`` index: a
-    trace found here is stored (rows are never deleted, a number never changes), one not found is
-    taken for new and INSERTed plainly. When that guess is wrong (another process, an earlier run or
-    a replay stored the trace, or it was forgotten here) the INSERT fails on the unique ``trace_id``
-    and the batch is written again the looked-up way, in a new transaction: the guess costs time,
-    never a wrong total. Only committed batches are learnt. Keeps the newest ``KEEP`` to ``2 * KEEP``
-    traces (~120 bytes each)."""
+    Version 2 (unique ``traces.trace_id``): a trace not in ``numbers`` is taken for new and INSERTed
+    plainly; when that guess is wrong (another process, an earlier run or a replay stored it, or it
+    was forgotten here) the INSERT fails on the unique index and the batch is written again the
+    looked-up way, in a new transaction: the guess costs time, never a wrong total.
+
+    Version 3 (``trace_ids`` filled in bulk): a trace is stored when it is in ``numbers``, in
+    ``unindexed`` (every trace numbered above ``upto``, exactly: after any other connection's commit,
+    seen by ``PRAGMA data_version``, the writer indexes them all first) or in ``trace_ids``.
+    Only committed batches are learnt; a failed one makes the writer read everything again."""
 
     KEEP = 50_000
 
-    def __init__(self) -> None:
+    def __init__(self, schema_version: int = 2) -> None:
         self.numbers: dict[str, int] = {}
+        self.bulk = schema_version == 3
+        self.unindexed: dict[str, int] = {}
+        self.upto = 0
+        self.data_version: int | None = None  # None: not read yet, or to be read again
 
     def learn(self, numbers: dict[str, int]) -> None:
         known = self.numbers
         known.update(numbers)
         if len(known) > 2 * self.KEEP:
             self.numbers = dict(islice(known.items(), len(known) - self.KEEP, None))
+
+    def sync(self, conn: sqlite3.Connection) -> None:
+        """Version 3, inside the write transaction: when another connection committed since this
+        writer's last look (or at its first write), index every trace not indexed yet, so that
+        ``unindexed`` is exact again (empty)."""
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self.data_version:
+            self.upto = int(conn.execute("SELECT value FROM meta WHERE key = 'trace_ids_upto'").fetchone()[0])
+            self.unindexed = {}
+            self.index(conn)
+            self.data_version = version
+
+    def index(self, conn: sqlite3.Connection) -> None:
+        """Version 3: the traces numbered above ``upto`` into ``trace_ids``, in one sorted insert (each
+        index page is written about once, not once per trace)."""
+        last = conn.execute(_LAST_SEQ).fetchone()[0]
+        if last > self.upto:
+            conn.execute(_INDEX_TRACE_IDS, (self.upto,))
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'trace_ids_upto'", (str(last),))
+            self.upto = last
+        self.unindexed = {}
 
 
 class _SeenElsewhere(Exception):
@@ -490,15 +550,47 @@ def _trace_totals(spans: list[Span], numbers: dict[str, int], known: set[str]) -
     return fresh, more
 
 
+def _numbers_in_bulk_store(
+    conn: sqlite3.Connection, spans: Sequence[Span], recent: RecentTraces
+) -> tuple[dict[str, int], set[str], list[str]]:
+    """Version 3: each trace's number, the stored ones (in ``recent``, or found in ``trace_ids``) and
+    the new ones (numbered after the last), without a look-up for the traces the writer knows."""
+    recent.sync(conn)
+    numbers: dict[str, int] = {}
+    known: set[str] = set()
+    fresh: list[str] = []
+    seen, unindexed = recent.numbers, recent.unindexed
+    for trace_id in dict.fromkeys(map(_trace_id_of, spans)):
+        seq = seen.get(trace_id) or unindexed.get(trace_id)
+        if seq is None:
+            fresh.append(trace_id)
+        else:
+            numbers[trace_id] = seq
+            known.add(trace_id)
+    if fresh:
+        found = dict(conn.execute(_INDEXED_TRACES, (_json_encode(fresh).decode(),)).fetchall())
+        if found:
+            numbers.update(found)
+            known.update(found)
+            fresh = [t for t in fresh if t not in found]
+        if fresh:
+            last = conn.execute(_LAST_SEQ).fetchone()[0]
+            numbers.update(zip(fresh, range(last + 1, last + 1 + len(fresh)), strict=True))
+    return numbers, known, fresh
+
+
 def _write_spans(conn: sqlite3.Connection, spans: Sequence[Span], recent: RecentTraces | None) -> dict[str, int]:
     """The batch's new spans and what they add to their traces; returns every trace's number.
 
-    With ``recent`` the traces not in it are taken for new (``_SeenElsewhere`` when one is not);
-    without it the trace ids are looked up in the store first."""
-    if recent is None:
+    Version 2 with ``recent``: the traces not in it are taken for new (``_SeenElsewhere`` when one is
+    not); without it the trace ids are looked up in the store first. Version 3: see ``RecentTraces``."""
+    fresh: list[str] = []
+    if recent is not None and recent.bulk:
+        numbers, known, fresh = _numbers_in_bulk_store(conn, spans, recent)
+    elif recent is None:
         numbers, known = _trace_numbers(conn, spans)
     else:
-        numbers, known, fresh = {}, set(), []
+        numbers, known = {}, set()
         seen = recent.numbers
         for trace_id in dict.fromkeys(map(_trace_id_of, spans)):
             seq = seen.get(trace_id)
@@ -517,11 +609,11 @@ def _write_spans(conn: sqlite3.Connection, spans: Sequence[Span], recent: Recent
             try:
                 _NEW_TRACES.insert(conn, fresh_rows)
             except sqlite3.IntegrityError as exc:
-                if recent is None:
+                if recent is None or recent.bulk:
                     raise
                 raise _SeenElsewhere from exc
         if known_rows:
-            _MORE_TOTALS.insert(conn, known_rows)
+            (_ADD_TO_STORED if recent is not None and recent.bulk else _MORE_TOTALS).insert(conn, known_rows)
         _NEW_SPANS.insert(conn, _span_values(new_spans, numbers))
     fields: dict[str, TraceAttributes] = {}
     for s in spans:
@@ -533,13 +625,22 @@ def _write_spans(conn: sqlite3.Connection, spans: Sequence[Span], recent: Recent
              _json(t.metadata) if t.metadata else None, numbers[trace_id])
             for trace_id, t in fields.items()
         ])
+    if recent is not None and recent.bulk:
+        unindexed = recent.unindexed
+        for trace_id in fresh:
+            unindexed[trace_id] = numbers[trace_id]
+        if len(unindexed) >= TRACE_IDS_EVERY:
+            recent.index(conn)
     return numbers
 
 
 def write_batch(conn: sqlite3.Connection, spans: Sequence[Span], scores: Sequence[Score],
                 recent: RecentTraces | None = None) -> None:
     """One transaction: spans, the totals of the traces they touch, scores. ``recent`` (the writer's
-    ``RecentTraces``) spares the look-up of known traces and learns the batch's once committed."""
+    ``RecentTraces``, made for the store's version) spares the look-up of known traces and learns the
+    batch's once committed."""
+    if recent is None and spans and schema_version_of(conn) == 3:
+        recent = RecentTraces(3)  # knows nothing: indexes what is not indexed yet, then looks up
     conn.execute("BEGIN IMMEDIATE")
     try:
         numbers: dict[str, int] = {}
@@ -559,11 +660,26 @@ def write_batch(conn: sqlite3.Connection, spans: Sequence[Span], scores: Sequenc
             )
         conn.execute("COMMIT")
     except BaseException:
+        if recent is not None:
+            recent.data_version = None  # what it learnt in this transaction may be rolled back: read again
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
     if recent is not None:
         recent.learn(numbers)
+
+
+def index_trace_ids(conn: sqlite3.Connection, recent: RecentTraces) -> None:
+    """Version 3: index every trace not indexed yet (at close, so a closed store has none to scan)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        recent.data_version = None
+        recent.sync(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 class LocalBackend(BaseBackend):
@@ -587,7 +703,7 @@ class LocalBackend(BaseBackend):
         _FORK.owners.add(self)
         self._pid = os.getpid()
         self._checkpointer: Checkpointer | None = None  # started by the first write (validate builds only)
-        self._recent = RecentTraces()
+        self._recent = RecentTraces(schema_version_of(self._conn))
 
     def export(self, spans: Sequence[Span], scores: Sequence[Score]) -> None:
         with self._lock:
@@ -604,6 +720,7 @@ class LocalBackend(BaseBackend):
         self._conn = open_database(self.path)
         self._pid = os.getpid()
         self._checkpointer = None  # the parent's thread did not come along; the next write starts one
+        self._recent.data_version = None  # PRAGMA data_version is per connection
 
     def export_experiments(self, runs: Sequence[ExperimentRun], origin: Mapping[str, str] | None) -> None:
         """Experiment runs and their items, upserted by run id and item id (a replay changes nothing)."""
@@ -614,6 +731,11 @@ class LocalBackend(BaseBackend):
 
     def shutdown(self, timeout: float) -> None:
         with self._lock:
+            if self._recent.bulk and self._recent.data_version is not None and self._pid == os.getpid():
+                try:  # this writer wrote: leave no trace for readers to scan
+                    index_trace_ids(self._conn, self._recent)
+                except sqlite3.Error as exc:  # busy: the next writer indexes them
+                    log.debug("store: trace ids not indexed at close: %s", exc)
             if self._checkpointer is not None and self._pid == os.getpid():
                 self._checkpointer.stop(timeout)
             self._conn.close()

@@ -36,7 +36,19 @@ log = logging.getLogger("spanmux.store")
 DEFAULT_PATH = ".spanmux/spanmux.db"
 WRITER_BACKENDS = ("local", "superoptix")
 """The backend names that write this store (``superoptix`` is an alias of ``local``)."""
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""What a new store gets. Version 3 differs from 2 only in how a trace id is found: 2 keeps a UNIQUE
+index on ``traces.trace_id``; 3 has no index on that column and keeps ``trace_ids`` (id -> number)
+instead, which the writer fills in bulk every ``TRACE_IDS_EVERY`` new traces (and at close), so the
+traces it has not indexed yet are those numbered above ``meta.trace_ids_upto``. A random 32-hex key
+inserted trace by trace dirtied about one index page per trace in every commit: at 1M spans that
+index cost more than everything else the writer does (BENCHMARKS.md, 2026-12-02 "Store"). Both
+versions are read and written; a version-2 file stays version 2."""
+READ_VERSIONS = (2, 3)
+TRACE_IDS_EVERY = 8192
+"""New traces between two bulk inserts into ``trace_ids``: a reader looking up one of them scans at
+most this many ``traces`` rows (by number, ~1 ms); the writer dirties each ``trace_ids`` page about
+once per bulk insert instead of once per trace."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -57,7 +69,7 @@ CREATE TABLE IF NOT EXISTS spans (
 CREATE UNIQUE INDEX IF NOT EXISTS spans_by_trace ON spans (trace_seq, span_id);
 CREATE TABLE IF NOT EXISTS traces (
     seq INTEGER PRIMARY KEY,
-    trace_id TEXT NOT NULL UNIQUE,
+    trace_id TEXT NOT NULL,
     name TEXT,
     root_span_id TEXT,
     start_ns INTEGER NOT NULL,
@@ -120,6 +132,15 @@ CREATE TABLE IF NOT EXISTS experiment_items (
     PRIMARY KEY (run_id, item_id)
 );
 """
+TRACE_IDS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS trace_ids (trace_id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('trace_ids_upto', '0');
+"""
+"""Version 3 only: trace id -> trace number, filled in bulk by the writer (``TRACE_IDS_EVERY``)."""
+SCHEMA_V2 = SCHEMA.replace("    seq INTEGER PRIMARY KEY,\n    trace_id TEXT NOT NULL,\n",
+                           "    seq INTEGER PRIMARY KEY,\n    trace_id TEXT NOT NULL UNIQUE,\n", 1)
+"""Version 2, for a new store where SQLite is older than 3.33 (no ``UPDATE ... FROM``, which the
+version-3 writer uses)."""
 EXPERIMENT_TABLES = ("experiment_runs", "experiment_items")
 """Added after schema version 2 as ``CREATE TABLE IF NOT EXISTS`` (the writer creates them in an older
 file); a reader of a file without them sees no experiments. ``experiment_items.detail`` is the
@@ -137,7 +158,6 @@ DETAIL_FIELDS = (
 """The ``Span`` fields kept in the JSON ``detail`` column (plus ``truncated`` when true): one bound
 value instead of twenty, which is most of the cost of an insert."""
 
-_SPANS_OF_TRACE = "SELECT * FROM spans WHERE trace_seq = (SELECT seq FROM traces WHERE trace_id = ?) ORDER BY start_ns"
 
 _detail_decode = msgspec.json.Decoder().decode
 
@@ -150,19 +170,38 @@ class StoreReadError(sqlite3.DatabaseError):
     """The store file exists but cannot be read (permissions, not a database, no spanmux tables)."""
 
 
-def check_schema_version(conn: sqlite3.Connection, path: str) -> None:
-    """Refuse a store of another schema version (no migration: version 1 predates the first
-    release); closes ``conn`` before raising ``StoreSchemaError``."""
+def check_schema_version(conn: sqlite3.Connection, path: str) -> int | None:
+    """The store's schema version (None: a new, empty file); refuses one this spanmux does not read
+    (version 1 predates the first release), closing ``conn`` before raising ``StoreSchemaError``."""
     try:
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     except sqlite3.OperationalError:  # no meta table yet: a new, empty file
-        return
-    if row is not None and row[0] != str(SCHEMA_VERSION):
+        return None
+    if row is None:
+        return None
+    if row[0] not in {str(v) for v in READ_VERSIONS}:
         conn.close()
         raise StoreSchemaError(
-            f"the store {path} has schema version {row[0]}, this spanmux reads version {SCHEMA_VERSION};"
-            " move the file away (or delete it) to start a new store"
+            f"the store {path} has schema version {row[0]}, this spanmux reads versions"
+            f" {' and '.join(map(str, READ_VERSIONS))}; move the file away (or delete it) to start a new store"
         )
+    return int(row[0])
+
+
+_UNINDEXED = "seq > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'trace_ids_upto')"
+_SEQ_OF = {
+    2: "(SELECT seq FROM traces WHERE trace_id = :trace_id)",
+    3: ("(SELECT seq FROM trace_ids WHERE trace_id = :trace_id"
+        f" UNION ALL SELECT seq FROM traces WHERE {_UNINDEXED} AND trace_id = :trace_id LIMIT 1)"),
+}
+"""The number of the trace ``:trace_id``, by version: version 3 looks in ``trace_ids``, then among the
+traces not indexed yet (at most ``TRACE_IDS_EVERY``, scanned by number)."""
+_IDS_FROM = {
+    2: "SELECT trace_id FROM traces WHERE trace_id >= :low AND trace_id < :high ORDER BY trace_id LIMIT :limit",
+    3: ("SELECT trace_id FROM trace_ids WHERE trace_id >= :low AND trace_id < :high"
+        f" UNION SELECT trace_id FROM traces WHERE {_UNINDEXED} AND trace_id >= :low AND trace_id < :high"
+        " ORDER BY 1 LIMIT :limit"),
+}
 
 
 def default_store_path() -> str:
@@ -458,12 +497,14 @@ class LocalStore:
             raise StoreReadError(f"cannot read the spanmux store at {self.path}: it is a folder")
         self._conn = connect_readonly(self.path)
         self._conn.row_factory = sqlite3.Row
-        check_schema_version(self._conn, self.path)
+        version = check_schema_version(self._conn, self.path)
         tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not {"traces", "spans", "scores"} <= tables:
             self._conn.close()
             raise StoreReadError(f"cannot read the spanmux store at {self.path}: it holds no spanmux tables"
                                  " (not a spanmux store, or one still being created)")
+        self.schema_version = 3 if version == 3 and "trace_ids" in tables else 2
+        self._seq_of = _SEQ_OF[self.schema_version]
 
     def close(self) -> None:
         self._conn.close()
@@ -526,7 +567,7 @@ class LocalStore:
             yield _row_to_summary(row)
 
     def get_trace_summary(self, trace_id: str) -> TraceSummary | None:
-        row = self._conn.execute("SELECT * FROM traces WHERE trace_id = ?", (trace_id,)).fetchone()
+        row = self._conn.execute(f"SELECT * FROM traces WHERE seq = {self._seq_of}", {"trace_id": trace_id}).fetchone()
         return _row_to_summary(row) if row else None
 
     def find_trace_id(self, prefix: str) -> str | None:
@@ -538,16 +579,15 @@ class LocalStore:
         """The ids starting with ``prefix`` (``tr-`` and case ignored), in id order, at most ``limit``:
         an ambiguous prefix can be shown with its matches instead of as "no trace"."""
         prefix = prefix.lower().removeprefix("tr-")
-        rows = self._conn.execute(
-            "SELECT trace_id FROM traces WHERE trace_id >= ? AND trace_id < ? ORDER BY trace_id LIMIT ?",
-            (prefix, prefix + "g", limit),
-        ).fetchall()
+        rows = self._conn.execute(_IDS_FROM[self.schema_version],
+                                  {"low": prefix, "high": prefix + "g", "limit": limit}).fetchall()
         return [row[0] for row in rows]
 
     # ---- spans
     def get_trace(self, trace_id: str) -> list[Span]:
         """The spans of one trace, parents before children, siblings by start time."""
-        rows = self._conn.execute(_SPANS_OF_TRACE, (trace_id,)).fetchall()
+        rows = self._conn.execute(f"SELECT * FROM spans WHERE trace_seq = {self._seq_of} ORDER BY start_ns",
+                                  {"trace_id": trace_id}).fetchall()
         return order_tree([_row_to_span(r) for r in rows])
 
     def iter_spans(self, since_ns: int | None = None, batch: int = 1000, *,
@@ -729,15 +769,15 @@ class LocalStore:
         rows = self._conn.execute(
             "SELECT span_id, parent_id, name, kind, status, start_ns, end_ns, model,"
             " CASE WHEN kind IN ('llm', 'embedding') THEN json_extract(detail, '$.usage.total_tokens') END"
-            " FROM spans WHERE trace_seq = (SELECT seq FROM traces WHERE trace_id = ?) ORDER BY start_ns",
-            (trace_id,)).fetchall()
+            f" FROM spans WHERE trace_seq = {self._seq_of} ORDER BY start_ns",
+            {"trace_id": trace_id}).fetchall()
         return [SpanRow(*row) for row in rows]
 
     def get_span(self, trace_id: str, span_id: str) -> Span | None:
         """One span with its detail, through the (trace number, span id) index."""
         row = self._conn.execute(
-            "SELECT * FROM spans WHERE trace_seq = (SELECT seq FROM traces WHERE trace_id = ?) AND span_id = ?",
-            (trace_id, span_id)).fetchone()
+            f"SELECT * FROM spans WHERE trace_seq = {self._seq_of} AND span_id = :span_id",
+            {"trace_id": trace_id, "span_id": span_id}).fetchone()
         return _row_to_span(row) if row is not None else None
 
     def scores_of(self, trace_ids: list[str]) -> dict[str, list[Score]]:
