@@ -232,3 +232,34 @@ def test_one_secret_filter_for_every_framework() -> None:
               "default_headers": {"a": "b"}, "cookie": "c", "credentials": "c",
               "extra": {"temperature": 1, "secret": "s"}}
     assert without_secrets(params) == {"temperature": 0.2, "max_tokens": 10, "top_k": 3, "extra": {"temperature": 1}}
+
+
+class _Demo(OpenSpan):
+    __slots__ = ()
+    framework = "manual"
+
+
+def test_finish_fills_every_field_of_the_span(emitted: list[Any]) -> None:
+    # finish() builds the Span positionally (the cheap call on the framework's thread): each value
+    # lands in its own field, and Span's fields keep their order (new ones only at the end)
+    assert Span.__struct_fields__ == (
+        "trace_id", "span_id", "parent_id", "name", "kind", "framework", "start_ns", "end_ns", "status", "error",
+        "input", "output", "model", "usage", "cost", "completion_start_ns", "attributes", "trace", "truncated")
+    from spanmux.model import Cost, ModelInfo, Usage
+
+    trace = TraceAttributes(name="t")
+    parent = SpanContext("a" * 32, "b" * 16, 1, trace)
+    span = _Demo("call", "llm", {"q": 1}, parent, "c" * 16)
+    span.output, span.model, span.usage = "out", ModelInfo("m"), Usage(input_tokens=3)
+    span.cost, span.completion_start_ns = Cost(total=1.0), span.start_ns + 5
+    span.set_attribute("k", "v")
+    span.finish(end_ns=span.start_ns + 10, exception=ValueError("boom"))
+    (done,) = emitted
+    assert isinstance(done, Span)
+    assert (done.trace_id, done.span_id, done.parent_id, done.name, done.kind, done.framework) == (
+        "a" * 32, "c" * 16, "b" * 16, "call", "llm", "manual")
+    assert (done.end_ns - done.start_ns, done.status, done.error and done.error.type) == (10, "error", "ValueError")
+    assert (done.input, done.output, done.model, done.usage, done.cost) == (
+        {"q": 1}, "out", ModelInfo("m"), Usage(input_tokens=3), Cost(total=1.0))
+    assert done.completion_start_ns == done.start_ns + 5 and done.trace is trace and not done.truncated
+    assert done.attributes is not None and done.attributes["k"] == "v" and done.attributes["llm.streaming"] is True
