@@ -196,11 +196,10 @@ def langchain_usage(message: Any, response: Any) -> Usage | None:
                 total = raw.get("total_tokens")
                 in_details = raw.get("input_token_details") or {}
                 out_details = raw.get("output_token_details") or {}
-                return Usage(
-                    input_tokens=inp, output_tokens=out, total_tokens=total if type(total) is int else inp + out,
-                    cache_read_tokens=_exact_int(in_details.get("cache_read")),
-                    cache_write_tokens=_exact_int(in_details.get("cache_creation")),
-                    reasoning_tokens=_exact_int(out_details.get("reasoning")),
+                return Usage(  # positional (input, output, total, cache read, cache write, reasoning): cheaper
+                    inp, out, total if type(total) is int else inp + out,
+                    _exact_int(in_details.get("cache_read")), _exact_int(in_details.get("cache_creation")),
+                    _exact_int(out_details.get("reasoning")),
                 )
         except Exception:  # not the standard shape after all: the general search decides
             pass
