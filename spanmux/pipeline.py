@@ -37,7 +37,9 @@ Processor = Callable[[Span], Span | None]
 YIELD_EVERY = 16
 """The worker lets the GIL go after this many records. A thread that released the GIL (a lane in
 SQLite, the caller in I/O) otherwise waits for a busy worker up to the interpreter's switch interval
-(5 ms) to get it back; a yield costs about a microsecond."""
+(5 ms) to get it back; a yield costs about a microsecond. Not while a ``flush()`` waits with every
+lane idle: then no thread of ours wants the GIL, and on a loaded machine each yield can hand the
+core to another process for a time slice (a flush after 40 chain invokes: ~100 us per invoke)."""
 
 
 class _Marker:
@@ -116,6 +118,7 @@ class Lane:
         self._count_lock = threading.Lock()  # the worker and the lane both touch these counters
         self._inflight: _Batch | None = None  # the fresh batch being exported (spilled if the lane hangs)
         self._wake = threading.Event()
+        self._waiting = False  # in _wake.wait between batches (read by the worker: a hint only)
         self._halt = threading.Event()  # the exit deadline passed: stop waiting between retries
         self._stop = False
         self._healthy = True
@@ -139,6 +142,10 @@ class Lane:
             return
         self._pending.append(batch)
         self._wake.set()
+
+    def idle(self) -> bool:
+        """Nothing to deliver right now (a hint: it may wake the next moment)."""
+        return self._waiting and not self._pending
 
     def mark(self, marker: _Marker) -> None:
         self._pending.append(marker)
@@ -333,7 +340,9 @@ class Lane:
                 log.warning("spool %s: %s", self.spool.folder, exc)
         while True:
             timeout = max(0.05, self._backoff.retry_at - time.monotonic()) if self._spool_has_work() else None
+            self._waiting = True
             self._wake.wait(timeout)
+            self._waiting = False
             self._wake.clear()
             try:
                 while self._pending:
@@ -375,6 +384,8 @@ class Pipeline:
         self._wake = threading.Event()
         self._stopped = False
         self._taken = 0
+        self._flushes = 0  # flush markers queued and not yet taken by the worker
+        self._flushes_lock = threading.Lock()
         self.processed_spans = 0
         self.sampled_out = 0
         self.processor_errors = 0
@@ -452,7 +463,9 @@ class Pipeline:
         if self._stopped or self._worker is None:
             return True
         marker = _Marker(1, time.monotonic() + timeout)
-        self._queue.append(marker)
+        with self._flushes_lock:
+            self._flushes += 1
+            self._queue.append(marker)
         self._wake.set()
         # a lane gives up at the deadline by itself; the grace covers its last attempt's answer
         arrived = marker.done.wait(timeout + self.FLUSH_GRACE)
@@ -500,6 +513,8 @@ class Pipeline:
             except IndexError:
                 break
             if isinstance(item, _Marker):
+                with self._flushes_lock:
+                    self._flushes -= 1
                 item.undelivered.append("queue")
                 item.done.set()
             elif isinstance(item, Span):
@@ -523,6 +538,7 @@ class Pipeline:
         """The child inherits a copy of the queue the parent will export: drop it, restart threads."""
         self._queue = deque()
         self._wake = threading.Event()
+        self._flushes, self._flushes_lock = 0, threading.Lock()
         self._overflow_lock = threading.Lock()
         self._overflow_buffer = _Batch()
         if self._overflow_spool is not None:  # fresh locks: the parent may have held them at fork
@@ -590,13 +606,15 @@ class Pipeline:
         while queue:
             item = queue.popleft()
             if isinstance(item, _Marker):
+                with self._flushes_lock:
+                    self._flushes -= 1
                 self._send(batch)
                 batch = _Batch()
                 self._replay_overflow()
                 self._pass_marker(item)
                 continue
             self._taken += 1
-            if not self._taken % YIELD_EVERY:
+            if not self._taken % YIELD_EVERY and (not self._flushes or not self._lanes_idle()):
                 time.sleep(0)  # let the GIL go: a lane or the caller waiting for it gets it now, not in 5 ms
             if isinstance(item, Span):
                 processed = self._process(item)
@@ -610,6 +628,9 @@ class Pipeline:
                 self._send(batch)
                 batch = _Batch()
         self._send(batch)
+
+    def _lanes_idle(self) -> bool:
+        return all(lane.idle() for lane in self.lanes)
 
     def _pass_marker(self, marker: _Marker) -> None:
         """Hand the flush marker to every lane without waiting for them: a hanging backend must not
