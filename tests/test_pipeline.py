@@ -308,3 +308,26 @@ def test_a_lane_merges_queued_batches_for_a_backend_that_asks() -> None:
 def test_a_lane_hands_over_one_batch_per_call_by_default() -> None:
     calls, delivered = _gated_lane_calls(merge_up_to=0)
     assert calls == [10] * 6 and delivered == 60
+
+
+def test_the_worker_knows_when_a_flush_waits_and_the_lanes_are_idle(tmp_path: Path) -> None:
+    # the worker skips its GIL yields only while a flush waits and every lane has nothing to do:
+    # the count of waiting flushes returns to zero, and an idle lane says so
+    backend = InMemoryBackend()
+    pipe = pipeline(tmp_path, backend)
+    try:
+        for i in range(100):
+            pipe.emit(make_span(f"s{i}"))
+        assert pipe.flush(10)
+        assert pipe._flushes == 0
+        assert len(backend.spans) == 100
+        deadline = time.monotonic() + 10
+        while not pipe._lanes_idle() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the lane goes back to its wait right after the flush it answered
+        assert pipe._lanes_idle()
+        backend.fail()
+        pipe.emit(make_span("late"))
+        assert not pipe.flush(0.2)  # undelivered (spooled), and the count is still right
+        assert pipe._flushes == 0
+    finally:
+        pipe.shutdown(5)
