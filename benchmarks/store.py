@@ -92,16 +92,36 @@ def direct_ingest(total: int, path: Path) -> dict[str, Any]:
     backend = LocalBackend(LocalConfig(path=str(path)))
     elapsed = 0.0
     trace_ids: list[str] = []
+    newest: list[str] = []
     for chunk in spans_in_chunks(total, CHUNK):
         trace_ids.extend(chunk[i].trace_id for i in range(0, len(chunk), 4 * 997))
+        newest = [chunk[i].trace_id for i in range(max(0, len(chunk) - 4 * 200), len(chunk), 4)]
         started = time.perf_counter()
         for i in range(0, len(chunk), BATCH):
             backend.export(chunk[i:i + BATCH], [])
         elapsed += time.perf_counter() - started
+    newest_ms = newest_lookup_ms(path, newest)  # while the writer is open: the newest not indexed yet
     backend.shutdown(30)
     size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
     return {"spans_per_s": round(total / elapsed), "bytes_per_span": round(size / total, 1),
-            "file_mb": round(size / 1e6, 1), "sample_trace_ids": trace_ids}
+            "file_mb": round(size / 1e6, 1), "sample_trace_ids": trace_ids, "get_trace_newest_ms": newest_ms}
+
+
+def newest_lookup_ms(path: Path, trace_ids: list[str]) -> float:
+    """``get_trace`` of the newest traces, the writer still open: in a version-3 store the traces
+    that arrived since the last bulk insert into ``trace_ids`` are found by a scan of at most
+    ``TRACE_IDS_EVERY`` rows; every other lookup goes through the index."""
+    from spanmux.store import LocalStore
+
+    with LocalStore(path) as store:
+        store.get_trace(trace_ids[0])
+        times = []
+        for trace_id in trace_ids:
+            t0 = time.perf_counter()
+            spans = store.get_trace(trace_id)
+            times.append(time.perf_counter() - t0)
+            assert len(spans) == 4
+    return round(median(times) * 1e3, 3)
 
 
 FLOOR_SCHEMA = """
@@ -266,6 +286,7 @@ def measure(spans: int, mlflow_spans: int, repeats: int = 50, processes: int = 4
                 p.unlink()
         direct = direct_ingest(spans, folder / "direct.db")
         reads = read_latency(folder / "direct.db", direct.pop("sample_trace_ids"), repeats)
+        reads["get_trace_newest_ms"] = direct.pop("get_trace_newest_ms")
         piped = pipeline_ingest(spans, folder)
         multi = multi_process(min(process_spans, spans), processes, folder) if processes > 1 else {}
         mlflow_dir = folder / "mlflow"

@@ -191,11 +191,12 @@ def check_schema_version(conn: sqlite3.Connection, path: str) -> int | None:
 _UNINDEXED = "seq > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'trace_ids_upto')"
 _SEQ_OF = {
     2: "(SELECT seq FROM traces WHERE trace_id = :trace_id)",
-    3: ("(SELECT seq FROM trace_ids WHERE trace_id = :trace_id"
-        f" UNION ALL SELECT seq FROM traces WHERE {_UNINDEXED} AND trace_id = :trace_id LIMIT 1)"),
+    3: ("(SELECT seq FROM trace_ids WHERE trace_id = :trace_id UNION ALL SELECT * FROM"
+        f" (SELECT seq FROM traces WHERE {_UNINDEXED} AND trace_id = :trace_id ORDER BY seq DESC) LIMIT 1)"),
 }
 """The number of the trace ``:trace_id``, by version: version 3 looks in ``trace_ids``, then among the
-traces not indexed yet (at most ``TRACE_IDS_EVERY``, scanned by number)."""
+traces not indexed yet (at most ``TRACE_IDS_EVERY``, scanned newest first: the one looked up is
+usually one that just arrived)."""
 _IDS_FROM = {
     2: "SELECT trace_id FROM traces WHERE trace_id >= :low AND trace_id < :high ORDER BY trace_id LIMIT :limit",
     3: ("SELECT trace_id FROM trace_ids WHERE trace_id >= :low AND trace_id < :high"
