@@ -392,14 +392,24 @@ class MlflowBackend(BaseBackend):
 
     def _existing_feedback(self, trace_id: str) -> dict[str, Any]:
         """The trace's assessments by spanmux score id (raises RESOURCE_DOES_NOT_EXIST before the
-        trace exists). Older spanmux versions gave them MLflow's random ids: the metadata finds those."""
+        trace exists). spanmux 0.1 gave them MLflow's random ids, one more at each delivery of a
+        score: the metadata finds those, the one with the score's own id (else the first) is kept
+        and the copies are deleted, so the trace shows each score once."""
         info = self.mlflow.tracing.get_trace_info(f"tr-{trace_id}")
         self.mlflow.answered()
-        out: dict[str, Any] = {}
+        found: dict[str, list[Any]] = {}
         for assessment in info.assessments or []:
             score_id = (assessment.metadata or {}).get(K.SCORE_ID)
             if score_id and getattr(assessment, "valid", True) is not False:
-                out.setdefault(score_id, assessment)
+                found.setdefault(score_id, []).append(assessment)
+        out: dict[str, Any] = {}
+        for score_id, copies in found.items():
+            own_id = assessment_id_of(score_id)
+            kept = next((a for a in copies if a.assessment_id == own_id), copies[0])
+            out[score_id] = kept
+            for extra in copies:
+                if extra is not kept:
+                    self.mlflow.tracing.delete_assessment(f"tr-{trace_id}", extra.assessment_id)
         return out
 
     def _upsert_feedback(self, score: Score, existing: Any) -> None:

@@ -351,3 +351,35 @@ def test_records_wait_in_the_spool_until_the_server_comes_back(tmp_path: Path) -
         assert len(trace.data.spans) == 5 and trace.info.token_usage["total_tokens"] == 250
         assert {a.name for a in trace.info.assessments} == {"correctness", "helpful", "tone"}
         spanmux.shutdown()
+
+
+def test_feedback_copies_written_by_spanmux_0_1_are_deleted_when_the_score_is_delivered_again(
+    mlflow_server: str, tmp_path: Path
+) -> None:
+    """spanmux 0.1 logged a new assessment (MLflow's random id) at each delivery of a score: a trace
+    could show one score three times. Delivering it now keeps one and deletes the copies."""
+    from mlflow.entities import AssessmentSource, Feedback
+
+    from spanmux.backends.mlflow import K
+
+    experiment = _unique("copies")
+    spanmux.configure({"backends": ["mlflow"], "spool_dir": str(tmp_path / "spool"),
+                       "mlflow": {"tracking_uri": mlflow_server, "experiment_name": experiment}})
+    with spanmux.span("answer") as root:
+        trace_id = root.trace_id
+    assert spanmux.flush(60)
+    score = make_score(trace_id, "helpful", 1.0, comment="good")
+    tracing = TracingClient(mlflow_server)
+    for _ in range(2):  # what 0.1 left behind: copies under random ids, the score id in metadata
+        tracing.log_assessment(f"tr-{trace_id}", Feedback(
+            name="helpful", value=1.0, rationale="good", source=AssessmentSource(source_type="CODE"),
+            metadata={K.SCORE_ID: score.id, K.SCORE_DATA_TYPE: "numeric"}))
+    assert len(tracing.get_trace_info(f"tr-{trace_id}").assessments) == 2
+
+    backend = MlflowBackend(MlflowConfig(tracking_uri=mlflow_server, experiment_name=experiment), None)
+    backend.export([], [score])
+    backend.shutdown(5)
+    spanmux.shutdown()
+
+    kept = [a for a in tracing.get_trace_info(f"tr-{trace_id}").assessments if a.valid is not False]
+    assert [(a.name, a.value, a.rationale) for a in kept] == [("helpful", 1.0, "good")]
