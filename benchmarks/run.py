@@ -46,6 +46,8 @@ TARGETS = {
     "spanmux_vs_noop_added_latency_us": "<= 4x",
     "langfuse_handler_vs_spanmux_added_latency_us": ">= 10x",
     "mlflow_autolog_vs_spanmux_added_latency_us": ">= 10x",
+    "openinference_otel_vs_spanmux_otlp_added_total_us": ">= 5x",
+    "langfuse_handler_vs_spanmux_langfuse_added_total_us": ">= 5x",
 }
 
 
