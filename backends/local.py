@@ -8,6 +8,8 @@ appends near the ends of the table and the index instead of dirtying pages all o
 by random ids. A ``traces`` table keeps per-trace totals (duration, tokens, cost, status, root
 name, user, session, tags) updated incrementally from the new spans of each batch only: listing
 never scans spans, and a span written twice (a replayed batch) is dropped before it is counted.
+Trace ids are indexed in bulk (``trace_ids``, schema version 3; ``RecentTraces``): a random key
+inserted trace by trace dirtied an index page per trace in every commit.
 Several processes may write one file: WAL plus a busy timeout serialize their short transactions
 (a trace number is given inside the write transaction).
 """
@@ -462,7 +464,8 @@ class RecentTraces:
         ``unindexed`` is exact again (empty)."""
         version = conn.execute("PRAGMA data_version").fetchone()[0]
         if version != self.data_version:
-            self.upto = int(conn.execute("SELECT value FROM meta WHERE key = 'trace_ids_upto'").fetchone()[0])
+            self.upto = int(conn.execute(
+                "SELECT COALESCE((SELECT value FROM meta WHERE key = 'trace_ids_upto'), '0')").fetchone()[0])
             self.unindexed = {}
             self.index(conn)
             self.data_version = version
@@ -473,7 +476,7 @@ class RecentTraces:
         last = conn.execute(_LAST_SEQ).fetchone()[0]
         if last > self.upto:
             conn.execute(_INDEX_TRACE_IDS, (self.upto,))
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'trace_ids_upto'", (str(last),))
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('trace_ids_upto', ?)", (str(last),))
             self.upto = last
         self.unindexed = {}
 

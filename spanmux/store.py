@@ -11,7 +11,9 @@ Layout: spans are appended in arrival order (a rowid table) and found by a uniqu
 (trace number, span id), where a trace's number (``traces.seq``) is given in order of first
 arrival. Only the columns queries filter on are columns; the rest of a span is one JSON ``detail``
 object (``DETAIL_FIELDS``, only those set). ``traces`` keeps per-trace totals, updated by the
-writer from each batch's new spans, so listing never scans spans.
+writer from each batch's new spans, so listing never scans spans. A trace id is found through
+``trace_ids``, which the writer fills in bulk, or among the few newest traces not in it yet
+(version 3; version 2 has a unique index on ``traces.trace_id``, see ``SCHEMA_VERSION``).
 """
 
 from __future__ import annotations
@@ -188,7 +190,7 @@ def check_schema_version(conn: sqlite3.Connection, path: str) -> int | None:
     return int(row[0])
 
 
-_UNINDEXED = "seq > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'trace_ids_upto')"
+_UNINDEXED = "seq > COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'trace_ids_upto'), 0)"
 _SEQ_OF = {
     2: "(SELECT seq FROM traces WHERE trace_id = :trace_id)",
     3: ("(SELECT seq FROM trace_ids WHERE trace_id = :trace_id UNION ALL SELECT * FROM"
