@@ -3,6 +3,7 @@ memory, values that may be None bound as a cheap stand-in, rows in statements of
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -207,3 +208,31 @@ def test_two_writers_of_a_version_3_store_interleaved(tmp_path: Path, monkeypatc
         assert sum(t.span_count for t in store.iter_traces()) == 16
         assert sorted(t.span_count for t in store.iter_traces()) == sorted(
             1 + sum(1 for n in range(8) if n // 2 == k) for k in range(8))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_and_its_parent_add_to_one_trace(tmp_path: Path) -> None:
+    """The child inherits what the parent knows (still true: rows are never deleted) and its own
+    connection; each sees the other's commits through ``data_version``: one trace, every span once."""
+    path = str(tmp_path / "s.db")
+    backend = LocalBackend(LocalConfig(path=path))
+    t0 = time.time_ns()
+    root = llm_span(new_trace_id(), None, (1, 1), 0.5, t0)
+    backend.export([root], [])
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            backend.export([llm_span(root.trace_id, root.span_id, (1, 1), 0.5, t0 + 1),
+                            llm_span(new_trace_id(), None, (1, 1), 0.5, t0 + 2)], [])
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    backend.export([llm_span(root.trace_id, root.span_id, (1, 1), 0.5, t0 + 3)], [])
+    backend.shutdown(5)
+    with LocalStore(path) as store:
+        assert store.count_traces() == 2 and store.count_spans() == 4
+        summary = store.get_trace_summary(root.trace_id)
+        assert summary is not None and summary.span_count == 3 and summary.cost_total == 1.5
