@@ -101,12 +101,20 @@ def _start_attributes(tags: Any, metadata: Any) -> dict[str, Any] | None:
             if kept:
                 out[attr.TAGS] = kept
         if metadata:
-            meta = {}
-            for key, value in metadata.items():
-                if key not in _NOISY_METADATA and not (isinstance(key, str) and key.startswith("ls_")):
-                    meta[key] = value
-            if meta:
-                out[attr.METADATA] = meta
+            # LangGraph's and LangChain's own keys are most of them, often all: drop those first
+            # (a set difference, in C), walk the dict in order only when a key of the user's is left
+            users = False
+            for key in metadata.keys() - _NOISY_METADATA:
+                if not (isinstance(key, str) and key.startswith("ls_")):
+                    users = True
+                    break
+            if users:
+                meta = {}
+                for key, value in metadata.items():
+                    if key not in _NOISY_METADATA and not (isinstance(key, str) and key.startswith("ls_")):
+                        meta[key] = value
+                if meta:
+                    out[attr.METADATA] = meta
             node = metadata.get("langgraph_node")
             if node is not None:
                 out[attr.LANGGRAPH_NODE] = node

@@ -597,3 +597,16 @@ def test_requested_and_response_model_reach_store_langfuse_and_mlflow(
     assert chat.attributes["gen_ai.request.model"] == "gpt-4o-mini"
     assert chat.attributes["gen_ai.response.model"] == "gpt-4o-mini-2024-07-18"
     assert chat.attributes["mlflow.llm.model"] == "gpt-4o-mini-2024-07-18"
+
+
+def test_start_attributes_drop_langchains_keys_and_keep_the_users_in_order() -> None:
+    from spanmux import attributes as attr
+
+    # a LangGraph node's metadata is all LangGraph's and LangChain's own: only the node stays
+    graph_only = {"ls_integration": "langchain_create_agent", "langgraph_step": 1, "langgraph_node": "model",
+                  "langgraph_path": ("__pregel_pull", "model"), "checkpoint_ns": "model:1", "lc_versions": {}}
+    assert lc._start_attributes(["graph:step:1"], graph_only) == {attr.LANGGRAPH_NODE: "model"}
+    mixed = {"z": 1, "ls_provider": "fake", None: 3, "langgraph_step": 2, "a": 4}
+    out = lc._start_attributes(["mine", "seq:step:2"], mixed)
+    assert out is not None and out[attr.TAGS] == ["mine"]
+    assert list(out[attr.METADATA].items()) == [("z", 1), (None, 3), ("a", 4)]
