@@ -1,6 +1,7 @@
 """Per-invoke added cost of tracing a LangChain chain and a LangGraph agent, against peers.
 
     .venv/bin/python benchmarks/overhead.py [--rounds 15] [--calls 40] [--json]
+    .venv/bin/python benchmarks/overhead.py --cpu chain --rounds 21 --calls 40   (one process, CPU time)
 
 Every configuration runs in its own long-lived worker process (MLflow's autolog and the Langfuse
 SDK patch or hold process-wide state, and each process stays warm). The driver alternates the
@@ -195,6 +196,65 @@ def keeps_up(invokes: int, repeats: int = 3) -> dict[str, Any]:
             "flush_vs_loop": round(median(ratios), 4), "flush_vs_loop_runs": [round(r, 4) for r in ratios]}
 
 
+def cpu_rounds(workload: str, calls: int, rounds: int, langfuse: bool = True) -> dict[str, Any]:
+    """In this one process: no handler, LangChain's do-nothing handler, spanmux (local store) and,
+    with ``langfuse``, Langfuse's handler (to the local sink), rounds of ``calls`` invokes each
+    followed by its flush, the order rotated every round. Per invoke: process CPU time (every
+    thread: the caller, spanmux's worker and lane, the SDK's exporter) and wall time; medians over
+    rounds. On a shared, loaded machine CPU time moves far less than wall time (a thread that waits
+    for a core costs none), so ratios inside one run stay comparable across runs."""
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    import spanmux
+    from spanmux.integrations.langchain import CallbackHandler
+
+    runnable, inputs = _workloads()[workload]
+    sink: subprocess.Popen[str] | None = None
+    with tempfile.TemporaryDirectory(prefix="spanmux-cpu-") as tmp:
+        spanmux.configure({"backends": ["local"], "spool_dir": f"{tmp}/spool", "local": {"path": f"{tmp}/s.db"}})
+        configs: dict[str, tuple[dict[str, Any], Any]] = {
+            "none": ({}, lambda: None),
+            "noop_handler": ({"callbacks": [BaseCallbackHandler()]}, lambda: None),
+            "spanmux_local": ({"callbacks": [CallbackHandler()]}, lambda: spanmux.flush(120)),
+        }
+        if langfuse:
+            from langfuse import Langfuse
+            from langfuse.langchain import CallbackHandler as LangfuseHandler
+
+            sink, url = start_sink()
+            client = Langfuse(public_key=PUBLIC_KEY, secret_key=SECRET_KEY, host=url, tracing_enabled=True)
+            configs["langfuse_handler"] = ({"callbacks": [LangfuseHandler(public_key=PUBLIC_KEY)]}, client.flush)
+        for config, flush in configs.values():  # warm up
+            for _ in range(5):
+                runnable.invoke(inputs, config=config)
+            flush()
+        samples: dict[str, dict[str, list[float]]] = {k: {"cpu_us": [], "wall_us": []} for k in configs}
+        names = list(configs)
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                config, flush = configs[name]
+                wall, cpu = time.perf_counter(), time.process_time()
+                for _ in range(calls):
+                    runnable.invoke(inputs, config=config)
+                flush()
+                samples[name]["cpu_us"].append((time.process_time() - cpu) / calls * 1e6)
+                samples[name]["wall_us"].append((time.perf_counter() - wall) / calls * 1e6)
+        spanmux.shutdown()
+    if sink is not None and sink.stdin:
+        sink.stdin.close()
+        sink.wait(10)
+    table = {k: {m: round(median(v), 1) for m, v in figures.items()} for k, figures in samples.items()}
+    bare = table["none"]["cpu_us"]
+    added = {k: round(v["cpu_us"] - bare, 1) for k, v in table.items() if k != "none"}
+    ours = added["spanmux_local"]
+    ratios = {"spanmux_vs_bare": round(ours / bare, 3),
+              "spanmux_vs_noop": round(ours / added["noop_handler"], 2) if added["noop_handler"] > 0 else None}
+    if "langfuse_handler" in added and ours > 0:
+        ratios["langfuse_handler_vs_spanmux"] = round(added["langfuse_handler"] / ours, 2)
+    return {"workload": workload, "calls_per_round": calls, "rounds": rounds, "configs": table,
+            "added_cpu_us": added, "ratios": ratios}
+
+
 # ---- driver side ----------------------------------------------------------------------------------
 
 class _Worker:
@@ -316,9 +376,18 @@ def main() -> None:
     parser.add_argument("--sink")
     parser.add_argument("--keeps-up", type=int, metavar="INVOKES",
                         help="only measure flush() after INVOKES chain calls against the loop's time")
+    parser.add_argument("--cpu", choices=WORKLOADS, metavar="WORKLOAD",
+                        help="in this process: process CPU time per invoke (caller + worker + lane + flush) of "
+                             "none, noop_handler, spanmux_local and langfuse_handler, --rounds of --calls")
+    parser.add_argument("--no-langfuse", action="store_true", help="with --cpu: leave Langfuse's handler out")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, Path(args.dir), args.sink)
+        return
+    if args.cpu:
+        found = cpu_rounds(args.cpu, args.calls, args.rounds, langfuse=not args.no_langfuse)
+        found["machine"] = machine()
+        print(json.dumps(found, indent=None if args.json else 2))
         return
     if args.keeps_up:
         found = keeps_up(args.keeps_up)
