@@ -548,6 +548,9 @@ class Pipeline:
                  self._queue_size)
             for lane in self.lanes
         )
+        after_fork = getattr(self._processor, "after_fork", None)
+        if callable(after_fork):  # e.g. SpanProcessor's memo belongs to the parent's worker thread
+            after_fork()
         self._start_worker()
 
     @staticmethod

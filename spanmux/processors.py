@@ -149,6 +149,10 @@ class SpanProcessor:
             return span
         return self.costs.apply(span)
 
+    def after_fork(self) -> None:
+        """In a forked child the worker is a new thread: a fresh memo, owned by the first to use it."""
+        self._memo = Memo()
+
     def _delegates(self, span: Span) -> bool:
         """Whether a span only wraps a model call of its kind: the integration says so
         (``spanmux.delegates``), or an llm/embedding span without usage of its own had a child of

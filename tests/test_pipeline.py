@@ -331,3 +331,21 @@ def test_the_worker_knows_when_a_flush_waits_and_the_lanes_are_idle(tmp_path: Pa
         assert pipe._flushes == 0
     finally:
         pipe.shutdown(5)
+
+
+def test_the_processor_memo_serves_one_thread_and_a_forked_childs_worker() -> None:
+    # the memo belongs to the first thread that processes (the worker); another thread converts
+    # without it, and after a fork (a new worker thread) a fresh memo takes the new thread
+    processor = SpanProcessor(ObservabilityConfig())
+    span = make_span("s", input={"messages": ["a", "b"]})
+
+    def on_a_thread() -> None:
+        processor(span)
+
+    worker = threading.Thread(target=on_a_thread)
+    worker.start()
+    worker.join()
+    assert processor._memo.owner == worker.ident
+    assert processor(span) is not None and processor._memo.owner == worker.ident  # another thread: no memo
+    processor.after_fork()
+    assert processor(span) is not None and processor._memo.owner == threading.get_ident()
