@@ -321,7 +321,7 @@ def to_jsonable(value: Any, limit: int, memo: Memo | None = None) -> tuple[Any, 
                 return flat, False
     elif isinstance(value, str) and len(value) <= limit:  # a subclass (LangChain's TextAccessor)
         return str.__str__(value), False
-    if memo is not None:
+    if memo is not None and kind is not str:  # a long string is cut in one step: not worth holding
         known = memo.values.get(id(value))
         if known is not None and known[0] is value and known[1] == limit:
             return known[2], known[3]
@@ -330,7 +330,7 @@ def to_jsonable(value: Any, limit: int, memo: Memo | None = None) -> tuple[Any, 
         converted = _convert(value, budget, 0, set())
     except Exception:  # a hostile object: keep a marker rather than lose the span
         return f"<unserializable {type(value).__qualname__}>", True
-    if memo is not None:
+    if memo is not None and kind is not str:
         memo.values[id(value)] = (value, limit, converted, budget.truncated)
     return converted, budget.truncated
 
