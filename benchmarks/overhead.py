@@ -361,6 +361,8 @@ def summarize(samples: dict[str, Any], errors: dict[str, str], rounds: int, call
         for key in ("added_latency_us", "added_total_us"):  # the same OTLP sink, both sides
             ratios[f"openinference_otel_vs_spanmux_otlp_{key}"] = ratio(
                 table.get("spanmux_otlp", {}), table.get("openinference_otel", {}), key)
+            ratios[f"langfuse_handler_vs_spanmux_langfuse_{key}"] = ratio(  # the same Langfuse sink
+                table.get("spanmux_langfuse", {}), table.get("langfuse_handler", {}), key)
         result["workloads"][workload] = {"configs": table, "ratios": ratios}
     return result
 
