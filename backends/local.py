@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import islice
 from operator import attrgetter
 from pathlib import Path
@@ -559,27 +559,39 @@ def _numbers_in_bulk_store(
     """Version 3: each trace's number, the stored ones (in ``recent``, or found in ``trace_ids``) and
     the new ones (numbered after the last), without a look-up for the traces the writer knows."""
     recent.sync(conn)
-    numbers: dict[str, int] = {}
-    known: set[str] = set()
-    fresh: list[str] = []
     seen, unindexed = recent.numbers, recent.unindexed
-    for trace_id in dict.fromkeys(map(_trace_id_of, spans)):
-        seq = seen.get(trace_id) or unindexed.get(trace_id)
-        if seq is None:
-            fresh.append(trace_id)
-        else:
-            numbers[trace_id] = seq
-            known.add(trace_id)
+    numbers, known, fresh = _split_known(spans, lambda trace_id: seen.get(trace_id) or unindexed.get(trace_id))
     if fresh:
         found = dict(conn.execute(_INDEXED_TRACES, (_json_encode(fresh).decode(),)).fetchall())
         if found:
             numbers.update(found)
             known.update(found)
             fresh = [t for t in fresh if t not in found]
-        if fresh:
-            last = conn.execute(_LAST_SEQ).fetchone()[0]
-            numbers.update(zip(fresh, range(last + 1, last + 1 + len(fresh)), strict=True))
+        _number_new(conn, numbers, fresh)
     return numbers, known, fresh
+
+
+def _split_known(spans: Sequence[Span], number_of: Callable[[str], int | None]
+                 ) -> tuple[dict[str, int], set[str], list[str]]:
+    """The batch's trace ids split by ``number_of``: (numbers of the known, the known, the others in order)."""
+    numbers: dict[str, int] = {}
+    known: set[str] = set()
+    fresh: list[str] = []
+    for trace_id in dict.fromkeys(map(_trace_id_of, spans)):
+        seq = number_of(trace_id)
+        if seq is None:
+            fresh.append(trace_id)
+        else:
+            numbers[trace_id] = seq
+            known.add(trace_id)
+    return numbers, known, fresh
+
+
+def _number_new(conn: sqlite3.Connection, numbers: dict[str, int], fresh: Sequence[str]) -> None:
+    """Number the new traces ``fresh`` after the last one (inside the write transaction)."""
+    if fresh:
+        last = conn.execute(_LAST_SEQ).fetchone()[0]
+        numbers.update(zip(fresh, range(last + 1, last + 1 + len(fresh)), strict=True))
 
 
 def _write_spans(conn: sqlite3.Connection, spans: Sequence[Span], recent: RecentTraces | None) -> dict[str, int]:
@@ -593,18 +605,8 @@ def _write_spans(conn: sqlite3.Connection, spans: Sequence[Span], recent: Recent
     elif recent is None:
         numbers, known = _trace_numbers(conn, spans)
     else:
-        numbers, known = {}, set()
-        seen = recent.numbers
-        for trace_id in dict.fromkeys(map(_trace_id_of, spans)):
-            seq = seen.get(trace_id)
-            if seq is None:
-                fresh.append(trace_id)
-            else:
-                numbers[trace_id] = seq
-                known.add(trace_id)
-        if fresh:
-            last = conn.execute(_LAST_SEQ).fetchone()[0]
-            numbers.update(zip(fresh, range(last + 1, last + 1 + len(fresh)), strict=True))
+        numbers, known, fresh = _split_known(spans, recent.numbers.get)
+        _number_new(conn, numbers, fresh)
     new_spans = _unknown_spans(conn, spans, numbers, known)  # a replayed span is neither stored nor counted twice
     if new_spans:
         fresh_rows, known_rows = _trace_totals(new_spans, numbers, known)
