@@ -302,10 +302,3 @@ def set_value(target: Any, value: Any) -> None:
             set_value(add(), item)
     else:
         target.string_value = json_text(value)
-
-
-def encode_otlp(readable: Sequence[Any]) -> bytes:
-    """OTLP protobuf of finished spans, with OpenTelemetry's own encoder (never a hand-written one)."""
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-
-    return bytes(encode_spans(readable).SerializeToString())

@@ -521,8 +521,10 @@ def test_usage_buckets_never_overlap(inp: int, out: int, total: int, cache_read:
 
 def _otlp(**overrides: Any) -> bytes:
     """An OTLP body built with OpenTelemetry's own encoder (no hand-written protobuf)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
     from spanmux.backends.langfuse import observation_attributes
-    from spanmux.backends.otel_spans import OtelSpanBuilder, encode_otlp
+    from spanmux.backends.otel_spans import OtelSpanBuilder
 
     fields: dict[str, Any] = {"trace_id": new_trace_id(), "span_id": new_span_id(), "parent_id": None,
                               "name": "probe", "kind": "llm", "framework": "manual", "start_ns": 1, "end_ns": 2,
@@ -531,7 +533,7 @@ def _otlp(**overrides: Any) -> bytes:
     fields.update(overrides)
     span = Span(**fields)
     attributes = observation_attributes(span) | attributes_patch
-    return encode_otlp([OtelSpanBuilder(resource={}).build(span, attributes)])
+    return bytes(encode_spans([OtelSpanBuilder(resource={}).build(span, attributes)]).SerializeToString())
 
 
 def _otlp_without_ids() -> bytes:

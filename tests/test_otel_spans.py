@@ -13,7 +13,7 @@ pytest.importorskip("opentelemetry.sdk.trace")
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.trace import StatusCode
 
-from spanmux.backends.otel_spans import OtelEvent, OtelSpanBuilder, encode_otlp, error_description, json_text
+from spanmux.backends.otel_spans import OtelEvent, OtelSpanBuilder, error_description, json_text
 from spanmux.model import ErrorInfo, Span, new_span_id, new_trace_id
 
 
@@ -82,7 +82,10 @@ def test_a_zero_or_overlong_parent_makes_a_root() -> None:
 
 def test_otlp_bytes_read_back_with_opentelemetry_proto() -> None:
     span = make(kind="llm")
-    payload = encode_otlp([OtelSpanBuilder(openinference, resource={"service.name": "tutor"}).build(span)])
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    readable = OtelSpanBuilder(openinference, resource={"service.name": "tutor"}).build(span)
+    payload = encode_spans([readable]).SerializeToString()
     request = ExportTraceServiceRequest.FromString(payload)
     (resource_spans,) = request.resource_spans
     (scope_spans,) = resource_spans.scope_spans
