@@ -85,9 +85,9 @@ class SpanProcessor:
     def __call__(self, span: Span) -> Span | None:
         if self.sample_rate < 1.0 and not trace_is_sampled(span.trace_id, self.sample_rate):
             return None
-        changes: dict[str, Any] = {}
         kind = span.kind
         truncated = span.truncated
+        inputs, outputs, error = span.input, span.output, span.error
         if self.capture_content:
             memo: Memo | None = self._memo
             thread = get_ident()
@@ -98,17 +98,16 @@ class SpanProcessor:
                     memo = None
             if memo is not None and memo.trace != span.trace_id:
                 memo.scope(span.trace_id)
-            if span.input is not None:
-                changes["input"], cut = to_jsonable(span.input, self.limit, memo)
+            if inputs is not None:
+                inputs, cut = to_jsonable(inputs, self.limit, memo)
                 truncated |= cut
-            if span.output is not None:
-                changes["output"], cut = to_jsonable(span.output, self.limit, memo)
+            if outputs is not None:
+                outputs, cut = to_jsonable(outputs, self.limit, memo)
                 truncated |= cut
         else:
-            changes["input"] = None
-            changes["output"] = None
-            if span.error is not None:
-                changes["error"] = _error_without_content(span.error)
+            inputs = outputs = None
+            if error is not None:
+                error = _error_without_content(error)
         attributes = span.attributes
         delegates = kind in _WRAPPABLE_KINDS and self._delegates(span)
         if delegates and not (attributes or {}).get(DELEGATES):
@@ -116,36 +115,36 @@ class SpanProcessor:
         if attributes:
             if not self.capture_content:
                 attributes = _without_content(attributes)
-            changes["attributes"], cut = to_jsonable(attributes, self.limit)
+            attributes, cut = to_jsonable(attributes, self.limit)
             truncated |= cut
         model = None if span.model is None and not attributes else _resolved_model(span.model, attributes)
         if model is not None and model.parameters:
             params, _ = to_jsonable(without_secrets(model.parameters), 4096)
             model = ModelInfo(model.name, model.provider, params)
-        if model is not span.model:
-            changes["model"] = model
-        if span.trace is not None and span.trace.metadata:
-            meta, _ = to_jsonable(span.trace.metadata, 4096)
-            changes["trace"] = msgspec.structs.replace(span.trace, metadata=meta)
-        if truncated:
-            changes["truncated"] = True
+        trace = span.trace
+        if trace is not None and trace.metadata:
+            meta, _ = to_jsonable(trace.metadata, 4096)
+            trace = msgspec.structs.replace(trace, metadata=meta)
+        usage, cost = span.usage, span.cost
         if delegates:
             # a wrapper is not a model call: the call it wraps carries the tokens and the cost
             self.delegating_spans += 1
-            changes["usage"] = None
-            changes["cost"] = None
+            usage = cost = None
         elif self.estimate_tokens and kind in _ESTIMATED_KINDS:
             billed = span.status == "ok" or span.output is not None  # a failed call without output
-            if span.usage is None and billed:
-                changes["usage"] = self._estimate(span, changes)
+            if usage is None and billed:
+                usage = self._estimate(span, inputs, outputs)
         if span.parent_id and kind in _WRAPPABLE_KINDS:
             self._remember_wrapped(span.parent_id, kind)
-        span = msgspec.structs.replace(span, **changes)
+        # positional, in Span's field order: a third of the cost of structs.replace(**changes)
+        span = Span(span.trace_id, span.span_id, span.parent_id, span.name, kind, span.framework,
+                    span.start_ns, span.end_ns, span.status, error, inputs, outputs, model, usage, cost,
+                    span.completion_start_ns, attributes, trace, truncated)
         if delegates:
             return span
         if kind == "llm" and is_model_call(span):
             self.llm_calls += 1
-        if kind not in PRICED_KINDS or span.usage is None:  # what apply() returns unchanged, without the call
+        if kind not in PRICED_KINDS or usage is None:  # what apply() returns unchanged, without the call
             return span
         return self.costs.apply(span)
 
@@ -171,13 +170,13 @@ class SpanProcessor:
         if len(wrapped) > _PARENTS_KEPT:
             wrapped.popitem(last=False)
 
-    def _estimate(self, span: Span, changes: dict[str, Any]) -> Usage | None:
+    def _estimate(self, span: Span, inputs: Any, outputs: Any) -> Usage | None:
         """Token estimate from the serialized input/output (serialized here when content is not
         captured: counted, then dropped)."""
         from spanmux.tokens import estimate_usage
 
         if self.capture_content:
-            input_value, output_value = changes.get("input"), changes.get("output")
+            input_value, output_value = inputs, outputs
         else:
             input_value = to_jsonable(span.input, self.limit)[0] if span.input is not None else None
             output_value = to_jsonable(span.output, self.limit)[0] if span.output is not None else None
