@@ -136,7 +136,8 @@ class SpanProcessor:
                 usage = self._estimate(span, inputs, outputs)
         if span.parent_id and kind in _WRAPPABLE_KINDS:
             self._remember_wrapped(span.parent_id, kind)
-        # positional, in Span's field order: a third of the cost of structs.replace(**changes)
+        # positional, in Span's field order: no dict of changes built and unpacked into structs.replace
+        # (this call 2.66 -> 2.38 us a span on the store benchmark's spans)
         span = Span(span.trace_id, span.span_id, span.parent_id, span.name, kind, span.framework,
                     span.start_ns, span.end_ns, span.status, error, inputs, outputs, model, usage, cost,
                     span.completion_start_ns, attributes, trace, truncated)
