@@ -18,7 +18,18 @@ from conftest import TracedStore
 import spanmux
 from spanmux import runtime
 from spanmux.config_schemas import ObservabilityConfig
-from spanmux.model import Score, Span, make_score, new_span_id, new_trace_id
+from spanmux.model import (
+    Cost,
+    ErrorInfo,
+    ModelInfo,
+    Score,
+    Span,
+    TraceAttributes,
+    Usage,
+    make_score,
+    new_span_id,
+    new_trace_id,
+)
 from spanmux.pipeline import Pipeline
 from spanmux.processors import SpanProcessor, trace_is_sampled
 from spanmux.testing import InMemoryBackend, capture
@@ -157,6 +168,24 @@ def test_sampling_keeps_or_drops_whole_traces() -> None:
         traces = captured.traces()
     assert len(traces) == kept and 60 < kept < 140
     assert all(len(t) == 2 for t in traces)
+
+
+def test_the_processor_keeps_every_field_it_does_not_change() -> None:
+    # it rebuilds the span positionally: a field added to Span and not to that call would be lost
+    span = Span(
+        trace_id=new_trace_id(), span_id=new_span_id(), parent_id=new_span_id(), name="ChatOpenAI", kind="llm",
+        framework="langchain", start_ns=10, end_ns=90, status="error", error=ErrorInfo("ValueError", "bad", "tb"),
+        input=[{"role": "user", "content": "hi"}], output={"role": "assistant", "content": "yo"},
+        model=ModelInfo("gpt-4o-mini", "openai", {"temperature": 0.2}), usage=Usage(3, 2, 5),
+        cost=Cost(0.1, 0.2, 0.3, "config"), completion_start_ns=40, attributes={"k": "v"},
+        trace=TraceAttributes(name="t", user_id="u", session_id="s", tags=("a",), metadata={"m": 1}), truncated=True,
+    )
+    processor = SpanProcessor(ObservabilityConfig(estimate_tokens=False))
+    processed = processor(span)
+    assert processed is not None
+    for field in Span.__struct_fields__:
+        assert getattr(processed, field) == getattr(span, field), field
+    assert processed.input is not span.input  # a copy: the caller may change its own objects later
 
 
 def test_capture_content_false_records_no_inputs_or_outputs() -> None:
