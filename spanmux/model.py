@@ -101,8 +101,8 @@ class Span(msgspec.Struct, frozen=True):
     """One finished span. Not ``kw_only``: ``OpenSpan.finish()`` builds one per span on the
     framework's thread with positional arguments, 0.35 us against 2 us for the same eighteen by
     keyword (msgspec 0.23, timeit), and so does ``SpanProcessor`` on the worker; everything else
-    builds it by keyword, in any order. Fields
-    are only ever added at the end (``tests/test_open_spans.py`` holds the order)."""
+    builds it by keyword, in any order. Fields are only ever added at the end
+    (``tests/test_open_spans.py`` holds the order)."""
 
     trace_id: str
     span_id: str
